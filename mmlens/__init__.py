@@ -1,0 +1,46 @@
+"""mmlens: look inside CLIP models that carry learned multi-modal prompts.
+
+The public API is small; heavy modules (torch, open_clip, holoviews) load on first use so that
+``import mmlens`` stays fast and a laptop without torch can still open stores.
+
+>>> import mmlens
+>>> mmlens.__version__
+'0.1.0'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mmlens._version import __version__
+
+# public name -> module that defines it (imported lazily, PEP 562)
+_LAZY = {
+    "load_clip": "mmlens.models.loading",
+    "LoadedCLIP": "mmlens.models.loading",
+    "PromptedCLIP": "mmlens.models.prompted",
+    "save_prompts": "mmlens.models.checkpoints",
+    "load_prompts": "mmlens.models.checkpoints",
+    "trace": "mmlens.trace.tracer",
+    "trace_to_store": "mmlens.trace.tracer",
+    "intervene": "mmlens.trace.interventions",
+    "open": "mmlens.store.io",
+    "evaluate": "mmlens.train.evaluate",
+    "explore": "mmlens.viz.explorer",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

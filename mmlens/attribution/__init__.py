@@ -1,0 +1,1 @@
+"""captum adapters returning DataArrays on the trace's coordinates, and agreement metrics."""

@@ -1,0 +1,1 @@
+"""Dataset manifests, CoOp-layout loaders, the few-shot and base/novel protocol; toyworld."""

@@ -1,0 +1,1 @@
+"""toyworld: generated scenes with exact masks and controlled domain shifts."""

@@ -1,0 +1,1 @@
+"""The study's pipeline: train -> trace -> stats -> ablations -> report; the demo."""

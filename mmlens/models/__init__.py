@@ -1,0 +1,1 @@
+"""open_clip loading, the prompt methods (PromptedCLIP) and checkpoint import/export."""

@@ -1,0 +1,1 @@
+"""Few-shot prompt learning and bias tuning; base/novel evaluation with route ablations."""

@@ -1,0 +1,1 @@
+"""HoloViews plots and the Panel explorer; static HTML export."""
