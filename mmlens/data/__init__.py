@@ -1,1 +1,58 @@
-"""Dataset manifests, CoOp-layout loaders, the few-shot and base/novel protocol; toyworld."""
+"""Dataset manifests, CoOp-layout loaders, the few-shot and base/novel protocol; toyworld.
+
+Names load lazily (PEP 562) so that ``import mmlens.data`` and ``mmlens data list`` do not import torch.
+
+>>> import mmlens.data as mdata
+>>> mdata.get_manifest("eurosat").num_classes
+10
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_LAZY = {
+    "Manifest": "mmlens.data.manifest",
+    "ManifestError": "mmlens.data.manifest",
+    "get_manifest": "mmlens.data.manifest",
+    "list_manifests": "mmlens.data.manifest",
+    "load_manifest": "mmlens.data.manifest",
+    "validate_manifest": "mmlens.data.manifest",
+    "manifest_dir": "mmlens.data.manifest",
+    "Item": "mmlens.data.loaders",
+    "SplitData": "mmlens.data.loaders",
+    "SplitFileError": "mmlens.data.loaders",
+    "load_split": "mmlens.data.loaders",
+    "few_shot": "mmlens.data.protocol",
+    "base_novel": "mmlens.data.protocol",
+    "harmonic_mean": "mmlens.data.protocol",
+    "base_to_novel_datasets": "mmlens.data.protocol",
+    "cross_dataset_source": "mmlens.data.protocol",
+    "cross_dataset_targets": "mmlens.data.protocol",
+    "domain_generalisation_targets": "mmlens.data.protocol",
+    "ImageDataset": "mmlens.data.dataset",
+    "ImageDecodeError": "mmlens.data.dataset",
+    "collate": "mmlens.data.dataset",
+    "build": "mmlens.data.dataset",
+    "decode_image": "mmlens.data.dataset",
+    "verify": "mmlens.data.verify",
+    "VerifyReport": "mmlens.data.verify",
+    "make_fake_tree": "mmlens.data.fake",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmlens.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
