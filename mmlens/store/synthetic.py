@@ -1,0 +1,652 @@
+"""Synthetic, schema-valid trace trees and studies with plausible random numbers (tests, demos)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from mmlens.store import schema
+
+__all__ = ["example_tree", "example_study"]
+
+_PROMPT_FREE = ("zeroshot", "drop_prompts")  # variants run without prompt tokens
+_SUBPIXELS = 4  # foreground fractions are measured on a 4x4 sub-grid of every patch
+_ALPHA_MEAN = {"injected": 0.25, "carried": 0.12}  # mean prompt mass by layer kind
+_BIAS_COHERENCE = {"injected": (1.0, 0.15), "carried": (0.5, 0.8)}  # (dataset part, image noise)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+
+
+def example_tree(
+    n_images: int = 8,
+    n_layers: int = 4,
+    n_heads: int = 2,
+    grid: int = 4,
+    n_classes: int = 6,
+    width: int = 16,
+    variants: Sequence[str] = ("full", "zeroshot"),
+    seed: int = 0,
+    *,
+    prompt_depth: int | None = None,
+    n_prompts: int = 2,
+    with_vectors: bool = True,
+    with_foreground: bool = True,
+    n_failures: int = 0,
+    dataset: str = "synthetic",
+) -> xr.DataTree:
+    """A schema-valid trace tree of one run filled with plausible random numbers.
+
+    The numbers follow MATH.md's structure (so statistics have something to find): α is larger
+    in injected than in carried layers and zero for prompt-free variants, ``attention_by_role``
+    is consistent with α and â, β is nearly constant across images in injected layers (a
+    dataset bias) and image dependent in carried layers, norms are the norms of the stored
+    vectors, and prompt keys/values resemble background patches more than foreground ones.
+
+    Parameters
+    ----------
+    n_images, n_layers, n_heads, grid, n_classes, width
+        Sizes: images, blocks per tower, heads per block, patch grid side, classes, channels.
+    variants
+        Values of the ``variant`` dim (``full``, ``zeroshot``, or route ablations).
+    seed
+        Seed of the random numbers; the same arguments give the same tree.
+    prompt_depth
+        Number of leading layers with fresh prompts (``layer_kind="injected"``); the others are
+        ``carried``. Default ``n_layers // 2``; ``0`` gives a prompt-free model (``none``).
+    n_prompts
+        Number of prompt tokens (only shapes the plausibility of the numbers).
+    with_vectors
+        Store the ``bias`` and ``original`` channel vectors (needed by ``bias_consistency``).
+    with_foreground
+        Store the ``foreground`` masks (needed by foreground statistics).
+    n_failures
+        Number of unreadable inputs to record in ``vision/failures``.
+    dataset
+        Name written to the ``dataset`` provenance attribute and into image paths.
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``vision``, ``text``, ``logits``; provenance in the root ``attrs``.
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> tree = example_tree(n_images=4)
+    >>> dict(tree["vision"].sizes)["image"], sorted(tree.children)
+    (4, ['logits', 'text', 'vision'])
+    """
+    cfg = _Config(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        grid=grid,
+        n_classes=n_classes,
+        width=width,
+        variants=tuple(variants),
+        prompt_depth=n_layers // 2 if prompt_depth is None else prompt_depth,
+        n_prompts=n_prompts,
+        with_vectors=with_vectors,
+        with_foreground=with_foreground,
+    )
+    labels = np.random.default_rng([seed, 0, 0]).integers(0, n_classes, n_images)
+    arrays = _run_arrays(cfg, seed, 0, 0, 0, labels)
+    text = _text_arrays(cfg, seed, 0, 0)
+
+    vision = _vision_dataset(cfg, arrays, labels, dataset, seed)
+    if n_failures:
+        vision = vision.assign(
+            failures=("failure", np.array([f"cannot identify image file #{k}" for k in range(n_failures)])),
+        ).assign_coords(
+            failure_path=("failure", np.array([f"{dataset}/broken_{k:03d}.jpg" for k in range(n_failures)]))
+        )
+    tree = xr.DataTree.from_dict(
+        {
+            "/": xr.Dataset(attrs=_example_provenance(dataset=dataset, seed=seed, cfg=cfg)),
+            "vision": vision,
+            "text": _text_dataset(cfg, text),
+            "logits": _logits_dataset(cfg, arrays["logits"], labels, dataset),
+        }
+    )
+    return tree
+
+
+def example_study(
+    n_datasets: int = 3,
+    n_images: int = 16,
+    n_seeds: int = 1,
+    n_layers: int = 4,
+    n_heads: int = 2,
+    grid: int = 4,
+    n_classes: int = 6,
+    width: int = 16,
+    variants: Sequence[str] = ("full", "zeroshot"),
+    seed: int = 0,
+    *,
+    chunks: int | None = None,
+    prompt_depth: int | None = None,
+    n_prompts: int = 2,
+    with_vectors: bool = True,
+    with_foreground: bool = True,
+    variables: Sequence[str] | None = None,
+) -> xr.DataTree:
+    """A synthetic study: several datasets (and seeds) of one method, stacked on ``dataset``/``seed``.
+
+    Every group gains leading ``dataset`` and ``seed`` dims; per-image coordinates (``label``,
+    ``classname``, ``split``, ``path``) become 2-D ``(dataset, image)`` and per-class ones
+    ``(dataset, class)``, since each dataset has its own images and classes. ``image`` is the
+    position of an image in its dataset's traced set. β has a direction of its own per dataset,
+    so consistency across datasets is lower than within one.
+
+    With ``chunks`` the arrays are dask arrays generated block by block (``chunks`` images per
+    block) and nothing is computed until asked for: ``example_study(11, 2000, chunks=250,
+    with_vectors=False).to_zarr(path)`` streams a ViT-B/16-sized study (12 layers x 12 heads,
+    ``grid=14``; ``cls_attention`` alone is 11 x 2 x 2000 x 144 x 196 float32 = 5 GB; pass
+    ``variables=`` to keep only what a benchmark needs) to disk in bounded memory. The numbers
+    depend on ``seed`` and on ``chunks``.
+
+    Parameters
+    ----------
+    n_datasets, n_images, n_seeds
+        Sizes of the study: datasets, images per dataset, prompt-training seeds (1, 2, ...).
+    n_layers, n_heads, grid, n_classes, width, variants, prompt_depth, n_prompts
+        As in :func:`example_tree`.
+    seed
+        Seed of the random numbers.
+    chunks
+        Images per dask block; ``None`` builds numpy arrays in memory.
+    with_vectors, with_foreground
+        As in :func:`example_tree`.
+    variables
+        Keep only these vision/text variables (default: all that were generated).
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``vision``, ``text``, ``logits``; root attrs with ``dataset="study"`` and
+        ``seed=-1`` (the per-run values are the ``dataset`` and ``seed`` coordinates).
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_study
+    >>> study = example_study(n_datasets=2, n_images=4)
+    >>> study["vision"]["bias_norm"].dims
+    ('dataset', 'seed', 'variant', 'image', 'layer')
+    """
+    cfg = _Config(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        grid=grid,
+        n_classes=n_classes,
+        width=width,
+        variants=tuple(variants),
+        prompt_depth=n_layers // 2 if prompt_depth is None else prompt_depth,
+        n_prompts=n_prompts,
+        with_vectors=with_vectors,
+        with_foreground=with_foreground,
+    )
+    names = [f"dataset_{d:02d}" for d in range(n_datasets)]
+    seeds = np.arange(1, n_seeds + 1)
+    labels = np.stack(
+        [np.random.default_rng([seed, d, 0]).integers(0, n_classes, n_images) for d in range(n_datasets)]
+    )
+    bounds = _block_bounds(n_images, chunks)
+
+    shapes = _run_shapes(cfg)
+    vision_vars: dict[str, Any] = {}
+    for name, (dims, _dtype) in shapes.items():
+        if name == "foreground" or (variables is not None and name not in variables and name != "logits"):
+            continue
+        per_dataset = []
+        for d in range(n_datasets):
+            per_seed = []
+            for s in range(n_seeds):
+                blocks = [
+                    _array_block(cfg, seed, d, s, b, labels[d, lo:hi], name, chunks is not None)
+                    for b, (lo, hi) in enumerate(bounds)
+                ]
+                per_seed.append(_concat(blocks, axis=dims.index("image")))
+            per_dataset.append(_stack(per_seed))
+        vision_vars[name] = (("dataset", "seed", *dims), _stack(per_dataset))
+    if with_foreground and (variables is None or "foreground" in variables):
+        fg = [
+            _concat(
+                [
+                    _foreground_block(seed, d, b, hi - lo, grid, chunks is not None)
+                    for b, (lo, hi) in enumerate(bounds)
+                ],
+                axis=0,
+            )
+            for d in range(n_datasets)
+        ]
+        vision_vars["foreground"] = (("dataset", "image", "patch_row", "patch_col"), _stack(fg))
+    logits = vision_vars.pop("logits")
+
+    image_coords = _image_coords(labels, n_classes, names)
+    out_bias = np.random.default_rng([seed, n_layers]).uniform(0.5, 1.5, n_layers).astype(np.float32)
+    if variables is None or "output_bias_norm" in variables:
+        vision_vars["output_bias_norm"] = (("layer",), out_bias)
+    vision = xr.Dataset(vision_vars, coords={**_shared_coords(cfg, "vision"), **image_coords})
+    vision = vision.assign_coords(dataset=names, seed=seeds, image=np.arange(n_images))
+
+    text_vars: dict[str, Any] = {}
+    texts = [[_text_arrays(cfg, seed, d, s) for s in range(n_seeds)] for d in range(n_datasets)]
+    for name, (dims, _) in _text_shapes(cfg).items():
+        if variables is not None and name not in variables:
+            continue
+        text_vars[name] = (
+            ("dataset", "seed", *dims),
+            np.stack([np.stack([t[name] for t in row]) for row in texts]),
+        )
+    classnames = _classnames(names, n_classes)
+    class_split = np.broadcast_to(_class_splits(n_classes), classnames.shape)
+    text = xr.Dataset(
+        text_vars,
+        coords={
+            **_shared_coords(cfg, "text"),
+            "dataset": names,
+            "seed": seeds,
+            "class": np.arange(n_classes),
+            "classname": (("dataset", "class"), classnames),
+            "split": (("dataset", "class"), class_split.copy()),
+        },
+    )
+    logits_ds = xr.Dataset(
+        {"logits": (("dataset", "seed", "variant", "image", "class"), logits[1])},
+        coords={
+            "dataset": names,
+            "seed": seeds,
+            "variant": list(cfg.variants),
+            "image": np.arange(n_images),
+            "class": np.arange(n_classes),
+            "label": (("dataset", "image"), labels),
+            "classname": (("dataset", "class"), classnames),
+        },
+    )
+    attrs = _example_provenance(dataset="study", seed=-1, cfg=cfg)
+    return xr.DataTree.from_dict(
+        {"/": xr.Dataset(attrs=attrs), "vision": vision, "text": text, "logits": logits_ds}
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# generator internals
+# ----------------------------------------------------------------------------------------------
+
+
+class _Config:
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+        unknown = [v for v in self.variants if v not in schema.VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(schema.VARIANTS)}")
+        if not 0 <= self.prompt_depth <= self.n_layers:
+            raise ValueError(
+                f"prompt_depth must be in [0, n_layers={self.n_layers}], found {self.prompt_depth}"
+            )
+
+    @property
+    def layer_kind(self) -> np.ndarray:
+        if self.prompt_depth == 0:
+            return np.array(["none"] * self.n_layers)
+        return np.array(
+            ["injected" if ell < self.prompt_depth else "carried" for ell in range(self.n_layers)]
+        )
+
+    @property
+    def prompted(self) -> np.ndarray:
+        return np.array([v not in _PROMPT_FREE for v in self.variants])
+
+
+def _example_provenance(*, dataset: str, seed: int, cfg: _Config) -> dict[str, Any]:
+    from mmlens.store.schema import provenance_attrs
+
+    hparams = {"n_ctx": cfg.n_prompts, "prompt_depth": cfg.prompt_depth}
+    return provenance_attrs(
+        model_name="synthetic",
+        pretrained="none",
+        weights_sha256="0" * 64,
+        method="maple" if cfg.prompt_depth else "zeroshot",
+        method_hparams=hparams,
+        prompt_sha256="0" * 64,
+        dataset=dataset,
+        manifest_version="synthetic",
+        seed=seed,
+        torch_version="none",
+        open_clip_version="none",
+        device="none",
+        dtype="float32",
+    )
+
+
+def _block_bounds(n: int, chunks: int | None) -> list[tuple[int, int]]:
+    if chunks is None:
+        return [(0, n)]
+    if chunks < 1:
+        raise ValueError(f"chunks must be a positive number of images, found {chunks}")
+    return [(lo, min(lo + chunks, n)) for lo in range(0, n, chunks)]
+
+
+def _concat(blocks: list[Any], axis: int) -> Any:
+    if len(blocks) == 1:
+        return blocks[0]
+    if _is_dask(blocks[0]):
+        import dask.array as da
+
+        return da.concatenate(blocks, axis=axis)
+    return np.concatenate(blocks, axis=axis)
+
+
+def _stack(arrays: list[Any]) -> Any:
+    if _is_dask(arrays[0]):
+        import dask.array as da
+
+        return da.stack(arrays)
+    return np.stack(arrays)
+
+
+def _is_dask(x: Any) -> bool:
+    return type(x).__module__.startswith("dask")
+
+
+def _array_block(
+    cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndarray, name: str, lazy: bool
+) -> Any:
+    if not lazy:
+        return _run_arrays(cfg, seed, d, s, b, labels)[name]
+    import dask
+    import dask.array as da
+
+    dims, dtype = _run_shapes(cfg)[name]
+    shape = tuple(len(labels) if dim == "image" else _dim_size(cfg, dim) for dim in dims)
+    # dask.delayed with pure=True shares one generator call per block between all variables of a graph
+    block = dask.delayed(_run_arrays, pure=True)(cfg, seed, d, s, b, labels)
+    return da.from_delayed(block[name], shape=shape, dtype=dtype)
+
+
+def _foreground_block(seed: int, d: int, b: int, n: int, grid: int, lazy: bool) -> Any:
+    if not lazy:
+        return _foreground(np.random.default_rng([seed, d, b, 0]), n, grid)
+    import dask
+    import dask.array as da
+
+    block = dask.delayed(_foreground, pure=True)(np.random.default_rng([seed, d, b, 0]), n, grid)
+    return da.from_delayed(block, shape=(n, grid, grid), dtype=np.float32)
+
+
+def _dim_size(cfg: _Config, dim: str) -> int:
+    return {
+        "variant": len(cfg.variants),
+        "layer": cfg.n_layers,
+        "head": cfg.n_heads,
+        "patch_row": cfg.grid,
+        "patch_col": cfg.grid,
+        "channel": cfg.width,
+        "class": cfg.n_classes,
+        "key_role": len(schema.VISION_ROLES),
+    }[dim]
+
+
+def _run_shapes(cfg: _Config) -> dict[str, tuple[tuple[str, ...], Any]]:
+    f = np.float32
+    out = {
+        name: (dims, f)
+        for name, (dims, _) in schema.VISION_VARIABLES.items()
+        if name not in ("failures", "output_bias_norm")
+    }
+    if not cfg.with_vectors:
+        out.pop("bias")
+        out.pop("original")
+    if not cfg.with_foreground:
+        out.pop("foreground")
+    out["logits"] = (("variant", "image", "class"), f)
+    return out
+
+
+def _text_shapes(cfg: _Config) -> dict[str, tuple[tuple[str, ...], Any]]:
+    out = {name: (dims, np.float32) for name, (dims, _) in schema.TEXT_VARIABLES.items()}
+    if not cfg.with_vectors:
+        out.pop("bias")
+        out.pop("original")
+    return out
+
+
+def _foreground(rng: np.random.Generator, n: int, grid: int) -> np.ndarray:
+    """Elliptic blobs; each patch holds the exact fraction of its sub-pixels inside the blob."""
+    centre = rng.uniform(0.3, 0.7, (n, 2)) * grid
+    radius = rng.uniform(0.15, 0.35, (n, 2)) * grid
+    sub = (np.arange(grid * _SUBPIXELS) + 0.5) / _SUBPIXELS
+    dr = (sub[None, :, None] - centre[:, 0, None, None]) / radius[:, 0, None, None]
+    dc = (sub[None, None, :] - centre[:, 1, None, None]) / radius[:, 1, None, None]
+    inside = (dr**2 + dc**2) <= 1.0
+    fg = inside.reshape(n, grid, _SUBPIXELS, grid, _SUBPIXELS).mean(axis=(2, 4))
+    return fg.astype(np.float32)
+
+
+def _alpha(rng: np.random.Generator, cfg: _Config, shape_after_layer: tuple[int, ...], n: int) -> np.ndarray:
+    """Prompt mass (variant, n, layer, *shape_after_layer): Beta around the layer kind's mean."""
+    v, L = len(cfg.variants), cfg.n_layers
+    out = np.zeros((v, n, L, *shape_after_layer), dtype=np.float64)
+    for ell, kind in enumerate(cfg.layer_kind):
+        if kind == "none":
+            continue
+        m = _ALPHA_MEAN[kind] * (1.0 + 0.3 * rng.uniform(-1, 1))
+        out[:, :, ell] = rng.beta(2.0, 2.0 * (1 - m) / m, (v, n, *shape_after_layer))
+    return out * cfg.prompted.reshape(-1, *([1] * (out.ndim - 1)))
+
+
+def _decomposition(
+    rng: np.random.Generator, cfg: _Config, alpha: np.ndarray, n: int, bias_dirs: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-head original path and β (as vectors, or as norms only), and their norms."""
+    v, L, H, W = len(cfg.variants), cfg.n_layers, cfg.n_heads, cfg.width
+    scale = np.array([4.0 + 2.0 * ell for ell in range(L)])[None, None, :]
+    out: dict[str, np.ndarray] = {}
+    kinds = cfg.layer_kind
+    coh = np.array([_BIAS_COHERENCE.get(k, (0.0, 0.0)) for k in kinds])  # (L, 2)
+    if cfg.with_vectors:
+        o_dir = rng.standard_normal((v, n, L, H, W))
+        o_mag = rng.uniform(1.0, 3.0, (v, n, L, H))
+        o_h = o_dir / np.linalg.norm(o_dir, axis=-1, keepdims=True) * (o_mag * (1 - alpha))[..., None]
+        noise = rng.standard_normal((v, n, L, H, W)) / np.sqrt(W)
+        b_h = (
+            alpha[..., None]
+            * (
+                coh[None, None, :, 0, None, None] * bias_dirs[None, None]
+                + coh[None, None, :, 1, None, None] * noise
+            )
+            * 3.0
+        )
+        x = rng.standard_normal((v, n, L, W)) / np.sqrt(W) * scale[..., None]
+        original, bias = o_h.sum(axis=3), b_h.sum(axis=3)
+        out["original_norm"] = np.linalg.norm(o_h, axis=-1)
+        out["bias_head_norm"] = np.linalg.norm(b_h, axis=-1)
+        out["original_total_norm"] = np.linalg.norm(original, axis=-1)
+        out["bias_norm"] = np.linalg.norm(bias, axis=-1)
+        out["residual_norm"] = np.linalg.norm(x, axis=-1)
+        out["original"], out["bias"] = original, bias
+    else:
+        on = rng.uniform(1.0, 3.0, (v, n, L, H)) * (1 - alpha)
+        bn = alpha * rng.uniform(2.0, 4.0, (v, n, L, H))
+        out["original_norm"], out["bias_head_norm"] = on, bn
+        out["original_total_norm"] = np.sqrt((on**2).sum(axis=3)) * rng.uniform(0.8, 1.2, (v, n, L))
+        out["bias_norm"] = np.sqrt((bn**2).sum(axis=3)) * (1.0 + coh[None, None, :, 0] * 0.4)
+        out["residual_norm"] = scale * rng.uniform(0.9, 1.1, (v, n, L))
+    return out
+
+
+def _bias_dirs(seed: int, d: int, s: int, cfg: _Config, tower: int) -> np.ndarray:
+    """The direction of the prompt values: fixed per dataset, seed, layer and head (a dataset bias)."""
+    rng = np.random.default_rng([seed, d, s, 4 + tower])
+    return rng.standard_normal((cfg.n_layers, cfg.n_heads, cfg.width)) / np.sqrt(cfg.width)
+
+
+def _run_arrays(cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """All vision and logits arrays of one block of images (numpy, float32)."""
+    rng = np.random.default_rng([seed, d, s, b, 1])
+    n, v, L, H, G = len(labels), len(cfg.variants), cfg.n_layers, cfg.n_heads, cfg.grid
+    fg = _foreground(np.random.default_rng([seed, d, b, 0]), n, G)
+    fg_flat = fg.reshape(n, G * G)
+
+    # attention of [cls] over the originals: a foreground bump that sharpens with depth (more with prompts)
+    focus = np.where(cfg.prompted[:, None], 1.0 + 0.3 * np.arange(L), 1.0 + 0.1 * np.arange(L))  # (v, L)
+    s_patch = (
+        rng.standard_normal((v, n, L, H, G * G))
+        + focus[:, None, :, None, None] * fg_flat[None, :, None, None]
+    )
+    s_cls = rng.normal(1.0, 0.5, (v, n, L, H, 1))
+    scores = np.concatenate([s_cls, s_patch], axis=-1)
+    a_hat = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    a_hat /= a_hat.sum(axis=-1, keepdims=True)
+    a_hat_cls, a_hat_patch = a_hat[..., 0], a_hat[..., 1:]
+
+    alpha = _alpha(rng, cfg, (H,), n)
+    alpha_other = _alpha(rng, cfg, (H,), n)
+    by_role = np.stack([(1 - alpha) * a_hat_cls, (1 - alpha) * (1 - a_hat_cls), alpha], axis=-1)
+
+    dec = _decomposition(rng, cfg, alpha, n, _bias_dirs(seed, d, s, cfg, 0))
+
+    has_prompts = (
+        cfg.prompted[:, None, None, None, None] & (cfg.layer_kind != "none")[None, None, :, None, None]
+    )
+    bg = 1.0 - fg_flat[None, :, None, None]
+    key_cos = np.tanh(0.1 + 0.6 * bg - 0.3 * (1 - bg) + 0.25 * rng.standard_normal((v, n, L, H, G * G)))
+    value_cos = np.tanh(0.05 + 0.4 * bg - 0.2 * (1 - bg) + 0.25 * rng.standard_normal((v, n, L, H, G * G)))
+    key_cos = np.where(has_prompts, key_cos, np.nan)
+    value_cos = np.where(has_prompts, value_cos, np.nan)
+
+    logits = rng.normal(20.0, 2.0, (v, n, cfg.n_classes))
+    logits[:, np.arange(n), labels] += np.where(cfg.prompted, 6.0, 3.0)[:, None]
+
+    grid_shape = (v, n, L, H, G, G)
+    out = {
+        "prompt_mass": alpha,
+        "prompt_mass_other_queries": alpha_other,
+        "attention_by_role": by_role,
+        "cls_attention": a_hat_patch.reshape(grid_shape),
+        "prompt_key_cosine": key_cos.reshape(grid_shape),
+        "prompt_value_cosine": value_cos.reshape(grid_shape),
+        "foreground": fg,
+        "logits": logits,
+        **dec,
+    }
+    return {k: np.asarray(val, dtype=np.float32) for k, val in out.items() if k in _run_shapes(cfg)}
+
+
+def _text_arrays(cfg: _Config, seed: int, d: int, s: int) -> dict[str, np.ndarray]:
+    """All text arrays of one run (class prompts read at EOT)."""
+    rng = np.random.default_rng([seed, d, s, 3])
+    c = cfg.n_classes
+    alpha = _alpha(rng, cfg, (cfg.n_heads,), c)
+    alpha_other = _alpha(rng, cfg, (cfg.n_heads,), c)
+    # EOT attention over the originals: sot (attention sink), word, eot; pad is causally masked
+    rest = rng.dirichlet([6.0, 3.0, 1.0], alpha.shape)
+    zeros = np.zeros(alpha.shape)
+    sot, word, eot = (rest[..., k] * (1 - alpha) for k in range(3))
+    by_role = np.stack([sot, alpha, word, eot, zeros], axis=-1)  # schema.TEXT_ROLES order
+    dec = _decomposition(rng, cfg, alpha, c, _bias_dirs(seed, d, s, cfg, 1))
+    out = {
+        "prompt_mass": alpha,
+        "prompt_mass_other_queries": alpha_other,
+        "attention_by_role": by_role,
+        "output_bias_norm": rng.uniform(0.5, 1.5, cfg.n_layers),
+        **dec,
+    }
+    return {k: np.asarray(val, dtype=np.float32) for k, val in out.items() if k in _text_shapes(cfg)}
+
+
+# ----------------------------------------------------------------------------------------------
+# assembling labelled Datasets
+# ----------------------------------------------------------------------------------------------
+
+
+def _class_splits(n_classes: int) -> np.ndarray:
+    n_base = (n_classes + 1) // 2
+    return np.array(["base" if k < n_base else "novel" for k in range(n_classes)])
+
+
+def _shared_coords(cfg: _Config, tower: str) -> dict[str, Any]:
+    roles = schema.VISION_ROLES if tower == "vision" else schema.TEXT_ROLES
+    coords: dict[str, Any] = {
+        "variant": list(cfg.variants),
+        "layer": np.arange(cfg.n_layers),
+        "layer_kind": ("layer", cfg.layer_kind),
+        "head": np.arange(cfg.n_heads),
+        "key_role": list(roles),
+    }
+    if tower == "vision":
+        coords["patch_row"] = np.arange(cfg.grid)
+        coords["patch_col"] = np.arange(cfg.grid)
+    if cfg.with_vectors:
+        coords["channel"] = np.arange(cfg.width)
+    return coords
+
+
+def _classnames(names: list[str], n_classes: int) -> np.ndarray:
+    """(dataset, class) class names; a single run's classes are plain ``class_k``."""
+    if len(names) == 1:
+        return np.array([[f"class_{k}" for k in range(n_classes)]])
+    return np.array([[f"{name}_class_{k}" for k in range(n_classes)] for name in names])
+
+
+def _image_coords(labels: np.ndarray, n_classes: int, names: list[str]) -> dict[str, Any]:
+    """label/classname/split/path coords; 1-D for one dataset, (dataset, image) for a study."""
+    splits = _class_splits(n_classes)
+    classnames = _classnames(names, n_classes)
+    lab = np.atleast_2d(labels)
+    cn = np.stack([classnames[i][lab[i]] for i in range(len(names))])
+    paths = np.array([[f"{name}/img_{i:05d}.png" for i in range(lab.shape[1])] for name in names])
+    dims: tuple[str, ...] = ("dataset", "image")
+    if labels.ndim == 1:
+        cn, paths, dims = cn[0], paths[0], ("image",)
+    return {
+        "label": (dims, labels.astype(np.int64)),
+        "classname": (dims, cn),
+        "split": (dims, splits[labels]),
+        "path": (dims, paths),
+    }
+
+
+def _vision_dataset(
+    cfg: _Config, arrays: dict[str, np.ndarray], labels: np.ndarray, dataset: str, seed: int
+) -> xr.Dataset:
+    shapes = _run_shapes(cfg)
+    data = {name: (shapes[name][0], arrays[name]) for name in shapes if name != "logits"}
+    out_bias = np.random.default_rng([seed, cfg.n_layers]).uniform(0.5, 1.5, cfg.n_layers)
+    data["output_bias_norm"] = (("layer",), out_bias.astype(np.float32))
+    coords = {
+        **_shared_coords(cfg, "vision"),
+        "image": np.arange(len(labels)),
+        **_image_coords(labels, cfg.n_classes, [dataset]),
+    }
+    return xr.Dataset(data, coords=coords)
+
+
+def _text_dataset(cfg: _Config, arrays: dict[str, np.ndarray]) -> xr.Dataset:
+    shapes = _text_shapes(cfg)
+    data = {name: (shapes[name][0], arrays[name]) for name in shapes}
+    coords = {
+        **_shared_coords(cfg, "text"),
+        "class": np.arange(cfg.n_classes),
+        "classname": ("class", _classnames(["run"], cfg.n_classes)[0]),
+        "split": ("class", _class_splits(cfg.n_classes)),
+    }
+    return xr.Dataset(data, coords=coords)
+
+
+def _logits_dataset(cfg: _Config, logits: np.ndarray, labels: np.ndarray, dataset: str) -> xr.Dataset:
+    return xr.Dataset(
+        {"logits": (("variant", "image", "class"), logits)},
+        coords={
+            "variant": list(cfg.variants),
+            "image": np.arange(len(labels)),
+            "class": np.arange(cfg.n_classes),
+            "label": ("image", labels.astype(np.int64)),
+            "classname": ("class", _classnames([dataset], cfg.n_classes)[0]),
+        },
+    )
