@@ -204,3 +204,196 @@ def _storable_attr(key: str, value: Any) -> str | int | float:
         f"provenance attr {key!r}: expected a string, number, dict or list, found {type(value).__name__}; "
         "convert it to a string before passing it"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+
+class SchemaError(ValueError):
+    """A tree or Dataset does not follow docs/store_schema.md; the message lists every problem."""
+
+
+def infer_group(ds: Any) -> str:
+    """Which store group a Dataset looks like: ``logits``, ``text`` (``class`` without ``image``) or ``vision``.
+
+    An explicit ``mmlens_group`` attribute wins over the guess.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> infer_group(xr.Dataset({"prompt_mass": (("variant", "class"), [[0.1]])}))
+    'text'
+    """
+    explicit = getattr(ds, "attrs", {}).get("mmlens_group")
+    if explicit in VARIABLES:
+        return explicit
+    dims = set(ds.dims)
+    if "logits" in getattr(ds, "data_vars", {}):
+        return "logits"
+    if "class" in dims and "image" not in dims:
+        return "text"
+    return "vision"
+
+
+def validate(obj: Any, *, group: str | None = None, require_provenance: bool = True) -> Any:
+    """Check a trace tree or one of its group Datasets against the schema; return it unchanged.
+
+    Structural checks only (names, dims, coordinates, attrs); no array data is loaded, so a
+    lazily opened store validates instantly. Every problem is reported at once, each with what
+    was expected and what was found.
+
+    Parameters
+    ----------
+    obj
+        An ``xarray.DataTree`` (root of a store) or an ``xarray.Dataset`` (one group).
+    group
+        For a Dataset: which group it is (``vision``, ``text``, ``logits``); guessed when omitted.
+    require_provenance
+        Check the provenance attrs (on the tree root, or on the Dataset itself). Turn off for
+        batches handed to a writer that adds provenance itself.
+
+    Returns
+    -------
+    The object, unchanged, so that ``validate(open(path))`` can be chained.
+
+    Raises
+    ------
+    SchemaError
+        Listing every mismatch.
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> tree = validate(example_tree())
+    >>> import xarray as xr
+    >>> validate(xr.Dataset({"prompt_mass": (("variant", "image", "layers"), [[[0.1]]])}),
+    ...          require_provenance=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mmlens.store.schema.SchemaError: ...
+    """
+    import xarray as xr
+
+    problems: list[str] = []
+    if isinstance(obj, xr.DataTree):
+        if require_provenance:
+            problems += _check_provenance(dict(obj.attrs), where="root attrs")
+        unknown = [name for name in obj.children if name not in GROUPS]
+        if unknown:
+            problems.append(
+                f"groups: expected names among {list(GROUPS)}, found {unknown}; "
+                "rename them or keep extra data in a separate store"
+            )
+        if not any(name in obj.children for name in ("vision", "text", "logits")):
+            problems.append(
+                f"groups: expected at least one of vision/text/logits, found {list(obj.children) or 'none'}"
+            )
+        if obj.has_data:
+            problems.append(
+                f"root: expected only attrs at the root, found variables {sorted(obj.to_dataset().data_vars)}; "
+                "put arrays in a group"
+            )
+        for name, node in obj.children.items():
+            if name in VARIABLES:
+                problems += _check_dataset(node.to_dataset(), name)
+    elif isinstance(obj, xr.Dataset):
+        g = group or infer_group(obj)
+        if g not in VARIABLES:
+            raise ValueError(f"group must be one of {list(VARIABLES)}, found {g!r}")
+        if require_provenance:
+            problems += _check_provenance(dict(obj.attrs), where="attrs")
+        problems += _check_dataset(obj, g)
+    else:
+        raise TypeError(f"validate expects an xarray DataTree or Dataset, found {type(obj).__name__}")
+    if problems:
+        raise SchemaError(
+            "does not match the mmlens store schema (docs/store_schema.md):\n  - " + "\n  - ".join(problems)
+        )
+    return obj
+
+
+def _check_provenance(attrs: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    missing = [key for key in PROVENANCE_KEYS if key not in attrs]
+    if missing:
+        problems.append(
+            f"{where}: expected all provenance keys, found these missing: {missing}; "
+            "build attrs with mmlens.store.schema.provenance_attrs(...)"
+        )
+    version = attrs.get("mmlens_schema")
+    if version is not None and version != SCHEMA_VERSION:
+        hint = "upgrade mmlens" if isinstance(version, int) and version > SCHEMA_VERSION else "re-trace"
+        problems.append(f"{where}: expected mmlens_schema={SCHEMA_VERSION}, found {version!r}; {hint}")
+    for key, value in attrs.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            import numpy as np
+
+            if isinstance(value, np.generic) and not isinstance(value, np.bool_):
+                continue
+            problems.append(
+                f"{where}[{key!r}]: expected a string or number (storable in zarr and netCDF), "
+                f"found {type(value).__name__}; provenance_attrs() converts it"
+            )
+    return problems
+
+
+def _check_dataset(ds: Any, group: str) -> list[str]:
+    problems: list[str] = []
+    table = VARIABLES[group]
+    allowed = set(DIMS)
+    unknown_dims = [d for d in ds.dims if d not in allowed]
+    if unknown_dims:
+        problems.append(f"{group}: expected dims among {list(DIMS)}, found unknown {unknown_dims}")
+    for name, var in ds.data_vars.items():
+        if name not in table:
+            continue  # extra variables are allowed (new outputs, attribution maps)
+        required = table[name][0]
+        core = tuple(d for d in var.dims if d not in OPTIONAL_DIMS)
+        if set(core) != set(required) or any(d in required for d in var.dims if d in OPTIONAL_DIMS):
+            problems.append(
+                f"{group}/{name}: expected dims ({', '.join(required)}) plus optionally "
+                f"{'/'.join(OPTIONAL_DIMS)}, found ({', '.join(map(str, var.dims))})"
+            )
+        if name != "failures" and var.dtype.kind != "f":
+            problems.append(f"{group}/{name}: expected a floating-point array, found dtype {var.dtype}")
+    coords_needed = {
+        "image": IMAGE_COORDS if group == "vision" else ("label",),
+        "class": CLASS_COORDS if group == "text" else ("classname",),
+        "layer": LAYER_COORDS,
+        "query": QUERY_COORDS,
+        "failure": FAILURE_COORDS,
+    }
+    for dim, names in coords_needed.items():
+        if dim not in ds.dims:
+            continue
+        if dim not in ds.coords and dim != "failure":
+            problems.append(f"{group}: expected an index coordinate for dim {dim!r}, found none")
+        for coord in names:
+            if coord not in ds.coords:
+                problems.append(f"{group}: expected coordinate {coord!r} on dim {dim!r}, found none")
+            elif dim not in ds.coords[coord].dims:
+                problems.append(
+                    f"{group}: expected coordinate {coord!r} along {dim!r}, found dims {ds.coords[coord].dims}"
+                )
+    problems += _check_values(ds, group, "layer_kind", LAYER_KINDS)
+    problems += _check_values(ds, group, "split", SPLITS)
+    problems += _check_values(ds, group, "token_role", TOKEN_ROLES)
+    roles = {"vision": VISION_ROLES, "text": TEXT_ROLES}.get(group, TOKEN_ROLES)
+    problems += _check_values(ds, group, "key_role", roles)
+    if "label" in ds.coords and ds.coords["label"].dtype.kind not in "iu":
+        problems.append(f"{group}: expected integer 'label' values, found dtype {ds.coords['label'].dtype}")
+    return problems
+
+
+def _check_values(ds: Any, group: str, coord: str, allowed: tuple[str, ...]) -> list[str]:
+    if coord not in ds.coords:
+        return []
+    import numpy as np
+
+    values = set(np.unique(np.asarray(ds.coords[coord].values).astype(str)).tolist())
+    bad = sorted(values - set(allowed))
+    if bad:
+        return [f"{group}: expected {coord!r} values among {list(allowed)}, found {bad}"]
+    return []
