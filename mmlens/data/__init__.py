@@ -37,8 +37,8 @@ _LAZY = {
     "collate": "mmlens.data.dataset",
     "build": "mmlens.data.dataset",
     "decode_image": "mmlens.data.dataset",
-    "verify": "mmlens.data.verify",
-    "VerifyReport": "mmlens.data.verify",
+    "verify": "mmlens.data.verification",
+    "VerifyReport": "mmlens.data.verification",
     "make_fake_tree": "mmlens.data.fake",
 }
 

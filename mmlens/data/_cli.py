@@ -43,7 +43,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from mmlens.data.manifest import ManifestError, get_manifest
-    from mmlens.data.verify import format_reports, verify_root
+    from mmlens.data.verification import format_reports, verify_root
 
     root = Path(args.root).expanduser()
     if not root.is_dir():

@@ -238,7 +238,7 @@ def build(
     >>> _ = make_fake_tree(root, ["EuroSAT"], per_class={"train": 3, "val": 1, "test": 1})
     >>> ds = build("EuroSAT", root, "train", shots=2, seed=1, subset="novel")
     >>> len(ds), ds.classnames[0]
-    (10, 'Permanent Crop Land')
+    (10, 'Pasture Land')
     """
     m = get_manifest(name)
     data = load_split(m, root, split)

@@ -198,9 +198,7 @@ def _make_imagenet(m: Manifest, root: Path, per_class: dict[str, int], w: _Write
         files[split] = []
         for label, wnid in enumerate(wnids):
             for j in range(per_class.get(split, 0)):
-                name = (
-                    f"{wnid}_{j}.JPEG" if split == "train" else f"ILSVRC2012_val_{label * 100 + j:08d}.JPEG"
-                )
+                name = f"{wnid}_{j}.JPEG" if split == "train" else f"ILSVRC2012_val_{label * 100 + j:08d}.JPEG"
                 files[split].append(w.image(split_dir / wnid / name, label))
     return FakeDataset(
         m.name,

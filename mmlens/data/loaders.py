@@ -124,9 +124,7 @@ def _read_split_json(m: Manifest, root: Path, split: str) -> SplitData:
     except json.JSONDecodeError as exc:
         raise SplitFileError(f"{path}: not valid JSON ({exc}). Re-download the split file.") from exc
     if not isinstance(data, dict):
-        raise SplitFileError(
-            f"{path}: expected an object with keys train/val/test, found {type(data).__name__}"
-        )
+        raise SplitFileError(f"{path}: expected an object with keys train/val/test, found {type(data).__name__}")
     missing = [s for s in m.splits if s not in data]
     if missing:
         raise SplitFileError(f"{path}: missing split(s) {missing}; found keys {sorted(data)}")
@@ -276,9 +274,7 @@ _READERS = {
 }
 
 
-def load_split(
-    name: str | Manifest, root: str | Path, split: str, *, check_classes: bool = True
-) -> SplitData:
+def load_split(name: str | Manifest, root: str | Path, split: str, *, check_classes: bool = True) -> SplitData:
     """Read one split of a dataset in its CoOp layout under ``root`` (no images are decoded).
 
     Parameters

@@ -129,9 +129,7 @@ class Manifest:
 
     def image_root(self, root: str | Path) -> Path:
         """The images folder under a data root (``folder/image_dir``)."""
-        return (
-            (Path(root) / self.folder / self.image_dir) if self.image_dir != "." else Path(root) / self.folder
-        )
+        return (Path(root) / self.folder / self.image_dir) if self.image_dir != "." else Path(root) / self.folder
 
 
 def _format_path(path) -> str:
@@ -163,18 +161,14 @@ def validate_manifest(data: Any, source: str | Path = "<manifest>") -> None:
         for split in sizes:
             if split not in data["splits"]:
                 problems.append(
-                    f"  field 'expected_split_sizes.{split}': split {split!r} "
-                    f"is not in splits {data['splits']}"
+                    f"  field 'expected_split_sizes.{split}': split {split!r} is not in splits {data['splits']}"
                 )
         for alias, target in data.get("split_aliases", {}).items():
             if target not in data["splits"]:
-                problems.append(
-                    f"  field 'split_aliases.{alias}': target {target!r} is not in splits {data['splits']}"
-                )
+                problems.append(f"  field 'split_aliases.{alias}': target {target!r} is not in splits {data['splits']}")
         if data.get("classnames") is not None and len(data["classnames"]) != data["num_classes"]:
             problems.append(
-                f"  field 'classnames': {len(data['classnames'])} names "
-                f"but num_classes is {data['num_classes']}"
+                f"  field 'classnames': {len(data['classnames'])} names but num_classes is {data['num_classes']}"
             )
     if problems:
         raise ManifestError(
@@ -218,9 +212,7 @@ def _registry() -> tuple[dict[str, Manifest], dict[str, str]]:
     for path in files:
         m = load_manifest(path)
         if m.name in manifests:
-            raise ManifestError(
-                f"{path}: dataset name {m.name!r} already defined in {manifests[m.name].path}"
-            )
+            raise ManifestError(f"{path}: dataset name {m.name!r} already defined in {manifests[m.name].path}")
         manifests[m.name] = m
         for key in (m.name, *m.aliases):
             k = key.lower()

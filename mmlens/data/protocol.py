@@ -99,9 +99,7 @@ def few_shot(items: Sequence[Item], k: int, seed: int, *, key: tuple[str, str]) 
     return out
 
 
-def base_novel(
-    items: Sequence[Item], classnames: Sequence[str], which: str = "base"
-) -> tuple[list[Item], list[str]]:
+def base_novel(items: Sequence[Item], classnames: Sequence[str], which: str = "base") -> tuple[list[Item], list[str]]:
     """Keep the base (first ceil(n/2) labels) or novel (the rest) classes, re-indexed from 0.
 
     Examples
@@ -171,9 +169,7 @@ def cross_dataset_targets(source: str = "ImageNet") -> list[str]:
     """
     src = get_manifest(source).name
     if src != cross_dataset_source():
-        raise ValueError(
-            f"{src} is not a cross-dataset source; the protocol trains on {cross_dataset_source()}"
-        )
+        raise ValueError(f"{src} is not a cross-dataset source; the protocol trains on {cross_dataset_source()}")
     return [n for n in list_manifests() if n != src and get_manifest(n).protocol.get("cross_dataset_target")]
 
 

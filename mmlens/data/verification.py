@@ -130,9 +130,7 @@ def verify(
     report = VerifyReport(m.name, str(m.dataset_dir(root)))
     if not m.dataset_dir(root).is_dir():
         report.present = False
-        report.errors.append(
-            f"dataset folder {m.dataset_dir(root)} not found (source: {m.source.get('data')})"
-        )
+        report.errors.append(f"dataset folder {m.dataset_dir(root)} not found (source: {m.source.get('data')})")
         return report
     expected = dict(m.expected_split_sizes if expected_sizes is None else expected_sizes)
     referenced_dirs: set[str] = set()
@@ -161,9 +159,7 @@ def verify(
         if no_mask:
             report.warnings.append(f"{split}: {no_mask} image(s) without a mask file under {m.masks['dir']}")
         if check_counts and check.expected is not None and check.listed != check.expected:
-            report.count_mismatches.append(
-                f"{split}: {check.listed} images listed, manifest expects {check.expected}"
-            )
+            report.count_mismatches.append(f"{split}: {check.listed} images listed, manifest expects {check.expected}")
     if decode and to_decode:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             results = list(pool.map(_check_image, [p for p, _ in to_decode], chunksize=64))
