@@ -46,7 +46,8 @@ ABLATION_VARIANTS: tuple[str, ...] = ("bias_only", "redistribution_only", "const
 VARIANTS: tuple[str, ...] = (PROMPTED_VARIANT, REFERENCE_VARIANT, *ABLATION_VARIANTS)
 
 LAYER_KINDS: tuple[str, ...] = ("injected", "carried", "none")
-SPLITS: tuple[str, ...] = ("base", "novel")
+#: "all": the whole class set, for data without a base/novel protocol.
+SPLITS: tuple[str, ...] = ("base", "novel", "all")
 
 #: Coordinates required on a dimension when it is present (``{dim: coords}``).
 IMAGE_COORDS: tuple[str, ...] = ("label", "classname", "split", "path")
@@ -392,7 +393,7 @@ def _check_values(ds: Any, group: str, coord: str, allowed: tuple[str, ...]) -> 
         return []
     import numpy as np
 
-    values = set(np.unique(np.asarray(ds.coords[coord].values).astype(str)).tolist())
+    values = {str(x) for x in np.asarray(ds.coords[coord].values, dtype=object).ravel()}
     bad = sorted(values - set(allowed))
     if bad:
         return [f"{group}: expected {coord!r} values among {list(allowed)}, found {bad}"]

@@ -1,0 +1,441 @@
+"""``mmlens.trace``: run a PromptedCLIP and record the split of every block into labelled xarray.
+
+The output follows docs/store_schema.md: a DataTree with groups ``vision`` (readout ``[cls]``),
+``text`` (readout EOT of each class prompt) and ``logits``; variants (``full``, the zero-shot
+reference, route ablations) share one ``variant`` dim so "with vs without prompts" is a subtraction.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+
+from mmlens.models.prompted import ROLE_CODES, BlockCall
+from mmlens.store import schema
+from mmlens.trace.decompose import AttentionSplit, check_completeness, head_outputs
+from mmlens.trace.interventions import SplitHook, routes_for
+
+__all__ = ["trace", "trace_to_store", "iter_trace_batches"]
+
+_ROLES = {"vision": schema.VISION_ROLES, "text": schema.TEXT_ROLES}
+_READOUT = {b: ROLE_CODES[r] for b, r in schema.READOUT_ROLE.items()}
+
+
+class _Collector:
+    """Per forward pass: readout statistics of every block of one tower, as numpy arrays."""
+
+    def __init__(self, branch: str, *, grid: tuple[int, int] | None, all_queries: bool, vectors: bool,
+                 check: bool, rtol: float) -> None:
+        self.branch, self.grid, self.all_queries, self.vectors = branch, grid, all_queries, vectors
+        self.check, self.rtol = check, rtol
+        self.layers: dict[int, dict[str, np.ndarray]] = {}
+        self.query_roles: np.ndarray | None = None
+        self.max_completeness_error = 0.0
+
+    def __call__(self, call: BlockCall, split: AttentionSplit, z: torch.Tensor) -> None:
+        if self.check:
+            ref = call.block.attention(z, attn_mask=call.attn_mask)
+            err = check_completeness(split, ref, branch=call.branch, layer=call.layer, rtol=self.rtol)
+            self.max_completeness_error = max(self.max_completeness_error, err)
+        batch, tokens = call.x.shape[:2]
+        roles = call.roles if call.roles.dim() == 2 else call.roles.expand(batch, -1)
+        rows = torch.arange(batch, device=roles.device)
+        readout = (roles == _READOUT[self.branch]).int().argmax(-1)  # the readout token of each row
+        positions = torch.arange(tokens, device=roles.device).expand(batch, -1)
+        out: dict[str, torch.Tensor] = {}
+
+        alpha = split.prompt_mass  # [batch, heads, queries]
+        out["prompt_mass"] = alpha[rows, :, readout]
+        others = (roles != ROLE_CODES["prompt"]) & (roles != ROLE_CODES["pad"]) & (positions != readout[:, None])
+        out["prompt_mass_other_queries"] = (alpha * others[:, None]).sum(-1) / others.sum(-1).clamp_min(1)[:, None]
+
+        def at_readout(t: torch.Tensor) -> torch.Tensor:  # [b, h, q, d] -> [b, h, 1, d]
+            return t[rows, :, readout][:, :, None]
+
+        original = head_outputs(split, at_readout(split.original_mass[..., None] * split.context_original))[:, :, 0]
+        bias = head_outputs(split, at_readout(split.prompt_mass[..., None] * split.context_prompt))[:, :, 0]
+        out["original_norm"] = original.norm(dim=-1)
+        out["bias_head_norm"] = bias.norm(dim=-1)
+        out["original_total_norm"] = original.sum(1).norm(dim=-1)
+        out["bias_norm"] = bias.sum(1).norm(dim=-1)
+        out["residual_norm"] = call.x[rows, readout].float().norm(dim=-1)
+        attn_readout = split.attn[rows, :, readout]  # [batch, heads, keys]
+        out["attention_by_role"] = torch.stack(
+            [(attn_readout * (roles == ROLE_CODES[r])[:, None]).sum(-1) for r in _ROLES[self.branch]], dim=-1)
+        if self.vectors:
+            out["bias"] = bias.sum(1)
+            out["original"] = original.sum(1)
+        if self.branch == "vision":
+            patches = roles[0] == ROLE_CODES["patch"]
+            prompts = roles[0] == ROLE_CODES["prompt"]
+            gh, gw = self.grid
+            out["cls_attention"] = split.attn_original[rows, :, readout][:, :, patches].reshape(batch, -1, gh, gw)
+            for name, t in (("prompt_key_cosine", split.k), ("prompt_value_cosine", split.v)):
+                if prompts.any():
+                    mean_prompt = t[:, :, prompts].mean(2, keepdim=True)
+                    cos = F.cosine_similarity(t[:, :, patches], mean_prompt, dim=-1)
+                else:  # no prompt tokens in this block
+                    cos = torch.full((batch, t.shape[1], int(patches.sum())), float("nan"), device=t.device)
+                out[name] = cos.reshape(batch, -1, gh, gw)
+        if self.all_queries:
+            out["prompt_mass_all_queries"] = alpha
+            self.query_roles = roles[0].cpu().numpy()
+        self.layers[call.layer] = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+
+
+def _layer_dataset(collector: _Collector, model, item_dim: str, layer_kinds: list[str]) -> xr.Dataset:
+    """Stack a collector's per-layer arrays into a Dataset with dims (item, layer, ...)."""
+    names = collector.layers[0].keys()
+    dims = {
+        "prompt_mass": ("head",), "prompt_mass_other_queries": ("head",), "original_norm": ("head",),
+        "bias_head_norm": ("head",), "original_total_norm": (), "bias_norm": (), "residual_norm": (),
+        "attention_by_role": ("head", "key_role"), "bias": ("channel",), "original": ("channel",),
+        "cls_attention": ("head", "patch_row", "patch_col"), "prompt_key_cosine": ("head", "patch_row", "patch_col"),
+        "prompt_value_cosine": ("head", "patch_row", "patch_col"), "prompt_mass_all_queries": ("head", "query"),
+    }
+    n_layers = len(layer_kinds)
+    data = {}
+    for name in names:
+        stacked = np.stack([collector.layers[i][name] for i in range(n_layers)], axis=1)
+        data[name] = ((item_dim, "layer", *dims[name]), stacked)
+    ds = xr.Dataset(data)
+    coords: dict[str, Any] = {"layer": np.arange(n_layers), "layer_kind": ("layer", np.array(layer_kinds, dtype=object))}
+    if "head" in ds.dims:
+        coords["head"] = np.arange(ds.sizes["head"])
+    if "key_role" in ds.dims:
+        coords["key_role"] = np.array(_ROLES[collector.branch], dtype=object)
+    if "query" in ds.dims:
+        names_by_code = {v: k for k, v in ROLE_CODES.items()}
+        coords["query"] = np.arange(ds.sizes["query"])
+        coords["token_role"] = ("query", np.array([names_by_code[int(c)] for c in collector.query_roles], dtype=object))
+    return ds.assign_coords(coords)
+
+
+def _batches(images_or_loader: Any, batch_size: int) -> Iterator[dict]:
+    """Normalise the input: a tensor, a Dataset, or an iterable of batches -> dict batches."""
+    if isinstance(images_or_loader, torch.Tensor):
+        for lo in range(0, len(images_or_loader), batch_size):
+            yield {"image": images_or_loader[lo:lo + batch_size]}
+        return
+    if isinstance(images_or_loader, torch.utils.data.Dataset) and hasattr(images_or_loader, "__getitem__") \
+            and hasattr(images_or_loader, "__len__"):
+        from mmlens.data import collate
+
+        images_or_loader = torch.utils.data.DataLoader(images_or_loader, batch_size=batch_size, collate_fn=collate)
+    for batch in images_or_loader:
+        if isinstance(batch, dict):
+            yield batch
+        elif isinstance(batch, (list, tuple)):
+            yield {"image": batch[0], **({"label": batch[1]} if len(batch) > 1 else {})}
+        else:
+            yield {"image": batch}
+
+
+def _image_coords(batch: dict, n: int, start: int, classnames: Sequence[str], split: str) -> dict:
+    labels = batch.get("label")
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels) if labels is not None \
+        else np.full(n, -1)
+    names = batch.get("classname")
+    if names is None:
+        names = [classnames[i] if 0 <= i < len(classnames) else "" for i in labels]
+    paths = batch.get("path") or [""] * n
+    splits = batch.get("split") or [split] * n
+    return {
+        "image": np.arange(start, start + n),
+        "label": ("image", labels.astype(np.int64)),
+        "classname": ("image", np.array(list(names), dtype=object)),
+        "split": ("image", np.array(list(splits), dtype=object)),
+        "path": ("image", np.array([str(p) for p in paths], dtype=object)),
+    }
+
+
+def _foreground(masks: torch.Tensor | None, grid: tuple[int, int]) -> np.ndarray | None:
+    """Fraction of foreground pixels in each patch, from masks [batch, H, W]."""
+    if masks is None:
+        return None
+    m = masks.float()
+    if m.dim() == 4:
+        m = m[:, 0]
+    return F.adaptive_avg_pool2d(m[:, None], grid)[:, 0].cpu().numpy()
+
+
+def _provenance(model, extra: dict | None, device: torch.device, dtype: torch.dtype) -> dict:
+    import open_clip
+
+    from mmlens._version import __version__
+    from mmlens.models.checkpoints import prompt_sha256
+
+    source = model.clip_source
+    pretrained = source.get("pretrained") or {}
+    fields = {
+        "mmlens_schema": schema.SCHEMA_VERSION,
+        "model_name": source.get("name", type(model.clip).__name__),
+        "pretrained": pretrained.get("tag") or pretrained.get("path") or pretrained.get("source", "unknown"),
+        "weights_sha256": pretrained.get("sha256") or "",
+        "method": model.method,
+        "method_hparams": json.dumps(model.hparams, sort_keys=True),
+        "prompt_sha256": prompt_sha256(model.prompt_state_dict()),
+        "dataset": "",
+        "manifest_version": "",
+        "seed": -1,
+        "mmlens_version": __version__,
+        "torch_version": torch.__version__,
+        "open_clip_version": getattr(open_clip, "__version__", "unknown"),
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not fields["weights_sha256"] and hasattr(model.clip, "state_dict"):
+        from mmlens.models.loading import state_dict_sha256
+
+        fields["weights_sha256"] = state_dict_sha256(model.clip)
+    fields.update(extra or {})
+    return schema.provenance_attrs(**fields)
+
+
+def iter_trace_batches(
+    model,
+    images_or_loader: Any,
+    *,
+    variants: Sequence[str] = ("full",),
+    all_queries: bool = False,
+    store_bias_vectors: bool = False,
+    mean_bias: dict | None = None,
+    intervention: dict | None = None,
+    check_completeness: bool = True,
+    batch_size: int = 32,
+    skip: int = 0,
+    image_split: str = "all",
+    class_split: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    total: int | None = None,
+) -> Iterator[tuple[dict[str, xr.Dataset], int]]:
+    """Yield ``({group: Dataset}, n_inputs)`` per batch; the first yield also carries ``text``.
+
+    The streaming core of :func:`trace` and :func:`trace_to_store`. ``skip`` input items are
+    passed over (resume); image indices continue from there.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = next(model.clip.parameters()).dtype
+    rtol = 1e-5 if dtype == torch.float32 else 5e-3
+    grid = tuple(model.clip.visual.grid_size)
+    kinds = {b: model.layer_kinds(b) for b in ("vision", "text")}
+    was_training = model.training
+    model.eval()
+    previous_hook, previous_enabled = model.block_hook, model.prompts_enabled
+    text_features: dict[str, torch.Tensor] = {}
+    text_sets = []
+    try:
+        with torch.no_grad():
+            for variant in variants:  # the text tower sees no image: trace it once per variant
+                col = _Collector("text", grid=None, all_queries=False, vectors=store_bias_vectors,
+                                 check=check_completeness, rtol=rtol)
+                model.block_hook = SplitHook(routes_for(model, variant, **(intervention or {})), mean_bias, col,
+                                             record_branches=("text",))
+                model.prompts_enabled = variant != "zeroshot"
+                text_features[variant] = model.text_features()
+                ds = _layer_dataset(col, model, "class", kinds["text"])
+                text_sets.append(ds.expand_dims(variant=[variant]))
+            text = xr.concat(text_sets, dim="variant", coords="minimal", compat="override", join="outer")
+            text = text.assign_coords(
+                {"class": np.arange(len(model.classnames)),
+                 "classname": ("class", np.array(model.classnames, dtype=object)),
+                 "split": ("class", np.array(list(class_split or ["all"] * len(model.classnames)), dtype=object))})
+            first = True
+            consumed = 0  # input items seen so far (resume skips the first `skip`)
+            bar = tqdm(total=total, desc="trace", unit="img", disable=not progress, initial=skip)
+            for batch in _batches(images_or_loader, batch_size):
+                failures = list(batch.get("failures") or [])
+                n_in = len(batch["image"]) + len(failures)  # input items, unreadable ones included
+                cut = min(max(skip - consumed, 0), n_in)
+                start, consumed = consumed + cut, consumed + n_in
+                if cut == n_in:
+                    continue
+                if cut and failures:
+                    raise RuntimeError("Cannot resume inside a batch that had unreadable images: "
+                                       "resume with the batch_size of the interrupted run.")
+                if cut:  # a batch straddling the resume point
+                    batch = {k: v[cut:] if isinstance(v, (torch.Tensor, list, tuple, np.ndarray)) else v
+                             for k, v in batch.items()}
+                images, n = batch["image"], n_in - cut
+                images = images.to(device)
+                per_variant, logits = [], []
+                for variant in variants:
+                    col = _Collector("vision", grid=grid, all_queries=all_queries, vectors=store_bias_vectors,
+                                     check=check_completeness and first, rtol=rtol)
+                    model.block_hook = SplitHook(routes_for(model, variant, **(intervention or {})), mean_bias, col,
+                                                 record_branches=("vision",))
+                    model.prompts_enabled = variant != "zeroshot"
+                    logits.append(model(images, text_features[variant]).float().cpu().numpy())
+                    per_variant.append(_layer_dataset(col, model, "image", kinds["vision"]).expand_dims(variant=[variant]))
+                vision = xr.concat(per_variant, dim="variant", coords="minimal", compat="override", join="outer")
+                coords = _image_coords(batch, n, start, model.classnames, image_split)
+                vision = vision.assign_coords(coords)
+                vision["output_bias_norm"] = ("layer", np.array(
+                    [float(b.attn.out_proj.bias.float().norm()) if b.attn.out_proj.bias is not None else 0.0
+                     for b in model.clip.visual.transformer.resblocks]))
+                if failures:
+                    _warn_failures(failures)
+                    vision["failures"] = xr.DataArray(
+                        np.array([err for _, err in failures], dtype=object), dims="failure",
+                        coords={"failure_path": ("failure", np.array([p for p, _ in failures], dtype=object))})
+                fg = _foreground(batch.get("mask"), grid)
+                if fg is not None:
+                    vision["foreground"] = (("image", "patch_row", "patch_col"), fg)
+                logit_ds = xr.Dataset(
+                    {"logits": (("variant", "image", "class"), np.stack(logits))},
+                    coords={"variant": np.array(list(variants), dtype=object), "class": np.arange(len(model.classnames)),
+                            "classname": ("class", np.array(model.classnames, dtype=object)),
+                            **{k: v for k, v in coords.items() if k != "classname"}},
+                )
+                groups = {"vision": vision, "logits": logit_ds}
+                if first:
+                    text["output_bias_norm"] = ("layer", np.array(
+                        [float(b.attn.out_proj.bias.float().norm()) if b.attn.out_proj.bias is not None else 0.0
+                         for b in model.clip.transformer.resblocks]))
+                    groups["text"] = text
+                first = False
+                bar.update(n)
+                yield groups, n + len(failures)
+            bar.close()
+    finally:
+        model.block_hook, model.prompts_enabled = previous_hook, previous_enabled
+        model.train(was_training)
+
+
+def _variants(with_reference: bool, variants: Sequence[str] | None) -> list[str]:
+    chosen = list(variants or ["full"])
+    if with_reference and "zeroshot" not in chosen:
+        chosen.append("zeroshot")
+    if chosen and chosen[0] != "full" and "full" in chosen:
+        chosen.remove("full")
+        chosen.insert(0, "full")
+    return chosen
+
+
+def trace(
+    model,
+    images_or_loader: Any,
+    *,
+    with_reference: bool = False,
+    variants: Sequence[str] | None = None,
+    all_queries: bool = False,
+    store_bias_vectors: bool = False,
+    mean_bias: dict | None = None,
+    intervention: dict | None = None,
+    check_completeness: bool = True,
+    batch_size: int = 32,
+    image_split: str = "all",
+    class_split: Sequence[str] | None = None,
+    provenance: dict | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> xr.DataTree:
+    """Trace a PromptedCLIP on images: the split of MATH.md for every block and head, both towers.
+
+    Parameters
+    ----------
+    model : PromptedCLIP
+        Any method, including ``zeroshot``.
+    images_or_loader : Tensor, Dataset or iterable of batches
+        Images ``[N, 3, H, W]``; an mmlens ``ImageDataset``; or batches (dicts with ``image`` and
+        optionally ``label``, ``classname``, ``path``, ``mask``, ``split``).
+    with_reference : bool
+        Also trace the same images without prompts (variant ``zeroshot``), aligned on the same
+        coordinates: ``tree["vision"].sel(variant="full") - tree["vision"].sel(variant="zeroshot")``.
+    variants : list of str, optional
+        Route ablations to trace as well (``bias_only``, ``redistribution_only``, ``drop_prompts``,
+        ``constant_bias`` with ``mean_bias``); ``intervention`` = ``{"branch": ..., "layers": ...}``.
+    all_queries : bool
+        Also store α for every query token (``prompt_mass_all_queries`` with a ``query`` dim).
+    store_bias_vectors : bool
+        Store β and the original path at the readout (``bias``, ``original``; a ``channel`` dim).
+    check_completeness : bool
+        Check (a)+(b)+(c) against the block's own attention output on the first batch.
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``vision``, ``text``, ``logits`` (docs/store_schema.md), provenance in ``attrs``.
+
+    Examples
+    --------
+    >>> tree = mmlens.trace(model, images, with_reference=True)  # doctest: +SKIP
+    >>> tree["vision"]["prompt_mass"].sel(variant="full", layer=0).mean("image")  # doctest: +SKIP
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": []}
+    text = None
+    for groups, _n in iter_trace_batches(
+        model, images_or_loader, variants=_variants(with_reference, variants), all_queries=all_queries,
+        store_bias_vectors=store_bias_vectors, mean_bias=mean_bias, intervention=intervention,
+        check_completeness=check_completeness, batch_size=batch_size, image_split=image_split,
+        class_split=class_split, device=device, progress=progress,
+    ):
+        text = groups.get("text", text)
+        parts["vision"].append(groups["vision"])
+        parts["logits"].append(groups["logits"])
+    if text is None:
+        raise ValueError("trace() got no images: the input was empty.")
+    vision = xr.concat(parts["vision"], dim="image", data_vars="minimal", coords="minimal", compat="override")
+    logits = xr.concat(parts["logits"], dim="image", data_vars="minimal", coords="minimal", compat="override")
+    dtype = next(model.clip.parameters()).dtype
+    return xr.DataTree.from_dict(
+        {"/": xr.Dataset(attrs=_provenance(model, provenance, device, dtype)), "vision": vision, "text": text,
+         "logits": logits}
+    )
+
+
+def trace_to_store(
+    model,
+    loader: Any,
+    path: str | os.PathLike,
+    *,
+    with_reference: bool = False,
+    variants: Sequence[str] | None = None,
+    provenance: dict | None = None,
+    overwrite: bool = False,
+    batch_size: int = 32,
+    total: int | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Stream a trace into a zarr store, one chunk per batch; resumable after any interruption.
+
+    Re-running the same call on the same path continues after the last complete chunk (a store
+    of another model or prompt set is refused). Takes the keyword arguments of :func:`trace`.
+    Returns the store path; open it with ``mmlens.open(path)``.
+    """
+    from mmlens.store.io import StoreWriter
+
+    device = torch.device(kwargs.pop("device", None) or next(model.parameters()).device)
+    dtype = next(model.clip.parameters()).dtype
+    prov = _provenance(model, provenance, device, dtype)
+    if total is None and hasattr(loader, "__len__") and not isinstance(loader, torch.utils.data.DataLoader):
+        total = len(loader)
+    with StoreWriter(path, prov, overwrite=overwrite) as writer:
+        if writer.complete:
+            return Path(path)
+        for groups, n in iter_trace_batches(
+            model, loader, variants=_variants(with_reference, variants), skip=writer.n_done,
+            batch_size=batch_size, device=device, total=total, **kwargs,
+        ):
+            writer.append(groups, n_items=n)
+    return Path(path)
+
+
+def _warn_failures(failures: Iterable[tuple[str, str]]) -> None:
+    for path, err in failures:
+        warnings.warn(f"skipped unreadable image {path}: {err}", stacklevel=3)
