@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 from mmlens.data.loaders import Item, load_split
 from mmlens.data.manifest import get_manifest
@@ -189,7 +190,8 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     good = [s for s in samples if not s.get("failed")]
     images = [s["image"] for s in good]
     if images and all(isinstance(x, torch.Tensor) and x.shape == images[0].shape for x in images):
-        image: Any = torch.stack(images)
+        # default_collate stacks straight into shared memory inside DataLoader workers (no extra copy)
+        image: Any = default_collate(images)
     else:
         image = images
     masks = [s["mask"] for s in good]
@@ -198,7 +200,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if present:
         if all(m.shape == present[0].shape for m in present):
             filler = torch.full_like(present[0], math.nan)
-            mask = torch.stack([m if m is not None else filler for m in masks])
+            mask = default_collate([m if m is not None else filler for m in masks])
         else:
             mask = masks
     return {
