@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from mmlens.data.loaders import Item, load_split
-from mmlens.data.manifest import get_manifest
+from mmlens.data.manifest import Manifest, get_manifest
 from mmlens.data.protocol import base_novel, few_shot
 
 __all__ = ["ImageDataset", "ImageDecodeError", "build", "collate", "decode_image", "decode_mask"]
@@ -216,7 +216,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build(
-    name: str,
+    name: str | Manifest,
     root: str | Path,
     split: str,
     *,

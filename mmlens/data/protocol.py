@@ -134,43 +134,49 @@ def harmonic_mean(base: float, novel: float) -> float:
     return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
 
 
-def base_to_novel_datasets() -> list[str]:
-    """The eleven datasets of the base-to-novel benchmark (manifests with ``protocol.base_to_novel``).
+def base_to_novel_datasets(kind: str = "real") -> list[str]:
+    """Datasets of the base-to-novel benchmark (``protocol.base_to_novel``) of one ``kind``.
+
+    ``kind="real"``: the eleven; ``kind="toyworld"``: their toyworld analogues; ``None``: all.
 
     Examples
     --------
     >>> len(base_to_novel_datasets())
     11
     """
-    return [n for n in list_manifests() if get_manifest(n).protocol.get("base_to_novel")]
+    return [n for n in list_manifests(kind) if get_manifest(n).protocol.get("base_to_novel")]
 
 
-def cross_dataset_source() -> str:
-    """The source dataset of the cross-dataset protocol (``ImageNet``).
+def cross_dataset_source(kind: str = "real") -> str:
+    """The source dataset of the cross-dataset protocol among manifests of ``kind`` (``ImageNet``).
 
     Examples
     --------
     >>> cross_dataset_source()
     'ImageNet'
     """
-    sources = [n for n in list_manifests() if get_manifest(n).protocol.get("cross_dataset_source")]
+    sources = [n for n in list_manifests(kind) if get_manifest(n).protocol.get("cross_dataset_source")]
     if len(sources) != 1:
-        raise ValueError(f"expected exactly one manifest with protocol.cross_dataset_source, found {sources}")
+        raise ValueError(
+            f"expected exactly one {kind} manifest with protocol.cross_dataset_source: true, found {sources}"
+        )
     return sources[0]
 
 
 def cross_dataset_targets(source: str = "ImageNet") -> list[str]:
-    """Datasets evaluated zero-shot after training on ``source`` (all classes, 16 shots).
+    """Datasets (of the source's kind) evaluated zero-shot after training on ``source``.
 
     Examples
     --------
     >>> len(cross_dataset_targets()), "ImageNet" in cross_dataset_targets()
     (10, False)
     """
-    src = get_manifest(source).name
-    if src != cross_dataset_source():
-        raise ValueError(f"{src} is not a cross-dataset source; the protocol trains on {cross_dataset_source()}")
-    return [n for n in list_manifests() if n != src and get_manifest(n).protocol.get("cross_dataset_target")]
+    m = get_manifest(source)
+    if not m.protocol.get("cross_dataset_source"):
+        raise ValueError(
+            f"{m.name} is not a cross-dataset source; the {m.kind} protocol trains on {cross_dataset_source(m.kind)}"
+        )
+    return [n for n in list_manifests(m.kind) if n != m.name and get_manifest(n).protocol.get("cross_dataset_target")]
 
 
 def domain_generalisation_targets(source: str = "ImageNet") -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmlens.data.loaders import IMAGE_EXTENSIONS, SplitFileError, load_split
-from mmlens.data.manifest import get_manifest, list_manifests
+from mmlens.data.manifest import Manifest, get_manifest, list_manifests
 
 __all__ = ["SplitCheck", "VerifyReport", "verify", "verify_root", "format_reports"]
 
@@ -87,7 +87,7 @@ def _image_dirs(top: Path) -> set[str]:
 
 
 def verify(
-    name: str,
+    name: str | Manifest,
     root: str | Path,
     *,
     decode: bool = True,

@@ -188,3 +188,30 @@ def test_variant_falls_back_to_imagenet_classnames(tmp_path):
     os.remove(tmp_path / "imagenet" / "classnames.txt")
     with pytest.raises(FileNotFoundError, match="classnames file not found at .* nor at"):
         mdata.load_split("ImageNet-R", tmp_path, "test")
+
+
+def test_a_user_manifest_file_drives_loaders_verify_and_build(tmp_path):
+    """Toyworld and user datasets come as manifest files: the same code reads them."""
+    import yaml
+
+    from mmlens.data.manifest import load_manifest, manifest_dir
+
+    fake = make_fake_tree(tmp_path, ["EuroSAT"], per_class={"train": 2, "val": 1, "test": 1})
+    data = yaml.safe_load((manifest_dir() / "eurosat.yaml").read_text())
+    data.update(
+        name="MyEuro",
+        kind="toyworld",
+        aliases=[],
+        expected_split_sizes={"train": 20, "val": 10, "test": 10},
+        classnames=fake["EuroSAT"].classnames,
+    )
+    p = tmp_path / "myeuro.yaml"
+    p.write_text(yaml.safe_dump(data))
+    m = load_manifest(p)
+    assert mdata.load_split(m, tmp_path, "val").classnames == fake["EuroSAT"].classnames
+    assert mdata.verify(m, tmp_path).ok
+    assert len(mdata.build(m, tmp_path, "train", shots=1, subset="base")) == 5
+    data["classnames"] = list(reversed(fake["EuroSAT"].classnames))
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(SplitFileError, match="differ from the manifest's `classnames`"):
+        mdata.load_split(load_manifest(p), tmp_path, "val")
