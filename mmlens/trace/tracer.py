@@ -270,7 +270,8 @@ def iter_trace_batches(
                 if cut:  # a batch straddling the resume point
                     batch = {k: v[cut:] if isinstance(v, (torch.Tensor, list, tuple, np.ndarray)) else v
                              for k, v in batch.items()}
-                images, n = batch["image"], n_in - cut
+                images = batch["image"]
+                n = len(images)
                 images = images.to(device)
                 per_variant, logits = [], []
                 for variant in variants:
