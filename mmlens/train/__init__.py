@@ -1,1 +1,49 @@
-"""Few-shot prompt learning and bias tuning; base/novel evaluation with route ablations."""
+"""Few-shot prompt learning and bias tuning; base/novel evaluation with route ablations.
+
+``fit`` (in :mod:`mmlens.train.trainer`, which imports torch) loads on first use; the evaluation
+helpers are imported here because the module :mod:`mmlens.train.evaluate` shares its name with the
+function :func:`evaluate`, and binding the function now keeps ``from mmlens.train import evaluate``
+the function whatever is imported later (that module imports torch/xarray only when called).
+
+>>> from mmlens.train import fit, evaluate, to_markdown
+>>> callable(evaluate)
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mmlens.train import evaluate as _evaluate_module
+
+evaluate = _evaluate_module.evaluate
+summary = _evaluate_module.summary
+to_markdown = _evaluate_module.to_markdown
+to_csv = _evaluate_module.to_csv
+ablation_variants = _evaluate_module.ablation_variants
+parse_variant = _evaluate_module.parse_variant
+Variant = _evaluate_module.Variant
+
+_LAZY = {
+    "fit": "mmlens.train.trainer",
+    "FitResult": "mmlens.train.trainer",
+    "latest_checkpoint": "mmlens.train.trainer",
+    "WarmupCosine": "mmlens.train.schedule",
+}
+
+__all__ = sorted([*_LAZY, "evaluate", "summary", "to_markdown", "to_csv", "ablation_variants", "parse_variant",
+                  "Variant"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmlens.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,624 @@
+"""Evaluation: base / novel / HM accuracy per dataset, seed, method and route-ablation variant, as xarray; tables.
+
+The result of :func:`evaluate` is an ``xarray.Dataset`` with dims ``(dataset, seed, method, variant,
+split)`` holding ``accuracy`` (%), ``correct`` and ``total``. :func:`summary` reduces it to the
+published numbers (seed means; HM per dataset; the average HM as the harmonic mean of the mean base
+and mean novel accuracy) and :func:`to_markdown` / :func:`to_csv` write tables.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = [
+    "ROUTES",
+    "BRANCHES",
+    "LAYER_GROUPS",
+    "PROTOCOLS",
+    "Variant",
+    "ablation_variants",
+    "evaluate",
+    "parse_variant",
+    "summary",
+    "to_csv",
+    "to_markdown",
+]
+
+ROUTES = ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts")
+BRANCHES = ("both", "vision", "text")
+LAYER_GROUPS = ("all", "injected", "carried")
+PROTOCOLS = ("base_to_novel", "cross_dataset", "domain_generalisation")
+
+
+# ---------------------------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    """A route ablation: ``route`` applied to ``branch`` (both/vision/text) and ``layers`` (all/injected/carried)."""
+
+    route: str
+    branch: str = "both"
+    layers: str = "all"
+
+    @property
+    def label(self) -> str:
+        """``route``, ``route:branch`` or ``route:branch:layers`` (defaults left out)."""
+        if self.layers != "all":
+            return f"{self.route}:{self.branch}:{self.layers}"
+        return self.route if self.branch == "both" else f"{self.route}:{self.branch}"
+
+
+def parse_variant(spec: str | Variant | tuple) -> Variant:
+    """Read a variant: ``"bias_only"``, ``"bias_only:vision"``, ``"drop_prompts:both:carried"`` or a tuple.
+
+    Examples
+    --------
+    >>> parse_variant("bias_only:vision").label, parse_variant(("constant_bias", "both", "injected")).label
+    ('bias_only:vision', 'constant_bias:both:injected')
+    """
+    if isinstance(spec, Variant):
+        v = spec
+    else:
+        parts = tuple(spec) if isinstance(spec, tuple) else tuple(str(spec).split(":"))
+        if not 1 <= len(parts) <= 3:
+            raise ValueError(f"variant {spec!r}: expected 'route[:branch[:layers]]'.")
+        v = Variant(*parts)
+    if v.route not in ROUTES:
+        raise ValueError(f"variant {spec!r}: unknown route {v.route!r}; known: {', '.join(ROUTES)}.")
+    if v.branch not in BRANCHES:
+        raise ValueError(f"variant {spec!r}: branch must be one of {BRANCHES}, got {v.branch!r}.")
+    if v.layers not in LAYER_GROUPS:
+        raise ValueError(f"variant {spec!r}: layers must be one of {LAYER_GROUPS}, got {v.layers!r}.")
+    if v.route == "full" and (v.branch, v.layers) != ("both", "all"):
+        raise ValueError(f"variant {spec!r}: 'full' is the unmodified model; it takes no branch or layers.")
+    return v
+
+
+def ablation_variants(
+    routes: Sequence[str] = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts"),
+    branches: Sequence[str] = BRANCHES,
+    layer_groups: Sequence[str] = LAYER_GROUPS,
+    *,
+    reference: bool = True,
+) -> list[str]:
+    """Variant labels of a route-ablation grid (``full`` and ``zeroshot`` first when ``reference``).
+
+    Examples
+    --------
+    >>> ablation_variants(["bias_only"], ["both", "vision"], ["all"])
+    ['full', 'zeroshot', 'bias_only', 'bias_only:vision']
+    """
+    out = ["full", "zeroshot"] if reference else []
+    for route in routes:
+        for branch in branches:
+            for layers in layer_groups:
+                label = parse_variant((route, branch, layers)).label
+                if label not in out:
+                    out.append(label)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- entries
+@dataclass
+class _Entry:
+    """One set of prompts to evaluate: a model (or a prompt file loaded on demand) and where it came from."""
+
+    method: str
+    seed: int
+    dataset: str | None  # the dataset it was trained on (None: unknown -> evaluated on every dataset)
+    source: Any  # PromptedCLIP or Path
+    training: dict[str, Any]
+    classnames: list[str] | None
+    trainable_parameters: int | None = None
+    prompt_sha256: str = ""
+
+    def model(self, clip: Any) -> Any:
+        if not isinstance(self.source, (str, os.PathLike)):
+            return self.source
+        if clip is None:
+            raise ValueError("Evaluating prompt files needs the base model: pass clip=mmlens.load_clip(...).")
+        from mmlens.models.checkpoints import load_prompts
+
+        return load_prompts(self.source, clip)
+
+
+def _prompt_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.rglob("prompts.safetensors")) or sorted(path.rglob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"No prompt files (*.safetensors) under {path}.")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"No prompt file at {path}. Train one with mmlens.train.fit / `mmlens train`.")
+    return [path]
+
+
+def _entries(model_or_prompts: Any, seeds: Sequence[int] | None) -> list[_Entry]:
+    from mmlens.models.checkpoints import read_prompt_file
+
+    items = model_or_prompts
+    if isinstance(items, (str, os.PathLike)) or not isinstance(items, Iterable):
+        items = [items]
+    entries: list[_Entry] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            for f in _prompt_files(Path(item).expanduser()):
+                _, meta = read_prompt_file(f)
+                training = meta.get("training") or {}
+                seed = int(training.get("seed", seeds[0] if seeds else 1))
+                if seeds and seed not in seeds:
+                    continue
+                entries.append(_Entry(meta["hparams"]["method"], seed, training.get("dataset"), f, training,
+                                      list(meta.get("classnames") or []), meta.get("trainable_parameters"),
+                                      meta.get("prompt_sha256", "")))
+        elif hasattr(item, "prompt_learner") and hasattr(item, "method"):
+            if seeds is not None and len(seeds) != 1:
+                raise ValueError(f"A model object is one set of prompts: give seeds=<one int> as its seed label "
+                                 f"(got {list(seeds)}), or evaluate prompt files that record their seed.")
+            from mmlens.models.checkpoints import prompt_sha256
+
+            entries.append(_Entry(item.method, int(seeds[0]) if seeds else 1, None, item, {}, list(item.classnames),
+                                  item.trainable_parameter_count(), prompt_sha256(item.prompt_state_dict())))
+        else:
+            raise TypeError(f"Expected a PromptedCLIP, a prompt file or a folder of prompt files; got "
+                            f"{type(item).__name__}.")
+    if not entries:
+        raise ValueError(f"No prompts to evaluate in {model_or_prompts!r} (seeds={seeds}).")
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _default_splits(protocol: str) -> tuple[str, ...]:
+    return ("base", "novel") if protocol == "base_to_novel" else ("all",)
+
+
+def _default_datasets(protocol: str, entries: list[_Entry], root: Any) -> list[str]:
+    from mmlens.data.protocol import cross_dataset_source, cross_dataset_targets, domain_generalisation_targets
+    from mmlens.train._data import dataset_present
+
+    if protocol == "base_to_novel":
+        names = sorted({e.dataset for e in entries if e.dataset})
+        if not names:
+            raise ValueError("Which datasets? The prompts do not record a training dataset: pass datasets=[...].")
+        return names
+    source = cross_dataset_source()
+    candidates = cross_dataset_targets(source) if protocol == "cross_dataset" else domain_generalisation_targets(source)
+    present = [n for n in candidates if dataset_present(n, root)]
+    if not present:
+        raise FileNotFoundError(f"None of the {protocol} targets ({', '.join(candidates)}) is under data root {root}.")
+    missing = sorted(set(candidates) - set(present))
+    if missing:
+        warnings.warn(f"{protocol}: not under {root}, skipped: {', '.join(missing)}.", stacklevel=3)
+    return present
+
+
+class _Data:
+    """Evaluation / training splits of the requested datasets, built once and cached."""
+
+    def __init__(self, datasets: Any, root: Any, size: tuple[int, int], shots: int | None):
+        self.root, self.size, self.shots = root, size, shots
+        self.given: dict[str, Mapping[str, Any]] = {}
+        if isinstance(datasets, Mapping):
+            self.given = {str(k): v for k, v in datasets.items()}
+            self.names = list(self.given)
+        elif isinstance(datasets, str):
+            self.names = [datasets]
+        else:
+            self.names = [str(d) for d in datasets]
+        self._cache: dict[tuple, Any] = {}
+
+    def split(self, name: str, split: str) -> Any:
+        key = (name, split)
+        if key not in self._cache:
+            if name in self.given:
+                if split not in self.given[name]:
+                    raise KeyError(f"datasets[{name!r}] has no {split!r} entry (has {sorted(self.given[name])}).")
+                self._cache[key] = self.given[name][split]
+            else:
+                from mmlens.train._data import build_split
+
+                self._cache[key] = build_split(name, self.root, "test", self.size, subset=split)
+        return self._cache[key]
+
+    def train(self, name: str, entry: _Entry) -> Any:
+        """The training images of an entry (for ``constant_bias``'s mean β)."""
+        source = entry.training.get("dataset") or name
+        key = (source, "train", entry.seed)
+        if key in self._cache:
+            return self._cache[key]
+        if source in self.given and "train" in self.given[source]:
+            ds = self.given[source]["train"]
+        elif source in self.given or self.root is None:
+            raise ValueError(f"constant_bias needs the training images of {source!r}: add a 'train' entry to "
+                             f"datasets[{source!r}] (or give datasets by name with root=...).")
+        else:
+            from mmlens.train._data import build_split
+
+            shots = entry.training.get("shots", self.shots)
+            subset = entry.training.get("subset") or "base"
+            ds = build_split(source, self.root, "train", self.size, shots=shots, seed=entry.seed, subset=subset)
+        self._cache[key] = ds
+        return ds
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def evaluate(
+    model_or_prompts: Any,
+    datasets: Any = None,
+    *,
+    seeds: int | Sequence[int] | None = None,
+    variants: Sequence[str | tuple | Variant] = ("full",),
+    protocol: str = "base_to_novel",
+    splits: Sequence[str] | None = None,
+    root: str | os.PathLike | None = None,
+    clip: Any = None,
+    shots: int | None = 16,
+    batch_size: int = 64,
+    device: str = "cpu",
+    precision: str = "auto",
+    normalize: bool = True,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Accuracy of prompts per dataset, seed, method, variant and split, as an ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    model_or_prompts : PromptedCLIP, path, or a sequence of them
+        A model (one set of prompts; ``seeds`` gives its seed label), prompt files written by
+        :func:`mmlens.train.fit` / :func:`mmlens.save_prompts`, or folders searched for
+        ``prompts.safetensors``. Files record their method, training dataset and seed.
+    datasets : str, sequence of str, or mapping
+        Dataset names (read from ``root``: the ``test`` split, restricted to each ``split``'s classes),
+        or ``{name: {split: Dataset}}`` with torch Datasets of item dicts having ``.classnames``
+        (add ``"train"`` for ``constant_bias``). Default: the datasets the prompt files were trained on
+        (base-to-novel), or the protocol's targets present under ``root`` (cross-dataset / DG).
+    seeds : int or sequence of int, optional
+        Keep only prompt files of these seeds; for a model object, its seed label (default 1).
+    variants : sequence
+        ``full`` (the model), ``zeroshot`` (prompts off) and the route ablations of MATH.md
+        (``bias_only``, ``redistribution_only``, ``constant_bias``, ``drop_prompts``), each optionally
+        restricted to a branch and a layer group: ``"bias_only:vision"``, ``"drop_prompts:both:carried"``
+        (see :func:`ablation_variants`). ``constant_bias`` uses the mean β measured on the entry's own
+        few-shot training images (:func:`mmlens.trace.interventions.measure_mean_bias`).
+    protocol : str
+        ``"base_to_novel"``: prompts trained on dataset D are evaluated on D's ``base`` and ``novel``
+        classes. ``"cross_dataset"`` / ``"domain_generalisation"``: every set of prompts on every
+        dataset, all classes (split ``"all"``).
+    splits : sequence of str, optional
+        Override the protocol's splits (``base``, ``novel``, ``all``).
+    root : path, optional
+        Data root for datasets given by name.
+    clip : LoadedCLIP, optional
+        The base model prompt files are loaded onto (required for files).
+    shots : int
+        Few-shot size for ``constant_bias`` training images when a file does not record it.
+    batch_size, device, precision, normalize, num_workers, progress
+        As in :func:`mmlens.train.fit` (``precision="auto"``: float16 autocast on CUDA).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``dataset, seed, method, variant, split``. Variables ``accuracy`` (%, NaN where not
+        evaluated), ``correct``, ``total`` and ``prompt_sha256`` (dataset, seed, method). Coords
+        ``variant`` carries ``route``, ``branch``, ``layers``; ``method`` carries
+        ``trainable_parameters``. ``attrs['skipped']`` lists variants a method does not support.
+
+    Examples
+    --------
+    >>> ds = evaluate("runs/", root="~/data", clip=clip, variants=["full", "zeroshot"])  # doctest: +SKIP
+    >>> print(to_markdown(ds))                                                           # doctest: +SKIP
+    """
+    import torch
+    import xarray as xr
+
+    from mmlens.train.transforms import input_spec
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}: use one of {PROTOCOLS}.")
+    seeds_list = None if seeds is None else ([int(seeds)] if isinstance(seeds, (int, np.integer)) else
+                                             [int(s) for s in seeds])
+    entries = _entries(model_or_prompts, seeds_list)
+    parsed = [parse_variant(v) for v in variants]
+    labels = [v.label for v in parsed]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"Duplicate variants: {labels}.")
+    split_names = tuple(splits) if splits is not None else _default_splits(protocol)
+    if datasets is None:
+        datasets = _default_datasets(protocol, entries, root)
+    probe = entries[0].model(clip)
+    data = _Data(datasets, root, input_spec(probe).size, shots)
+    dev = torch.device(device)
+    use_amp = dev.type == "cuda" and precision in ("auto", "amp")
+
+    keys = [(e.dataset, e.seed, e.method) for e in entries]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise ValueError(f"Two prompt sets share (trained-on dataset, seed, method) {sorted(dup, key=str)}: "
+                         "evaluate them in separate calls.")
+    methods = list(dict.fromkeys(e.method for e in entries))
+    seed_coord = sorted({e.seed for e in entries})
+    shape = (len(data.names), len(seed_coord), len(methods), len(parsed), len(split_names))
+    correct = np.zeros(shape, dtype=np.int64)
+    total = np.zeros(shape, dtype=np.int64)
+    sha = np.full(shape[:3], "", dtype=object)
+    params = {e.method: e.trainable_parameters for e in entries}
+    skipped: list[str] = []
+
+    jobs = [(e, d) for e in entries for d in data.names
+            if protocol != "base_to_novel" or e.dataset is None or e.dataset == d]
+    if not jobs:
+        raise ValueError(f"No prompts were trained on the datasets {data.names} (they were trained on "
+                         f"{sorted({str(e.dataset) for e in entries})}); pass protocol='cross_dataset' to evaluate "
+                         "them on other datasets.")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs) * len(split_names) * len(parsed), desc="evaluate", disable=not progress, unit="eval")
+    for entry, dname in jobs:
+        model = entry.model(clip).to(dev)
+        model.eval()
+        params[entry.method] = model.trainable_parameter_count()
+        i_d, i_s, i_m = data.names.index(dname), seed_coord.index(entry.seed), methods.index(entry.method)
+        sha[i_d, i_s, i_m] = entry.prompt_sha256
+        mean_bias = None
+        if any(v.route == "constant_bias" for v in parsed) and entry.method != "zeroshot":
+            mean_bias = _mean_bias(model, data.train(dname, entry), entry, input_spec(model), normalize,
+                                   batch_size, num_workers, dev)
+        for i_p, split in enumerate(split_names):
+            ds = data.split(dname, split)
+            from mmlens.train._data import classnames_of
+
+            model.set_classnames(classnames_of(ds))
+            for i_v, variant in enumerate(parsed):
+                if entry.method == "zeroshot" and variant.route not in ("full", "zeroshot"):
+                    bar.update(1)  # no prompts: route ablations do not apply (left NaN)
+                    continue
+                try:
+                    c, t = _accuracy(model, ds, variant, mean_bias, batch_size=batch_size, normalize=normalize,
+                                     num_workers=num_workers, device=dev, use_amp=use_amp)
+                except (ValueError, NotImplementedError) as err:
+                    if variant.route in ("full", "zeroshot"):
+                        raise
+                    skipped.append(f"{entry.method} / {variant.label}: {err}")
+                    c, t = 0, 0
+                correct[i_d, i_s, i_m, i_v, i_p], total[i_d, i_s, i_m, i_v, i_p] = c, t
+                bar.update(1)
+        if entry.classnames:
+            model.set_classnames(entry.classnames)
+    bar.close()
+    skipped = list(dict.fromkeys(skipped))
+    if skipped:
+        warnings.warn("Some variants do not apply and were left NaN:\n  " + "\n  ".join(skipped[:10]), stacklevel=2)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.where(total > 0, 100.0 * correct / np.maximum(total, 1), np.nan)
+    dims = ("dataset", "seed", "method", "variant", "split")
+    out = xr.Dataset(
+        {
+            "accuracy": (dims, accuracy, {"units": "%", "long_name": "top-1 accuracy"}),
+            "correct": (dims, correct, {"long_name": "correctly classified images"}),
+            "total": (dims, total, {"long_name": "images evaluated (0: not evaluated)"}),
+            "prompt_sha256": (dims[:3], sha.astype(str), {"long_name": "hash of the evaluated prompts"}),
+        },
+        coords={
+            "dataset": list(data.names),
+            "seed": seed_coord,
+            "method": methods,
+            "variant": labels,
+            "split": list(split_names),
+            "route": ("variant", [v.route for v in parsed]),
+            "branch": ("variant", [v.branch for v in parsed]),
+            "layers": ("variant", [v.layers for v in parsed]),
+            "trainable_parameters": ("method", [int(params[m] or 0) for m in methods]),
+        },
+        attrs=_provenance(protocol, clip or getattr(probe, "clip_source", None), dev, skipped),
+    )
+    return out
+
+
+def _provenance(protocol: str, clip: Any, device: Any, skipped: list[str]) -> dict[str, Any]:
+    import open_clip
+    import torch
+
+    from mmlens._version import __version__
+
+    source = clip if isinstance(clip, dict) else {"name": getattr(clip, "name", None),
+                                                   "pretrained": getattr(clip, "pretrained", {}) or {}}
+    return {
+        "protocol": protocol,
+        "base_model": str(source.get("name")),
+        "base_weights_sha256": str((source.get("pretrained") or {}).get("sha256")),
+        "mmlens_version": __version__,
+        "torch_version": torch.__version__,
+        "open_clip_version": open_clip.__version__,
+        "device": str(device),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "skipped": "\n".join(skipped),
+    }
+
+
+def _images(ds: Any, spec: Any, normalize: bool, batch_size: int, num_workers: int):
+    from mmlens.train._data import batches, model_inputs
+
+    for batch in batches(ds, batch_size, num_workers=num_workers):
+        yield model_inputs(batch["image"], spec, normalize), batch["label"]
+
+
+def _mean_bias(model, train_ds, entry: _Entry, spec, normalize, batch_size, num_workers, device):
+    from mmlens.trace.interventions import measure_mean_bias
+    from mmlens.train._data import classnames_of
+
+    model.set_classnames(classnames_of(train_ds, fallback=entry.classnames))
+    return measure_mean_bias(model, (x for x, _ in _images(train_ds, spec, normalize, batch_size, num_workers)),
+                             branch="both", device=device)
+
+
+def _accuracy(model, ds, variant: Variant, mean_bias, *, batch_size, normalize, num_workers, device,
+              use_amp) -> tuple[int, int]:
+    import torch
+
+    from mmlens.train.transforms import input_spec
+
+    if variant.route == "full":
+        context = nullcontext()
+    else:
+        from mmlens.trace.interventions import intervene
+
+        context = intervene(model, variant.route, branch=variant.branch,
+                            layers=None if variant.layers == "all" else variant.layers,
+                            mean_bias=mean_bias if variant.route == "constant_bias" else None)
+    spec = input_spec(model)
+    correct = total = 0
+    with torch.no_grad(), context, torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        text = model.text_features()
+        for images, labels in _images(ds, spec, normalize, batch_size, num_workers):
+            logits = model(images.to(device), text)
+            correct += int((logits.argmax(-1).cpu() == labels).sum())
+            total += len(labels)
+    return correct, total
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _hm(b: Any, n: Any) -> Any:
+    b, n = np.asarray(b, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b + n > 0, 2 * b * n / (b + n), 0.0)
+
+
+def summary(ds: xr.Dataset) -> xr.Dataset:
+    """Seed-mean accuracies per dataset (plus an ``"Average"`` dataset), with HM where base/novel exist.
+
+    Per dataset: ``base`` and ``novel`` are means over seeds, ``hm`` their harmonic mean. The
+    ``Average`` row follows the published convention: mean base and mean novel over datasets, and
+    ``hm`` = HM(mean base, mean novel) — not the mean of per-dataset HMs. Without base/novel splits,
+    each split's seed mean is returned (``all`` for cross-dataset), averaged over datasets.
+    ``std_*`` hold the standard deviation over seeds.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> acc = np.array([[[[[80.0, 60.0]]]], [[[[90.0, 40.0]]]]])  # 2 datasets, 1 seed/method/variant
+    >>> ds = xr.Dataset({"accuracy": (("dataset", "seed", "method", "variant", "split"), acc)},
+    ...                 coords={"dataset": ["a", "b"], "seed": [1], "method": ["m"], "variant": ["full"],
+    ...                         "split": ["base", "novel"]})
+    >>> s = summary(ds)
+    >>> round(float(s.hm.sel({"dataset": "Average", "method": "m", "variant": "full"})), 4)  # HM(85, 50)
+    62.963
+    """
+    import xarray as xr
+
+    acc = ds["accuracy"]
+    mean = acc.mean("seed", skipna=True)
+    std = acc.std("seed", skipna=True)
+    avg_mean = mean.mean("dataset", skipna=False).expand_dims(dataset=["Average"])
+    avg_std = xr.full_like(avg_mean, np.nan)
+    mean = xr.concat([mean, avg_mean], dim="dataset")
+    std = xr.concat([std, avg_std], dim="dataset")
+    out = xr.Dataset()
+    for split in ds["split"].values.tolist():
+        out[str(split)] = mean.sel(split=split, drop=True)
+        out[f"std_{split}"] = std.sel(split=split, drop=True)
+    if {"base", "novel"} <= set(ds["split"].values.tolist()):
+        out["hm"] = xr.apply_ufunc(_hm, out["base"], out["novel"])
+    out.attrs = dict(ds.attrs)
+    out.attrs["n_seeds"] = int(ds.sizes["seed"])
+    for name in ("trainable_parameters", "route", "branch", "layers"):
+        if name in ds.coords:
+            out = out.assign_coords({name: ds.coords[name]})
+    return out
+
+
+def _fmt(x: float, digits: int) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _rows(ds: xr.Dataset) -> list[tuple[str, str]]:
+    """(method, variant) pairs that hold any evaluated accuracy."""
+    evaluated = ds["accuracy"].notnull().any(("dataset", "seed", "split"))
+    return [(str(m), str(v)) for m in ds["method"].values for v in ds["variant"].values
+            if bool(evaluated.sel({"method": m, "variant": v}))]
+
+
+def to_markdown(ds: xr.Dataset, *, digits: int = 1, datasets: bool = True, params: bool = True) -> str:
+    """A markdown table: one row per (method, variant), average and per-dataset columns.
+
+    Base-to-novel results get ``Base``, ``Novel``, ``HM`` averages (HM of the means) and one
+    ``base / novel / HM`` cell per dataset; other protocols one accuracy column per dataset and the
+    average. Seed means throughout.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> acc = np.array([[[[[80.0, 60.0]]]]])
+    >>> ds = xr.Dataset({"accuracy": (("dataset", "seed", "method", "variant", "split"), acc)},
+    ...                 coords={"dataset": ["a"], "seed": [1], "method": ["maple"], "variant": ["full"],
+    ...                         "split": ["base", "novel"]})
+    >>> print(to_markdown(ds, params=False))
+    | method | Base | Novel | HM | a |
+    |---|---|---|---|---|
+    | maple | 80.0 | 60.0 | 68.6 | 80.0 / 60.0 / 68.6 |
+    """
+    s = summary(ds)
+    names = [str(d) for d in ds["dataset"].values]
+    one_variant = ds.sizes["variant"] == 1
+    has_params = params and "trainable_parameters" in ds.coords
+    header = ["method" if one_variant else "method / variant"]
+    if has_params:
+        header.append("params")
+    b2n = "hm" in s
+    header += ["Base", "Novel", "HM"] if b2n else [f"Avg {sp}" for sp in ds["split"].values.tolist()]
+    if datasets:
+        header += names if b2n else [f"{d} ({sp})" for d in names for sp in ds["split"].values.tolist()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, variant in _rows(ds):
+        cell = s.sel({"method": method, "variant": variant})
+        row = [method if one_variant else f"{method} / {variant}"]
+        if has_params:
+            row.append(f"{int(ds['trainable_parameters'].sel({'method': method})):,}")
+        avg = cell.sel(dataset="Average")
+        if b2n:
+            row += [_fmt(float(avg[k]), digits) for k in ("base", "novel", "hm")]
+            if datasets:
+                row += [" / ".join(_fmt(float(cell[k].sel(dataset=d)), digits) for k in ("base", "novel", "hm"))
+                        for d in names]
+        else:
+            splits = ds["split"].values.tolist()
+            row += [_fmt(float(avg[sp]), digits) for sp in splits]
+            if datasets:
+                row += [_fmt(float(cell[sp].sel(dataset=d)), digits) for d in names for sp in splits]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def to_csv(ds: xr.Dataset, path: str | os.PathLike | None = None) -> str:
+    """Long-format CSV (one row per evaluated dataset/seed/method/variant/split); written to ``path`` if given.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> acc = np.array([[[[[80.0, 60.0]]]]])
+    >>> ds = xr.Dataset({"accuracy": (("dataset", "seed", "method", "variant", "split"), acc)},
+    ...                 coords={"dataset": ["a"], "seed": [1], "method": ["m"], "variant": ["full"],
+    ...                         "split": ["base", "novel"]})
+    >>> print(to_csv(ds).splitlines()[1])
+    a,1,m,full,base,80.0
+    """
+    keep = [v for v in ("accuracy", "correct", "total") if v in ds]
+    df = ds[keep].reset_coords(drop=True).to_dataframe().reset_index()
+    df = df[df["accuracy"].notna()]
+    text = df.to_csv(index=False, lineterminator="\n")
+    if path is not None:
+        Path(path).write_text(text)
+    return text
