@@ -1,0 +1,144 @@
+"""toyworld generator: determinism, exact masks, class lists, captions, in-memory datasets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmlens.data import toyworld
+from mmlens.data.toyworld import domains as D
+from mmlens.data.toyworld import render as R
+from mmlens.data.toyworld.generate import stream
+from mmlens.models import toy
+
+
+@pytest.mark.parametrize("key", list(toyworld.DOMAINS))
+def test_same_seed_identical_bytes_other_seed_or_split_differs(key):
+    a = toyworld.generate(key, 1, seed=5, split="val")
+    b = toyworld.generate(key, 1, seed=5, split="val")
+    assert a.images.tobytes() == b.images.tobytes() and a.masks.tobytes() == b.masks.tobytes()
+    assert a.images.dtype == np.uint8 and a.images.shape[1:] == (64, 64, 3)
+    assert a.masks.dtype == bool and a.masks.shape[1:] == (64, 64)
+    assert a.images.tobytes() != toyworld.generate(key, 1, seed=6, split="val").images.tobytes()
+    assert a.images.tobytes() != toyworld.generate(key, 1, seed=5, split="test").images.tobytes()
+    # every image shows some of its object and some background
+    area = a.masks.mean(axis=(1, 2))
+    assert (area > 0).all() and (area < 1).all()
+
+
+def test_circle_mask_matches_an_independent_pixel_loop():
+    cx, cy, r, size = 20.3, 31.7, 9.4, 64
+    yy, xx = R.pixel_grid(1, size)
+    u, v = R.object_coords(xx, yy, np.array([cx]), np.array([cy]), np.array([r]), np.array([0.7]))
+    got = R.shape_mask("circle", u, v)[0]
+    want = np.array(
+        [[math.hypot(x + 0.5 - cx, y + 0.5 - cy) <= r for x in range(size)] for y in range(size)]
+    )
+    assert (got == want).all()
+    # an axis-aligned square of half-side 0.8 r: count pixel centres by hand
+    u, v = R.object_coords(xx, yy, np.array([32.0]), np.array([32.0]), np.array([10.0]), np.array([0.0]))
+    sq = R.shape_mask("square", u, v)[0]
+    assert sq.sum() == 16 * 16  # centres 24.5 .. 39.5 lie within 32 +- 8
+
+
+def _probe(rng_seed, key, attrs, monkeypatch, shift: bool):
+    """Render one batch; with ``shift`` the class object's colour is moved by 100 per channel."""
+    original = D.class_colour
+
+    def shifted(*args, **kwargs):
+        c = original(*args, **kwargs)
+        return np.where(c < 128, c + 100, c - 100).astype(np.float32)
+
+    with monkeypatch.context() as m:
+        if shift:
+            m.setattr(D, "class_colour", shifted)
+        img, mask = D.get_domain(key).renderer(stream(rng_seed, "probe"), {k: v.copy() for k, v in attrs.items()})
+    return R.to_uint8(img), mask
+
+
+@pytest.mark.parametrize("key", list(toyworld.DOMAINS))
+def test_mask_is_exactly_the_pixels_of_the_rendered_object(key, monkeypatch):
+    # Render the same scenes twice (same RNG stream), the second time with the class object painted in
+    # another colour: the pixels that change are the object's pixels, and they must equal the mask.
+    n = 24
+    rng = np.random.default_rng(0)
+    attrs = {
+        "colour": np.array(D.HUES)[rng.integers(0, 8, n)],
+        "shape": np.array(R.SHAPES)[rng.integers(0, 12, n)],
+        "pattern": np.full(n, "plain"),
+    }
+    img_a, mask_a = _probe(1, key, attrs, monkeypatch, shift=False)
+    img_b, mask_b = _probe(1, key, attrs, monkeypatch, shift=True)
+    assert (mask_a == mask_b).all()
+    changed = (img_a != img_b).any(axis=-1)
+    if key == "sketch":  # line art: the pen strokes lie inside the silhouette, its inside shows paper
+        assert not (changed & ~mask_a).any()
+        assert (changed >= (mask_a & ~R.erode(mask_a, 1))).all()
+    else:
+        assert (changed == mask_a).all()
+
+
+def test_class_lists_base_and_novel_cover_every_attribute():
+    assert len(toyworld.DOWNSTREAM) >= 6
+    for key, d in toyworld.DOMAINS.items():
+        names = d.classnames
+        assert len(set(names)) == len(names) >= 30, key
+        assert d.num_classes % 2 == 0
+        half = d.num_classes // 2
+        for attr in ("colour", "shape", "pattern"):
+            values = {getattr(c, attr) for c in d.classes}
+            if len(values) > 1:
+                assert {getattr(c, attr) for c in d.classes[:half]} == values, (key, attr)
+                assert {getattr(c, attr) for c in d.classes[half:]} == values, (key, attr)
+    assert toyworld.get_domain("photo").num_classes == 96
+
+
+def test_all_class_prompts_and_captions_are_in_the_tokenizer_vocabulary():
+    tok = toy.get_tokenizer()
+    for d in toyworld.DOMAINS.values():
+        for name in d.classnames:
+            assert tok.unknown_words(f"a photo of a {name}.") == [], name
+    batch = toyworld.pretraining_batch(64, seed=0, step=0)
+    for cap in batch.captions:
+        assert tok.unknown_words(cap) == [], cap
+        ids = tok(cap)[0]
+        assert ids[-1] == 0, f"caption too long for the context: {cap!r}"
+
+
+def test_caption_match_marks_every_consistent_pair():
+    b = toyworld.pretraining_batch(48, seed=1, step=3)
+    assert b.match.diagonal().all()
+    for i in range(48):
+        for j in range(48):
+            said = {k: b.mentioned[k][j] for k in b.mentioned if b.mentioned[k][j]}
+            agrees = all(str(b.attrs[k][i]) == v for k, v in said.items())
+            assert b.match[i, j] == agrees
+            if agrees:  # the caption's words are then true of image i
+                assert said["colour"] in b.captions[j] and said["shape"] in b.captions[j]
+
+
+def test_in_memory_dataset_matches_generate_and_protocol():
+    ds = toyworld.build_in_memory("ToyTexture", "train", size="small")
+    g = toyworld.generate("texture", toyworld.SIZES["small"]["train"], seed=0, split="train")
+    s = ds[37]
+    assert torch.equal(s["image"], torch.from_numpy(g.images[37]).permute(2, 0, 1).float() / 255)
+    assert torch.equal(s["mask"], torch.from_numpy(g.masks[37]).float())
+    assert s["label"] == g.labels[37] and s["classname"] == g.classnames[g.labels[37]]
+    assert s["path"].startswith("toyworld://toy_texture/images/")
+    novel = toyworld.build_in_memory("ToyTexture", "train", shots=3, seed=2, subset="novel")
+    assert len(novel) == 3 * 24 and novel.classnames == ds.classnames[24:]
+    assert sorted({novel[i]["label"] for i in range(len(novel))}) == list(range(24))
+    again = toyworld.build_in_memory("ToyTexture", "train", shots=3, seed=2, subset="novel")
+    assert [novel[i]["path"] for i in range(len(novel))] == [again[i]["path"] for i in range(len(again))]
+
+
+def test_bad_arguments_say_what_was_expected():
+    with pytest.raises(KeyError, match="unknown toyworld domain"):
+        toyworld.get_domain("nope")
+    with pytest.raises(ValueError, match="split must be one of"):
+        toyworld.generate("photo", 1, split="dev")
+    with pytest.raises(ValueError, match="n_per_class"):
+        toyworld.generate("photo", 0)
