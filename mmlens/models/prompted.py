@@ -161,6 +161,8 @@ class PromptedCLIP(nn.Module):
         for p in self.clip.parameters():
             p.requires_grad_(False)
         self.clip_source = source
+        #: the evaluation image transform of the loaded CLIP (None for a bare open_clip model)
+        self.preprocess = getattr(clip, "preprocess", None)
         self.method = method
         self.spec = _SPECS[method]
         self.n_ctx = int(n_ctx)

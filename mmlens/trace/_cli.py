@@ -1,7 +1,91 @@
-"""Sub-commands of this sub-package (see mmlens/cli.py)."""
+"""``mmlens trace``: trace a prompted CLIP on a dataset split into a zarr store."""
 
 from __future__ import annotations
 
+import argparse
+
 
 def register(subparsers) -> None:
-    """Add this package's sub-commands to ``subparsers``."""
+    """Add ``mmlens trace``."""
+    p = subparsers.add_parser(
+        "trace",
+        help="trace a prompted CLIP on a dataset into a zarr store",
+        description="Run a prompted CLIP on a dataset split and store the per-layer, per-head split of "
+        "every attention block (docs/store_schema.md). Resumable: rerun the same command after an interruption.",
+    )
+    p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default: mmlens-toy)")
+    p.add_argument("--pretrained", default=None, help="open_clip tag or weights file (mmlens-toy: toyworld)")
+    p.add_argument("--prompts", default=None,
+                   help="mmlens prompt file (.safetensors) or a MaPLe checkpoint (model.pth.tar-N or its folder)")
+    p.add_argument("--method", default="maple", help="prompt method for MaPLe checkpoints / no prompts (zeroshot)")
+    p.add_argument("--depth", type=int, default=9, help="prompt depth for MaPLe checkpoints")
+    p.add_argument("--n-ctx", type=int, default=2, help="prompt tokens for MaPLe checkpoints")
+    p.add_argument("--dataset", required=True, help="dataset name (see `mmlens data list`)")
+    p.add_argument("--data-root", required=True, help="folder holding the datasets in the CoOp layout")
+    p.add_argument("--split", default="test", help="train / val / test (default: test)")
+    p.add_argument("--subset", default="all", choices=["all", "base", "novel"], help="classes to trace")
+    p.add_argument("--limit", type=int, default=None, help="trace only the first N images")
+    p.add_argument("--out", required=True, help="zarr store to write (resumed if it exists)")
+    p.add_argument("--with-reference", action="store_true", help="also trace without prompts (zero-shot)")
+    p.add_argument("--all-queries", action="store_true", help="store prompt mass for every query token")
+    p.add_argument("--bias-vectors", action="store_true", help="store the β vectors (channel axis)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (autocast fp16 model, fp32 statistics)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for anything random (random weights / prompt init), so a rerun resumes the same run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming")
+    p.set_defaults(func=_run)
+
+
+def build_prompted(args: argparse.Namespace, classnames: list[str]):
+    """A PromptedCLIP from CLI arguments (shared by trace, evaluate and reproduce)."""
+    from pathlib import Path
+
+    from mmlens.models import PromptedCLIP, load_clip, load_maple_checkpoint, load_prompts
+
+    import torch
+
+    torch.manual_seed(getattr(args, "seed", 0))  # random weights and prompt inits repeat on a rerun
+    precision = "fp16" if str(args.device).startswith("cuda") else "fp32"
+    clip = load_clip(args.model, args.pretrained, device=args.device, precision=precision)
+    if args.prompts is None:
+        return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=args.depth).to(args.device)
+    path = Path(args.prompts)
+    if path.suffix == ".safetensors":
+        return load_prompts(path, clip, classnames=classnames).to(args.device)
+    model = PromptedCLIP(clip, classnames, method="maple", n_ctx=args.n_ctx, depth=args.depth)
+    model.load_prompt_state(load_maple_checkpoint(path), source=str(path))
+    return model.to(args.device)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmlens.data import build, get_manifest
+    from mmlens.data.transforms import eval_mask_transform
+    from mmlens.trace.tracer import trace_to_store
+
+    manifest = get_manifest(args.dataset)
+    probe = build(manifest, args.data_root, args.split, subset=args.subset)
+    model = build_prompted(args, probe.classnames)
+    size = model.clip.visual.image_size
+
+    dataset = build(manifest, args.data_root, args.split, subset=args.subset, transform=model.preprocess,
+                    mask_transform=eval_mask_transform(size), on_error="skip")
+    if args.limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    from mmlens.data import collate
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
+    subset = args.subset
+    with torch.autocast("cuda", dtype=torch.float16, enabled=str(args.device).startswith("cuda")):
+        path = trace_to_store(
+            model, loader, args.out, with_reference=args.with_reference, all_queries=args.all_queries,
+            store_bias_vectors=args.bias_vectors, batch_size=args.batch_size, device=args.device,
+            image_split=subset, class_split=[subset] * len(model.classnames), total=len(dataset),
+            provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version)},
+            overwrite=args.overwrite,
+        )
+    print(f"wrote {path}")
+    return 0
+
