@@ -1,0 +1,54 @@
+"""`mmlens train` and `mmlens evaluate` end to end on a fake EuroSAT tree with a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmlens.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_train_then_evaluate(tiny_clip, tmp_path, capsys):
+    from mmlens.data.fake import make_fake_tree
+    from mmlens.models.checkpoints import read_prompt_file
+
+    make_fake_tree(tmp_path / "data", ["EuroSAT"], per_class={"train": 2, "val": 1, "test": 1})
+    out = tmp_path / "runs" / "coop" / "seed1"
+    args = ["train", "--model", "test-tiny", "--method", "coop", "--dataset", "EuroSAT", "--data-root",
+            str(tmp_path / "data"), "--shots", "2", "--seed", "1", "--epochs", "2", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 2:" in printed and "trainable parameters" in printed
+    state, meta = read_prompt_file(out / "prompts.safetensors")
+    assert meta["hparams"]["method"] == "coop" and meta["training"]["dataset"] == "EuroSAT"
+    assert len(meta["classnames"]) == 5  # the base half of EuroSAT's 10 classes
+    # a second call resumes the finished run instead of training again
+    assert main(args) == 0
+    assert "resumed after epoch 2" in capsys.readouterr().out
+
+    table = tmp_path / "table.md"
+    assert main(["evaluate", "--prompts", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"),
+                 "--model", "test-tiny", "--variants", "full", "zeroshot", "--out", str(table),
+                 "--no-progress"]) == 0
+    text = table.read_text()
+    assert text.startswith("| method / variant | params | Base | Novel | HM | EuroSAT |")
+    assert "| coop / full |" in text and "| coop / zeroshot |" in text
+    csv = tmp_path / "table.csv"
+    assert main(["evaluate", "--prompts", str(out / "prompts.safetensors"), "--data-root", str(tmp_path / "data"),
+                 "--model", "test-tiny", "--out", str(csv), "--no-progress"]) == 0
+    assert csv.read_text().splitlines()[0] == "dataset,seed,method,variant,split,accuracy,correct,total"
+    assert len(csv.read_text().splitlines()) == 3  # base and novel
+
+
+def test_default_depth_scales_maples_nine_of_twelve():
+    from mmlens.train._cli import default_depth
+
+    assert [default_depth(n) for n in (12, 6, 3, 1)] == [9, 4, 2, 1]
