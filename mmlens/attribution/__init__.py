@@ -1,1 +1,65 @@
-"""captum adapters returning DataArrays on the trace's coordinates, and agreement metrics."""
+"""captum adapters returning DataArrays on the trace's coordinates, and agreement metrics.
+
+Image side: :class:`PixelIntegratedGradients`, :class:`PatchEmbeddingIntegratedGradients`,
+:class:`PatchOcclusion`, :class:`AttentionGradCAM`, :class:`GradientRollout`. Prompt side:
+:class:`PromptIntegratedGradients`. Each is built around a :class:`~mmlens.PromptedCLIP` and called
+as ``.attribute(images, target=...)``. :func:`agreement` compares maps with the trace's ``[cls]``
+attention and foreground masks; :func:`to_dataset` builds the trace's ``attribution`` group.
+
+>>> from mmlens.attribution import PatchOcclusion, agreement   # doctest: +SKIP
+>>> occ = PatchOcclusion(model).attribute(images, target="label", labels=labels)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from mmlens.attribution.agreement import (
+    agreement,
+    foreground_chance,
+    foreground_mass,
+    patch_foreground,
+    rank_correlation,
+)
+from mmlens.attribution.attention import AttentionCapture, AttentionGradCAM, GradientRollout, attention_probabilities
+from mmlens.attribution.dataset import attribute_variants, to_dataset
+from mmlens.attribution.forward import ClassLogits
+from mmlens.attribution.image import (
+    PatchEmbeddingIntegratedGradients,
+    PatchOcclusion,
+    PixelIntegratedGradients,
+    patch_feature_mask,
+    pixels_to_patches,
+)
+from mmlens.attribution.prompts import PromptIntegratedGradients, handcrafted_prompts, prompt_parameters
+
+#: Image-side methods by the variable name they take in the ``attribution`` group.
+IMAGE_METHODS = {
+    "ig_pixels": PixelIntegratedGradients,
+    "ig_patch_embedding": PatchEmbeddingIntegratedGradients,
+    "occlusion": PatchOcclusion,
+    "attention_gradcam": AttentionGradCAM,
+    "gradient_rollout": GradientRollout,
+}
+
+__all__ = [
+    "IMAGE_METHODS",
+    "AttentionCapture",
+    "AttentionGradCAM",
+    "ClassLogits",
+    "GradientRollout",
+    "PatchEmbeddingIntegratedGradients",
+    "PatchOcclusion",
+    "PixelIntegratedGradients",
+    "PromptIntegratedGradients",
+    "agreement",
+    "attention_probabilities",
+    "attribute_variants",
+    "foreground_chance",
+    "foreground_mass",
+    "handcrafted_prompts",
+    "patch_feature_mask",
+    "patch_foreground",
+    "pixels_to_patches",
+    "prompt_parameters",
+    "rank_correlation",
+    "to_dataset",
+]
