@@ -192,36 +192,34 @@ def example_study(
     )
     names = [f"dataset_{d:02d}" for d in range(n_datasets)]
     seeds = np.arange(1, n_seeds + 1)
-    labels = np.stack(
-        [np.random.default_rng([seed, d, 0]).integers(0, n_classes, n_images) for d in range(n_datasets)]
-    )
+    labels = np.stack([np.random.default_rng([seed, d, 0]).integers(0, n_classes, n_images) for d in range(n_datasets)])
     bounds = _block_bounds(n_images, chunks)
 
-    shapes = _run_shapes(cfg)
+    lazy = chunks is not None
+    blocks = {
+        (d, s, b): _run_block(cfg, seed, d, s, b, labels[d, lo:hi], lazy)
+        for d in range(n_datasets)
+        for s in range(n_seeds)
+        for b, (lo, hi) in enumerate(bounds)
+    }
     vision_vars: dict[str, Any] = {}
-    for name, (dims, _dtype) in shapes.items():
+    for name, (dims, dtype) in _run_shapes(cfg).items():
         if name == "foreground" or (variables is not None and name not in variables and name != "logits"):
             continue
         per_dataset = []
         for d in range(n_datasets):
             per_seed = []
             for s in range(n_seeds):
-                blocks = [
-                    _array_block(cfg, seed, d, s, b, labels[d, lo:hi], name, chunks is not None)
+                parts = [
+                    _block_array(blocks[d, s, b], name, dims, dtype, cfg, hi - lo, lazy)
                     for b, (lo, hi) in enumerate(bounds)
                 ]
-                per_seed.append(_concat(blocks, axis=dims.index("image")))
+                per_seed.append(_concat(parts, axis=dims.index("image")))
             per_dataset.append(_stack(per_seed))
         vision_vars[name] = (("dataset", "seed", *dims), _stack(per_dataset))
     if with_foreground and (variables is None or "foreground" in variables):
         fg = [
-            _concat(
-                [
-                    _foreground_block(seed, d, b, hi - lo, grid, chunks is not None)
-                    for b, (lo, hi) in enumerate(bounds)
-                ],
-                axis=0,
-            )
+            _concat([_foreground_block(seed, d, b, hi - lo, grid, lazy) for b, (lo, hi) in enumerate(bounds)], axis=0)
             for d in range(n_datasets)
         ]
         vision_vars["foreground"] = (("dataset", "image", "patch_row", "patch_col"), _stack(fg))
@@ -269,9 +267,7 @@ def example_study(
         },
     )
     attrs = _example_provenance(dataset="study", seed=-1, cfg=cfg)
-    return xr.DataTree.from_dict(
-        {"/": xr.Dataset(attrs=attrs), "vision": vision, "text": text, "logits": logits_ds}
-    )
+    return xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), "vision": vision, "text": text, "logits": logits_ds})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,17 +282,13 @@ class _Config:
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; expected some of {list(schema.VARIANTS)}")
         if not 0 <= self.prompt_depth <= self.n_layers:
-            raise ValueError(
-                f"prompt_depth must be in [0, n_layers={self.n_layers}], found {self.prompt_depth}"
-            )
+            raise ValueError(f"prompt_depth must be in [0, n_layers={self.n_layers}], found {self.prompt_depth}")
 
     @property
     def layer_kind(self) -> np.ndarray:
         if self.prompt_depth == 0:
             return np.array(["none"] * self.n_layers)
-        return np.array(
-            ["injected" if ell < self.prompt_depth else "carried" for ell in range(self.n_layers)]
-        )
+        return np.array(["injected" if ell < self.prompt_depth else "carried" for ell in range(self.n_layers)])
 
     @property
     def prompted(self) -> np.ndarray:
@@ -354,29 +346,31 @@ def _is_dask(x: Any) -> bool:
     return type(x).__module__.startswith("dask")
 
 
-def _array_block(
-    cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndarray, name: str, lazy: bool
-) -> Any:
+def _run_block(cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndarray, lazy: bool) -> Any:
+    """The arrays of one block of images: computed now, or one dask.delayed call shared by all variables."""
     if not lazy:
-        return _run_arrays(cfg, seed, d, s, b, labels)[name]
+        return _run_arrays(cfg, seed, d, s, b, labels)
     import dask
+
+    return dask.delayed(_run_arrays)(cfg, seed, d, s, b, labels)
+
+
+def _block_array(block: Any, name: str, dims: tuple[str, ...], dtype: Any, cfg: _Config, n: int, lazy: bool) -> Any:
+    if not lazy:
+        return block[name]
     import dask.array as da
 
-    dims, dtype = _run_shapes(cfg)[name]
-    shape = tuple(len(labels) if dim == "image" else _dim_size(cfg, dim) for dim in dims)
-    # dask.delayed with pure=True shares one generator call per block between all variables of a graph
-    block = dask.delayed(_run_arrays, pure=True)(cfg, seed, d, s, b, labels)
+    shape = tuple(n if dim == "image" else _dim_size(cfg, dim) for dim in dims)
     return da.from_delayed(block[name], shape=shape, dtype=dtype)
 
 
 def _foreground_block(seed: int, d: int, b: int, n: int, grid: int, lazy: bool) -> Any:
     if not lazy:
-        return _foreground(np.random.default_rng([seed, d, b, 0]), n, grid)
+        return _foreground(seed, d, b, n, grid)
     import dask
     import dask.array as da
 
-    block = dask.delayed(_foreground, pure=True)(np.random.default_rng([seed, d, b, 0]), n, grid)
-    return da.from_delayed(block, shape=(n, grid, grid), dtype=np.float32)
+    return da.from_delayed(dask.delayed(_foreground)(seed, d, b, n, grid), shape=(n, grid, grid), dtype=np.float32)
 
 
 def _dim_size(cfg: _Config, dim: str) -> int:
@@ -416,8 +410,9 @@ def _text_shapes(cfg: _Config) -> dict[str, tuple[tuple[str, ...], Any]]:
     return out
 
 
-def _foreground(rng: np.random.Generator, n: int, grid: int) -> np.ndarray:
+def _foreground(seed: int, d: int, b: int, n: int, grid: int) -> np.ndarray:
     """Elliptic blobs; each patch holds the exact fraction of its sub-pixels inside the blob."""
+    rng = np.random.default_rng([seed, d, b, 0])
     centre = rng.uniform(0.3, 0.7, (n, 2)) * grid
     radius = rng.uniform(0.15, 0.35, (n, 2)) * grid
     sub = (np.arange(grid * _SUBPIXELS) + 0.5) / _SUBPIXELS
@@ -456,10 +451,7 @@ def _decomposition(
         noise = rng.standard_normal((v, n, L, H, W)) / np.sqrt(W)
         b_h = (
             alpha[..., None]
-            * (
-                coh[None, None, :, 0, None, None] * bias_dirs[None, None]
-                + coh[None, None, :, 1, None, None] * noise
-            )
+            * (coh[None, None, :, 0, None, None] * bias_dirs[None, None] + coh[None, None, :, 1, None, None] * noise)
             * 3.0
         )
         x = rng.standard_normal((v, n, L, W)) / np.sqrt(W) * scale[..., None]
@@ -490,15 +482,12 @@ def _run_arrays(cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndar
     """All vision and logits arrays of one block of images (numpy, float32)."""
     rng = np.random.default_rng([seed, d, s, b, 1])
     n, v, L, H, G = len(labels), len(cfg.variants), cfg.n_layers, cfg.n_heads, cfg.grid
-    fg = _foreground(np.random.default_rng([seed, d, b, 0]), n, G)
+    fg = _foreground(seed, d, b, n, G)
     fg_flat = fg.reshape(n, G * G)
 
     # attention of [cls] over the originals: a foreground bump that sharpens with depth (more with prompts)
     focus = np.where(cfg.prompted[:, None], 1.0 + 0.3 * np.arange(L), 1.0 + 0.1 * np.arange(L))  # (v, L)
-    s_patch = (
-        rng.standard_normal((v, n, L, H, G * G))
-        + focus[:, None, :, None, None] * fg_flat[None, :, None, None]
-    )
+    s_patch = rng.standard_normal((v, n, L, H, G * G)) + focus[:, None, :, None, None] * fg_flat[None, :, None, None]
     s_cls = rng.normal(1.0, 0.5, (v, n, L, H, 1))
     scores = np.concatenate([s_cls, s_patch], axis=-1)
     a_hat = np.exp(scores - scores.max(axis=-1, keepdims=True))
@@ -511,9 +500,7 @@ def _run_arrays(cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndar
 
     dec = _decomposition(rng, cfg, alpha, n, _bias_dirs(seed, d, s, cfg, 0))
 
-    has_prompts = (
-        cfg.prompted[:, None, None, None, None] & (cfg.layer_kind != "none")[None, None, :, None, None]
-    )
+    has_prompts = cfg.prompted[:, None, None, None, None] & (cfg.layer_kind != "none")[None, None, :, None, None]
     bg = 1.0 - fg_flat[None, :, None, None]
     key_cos = np.tanh(0.1 + 0.6 * bg - 0.3 * (1 - bg) + 0.25 * rng.standard_normal((v, n, L, H, G * G)))
     value_cos = np.tanh(0.05 + 0.4 * bg - 0.2 * (1 - bg) + 0.25 * rng.standard_normal((v, n, L, H, G * G)))
