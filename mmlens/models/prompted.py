@@ -382,11 +382,11 @@ class PromptedCLIP(nn.Module):
         use_ctx = self._has_text_ctx
         tokens = self.prompt_tokens if use_ctx else self.zeroshot_tokens
         roles = self.text_roles(tokens, with_prompts=use_ctx)
-        prompt_slots = roles == ROLE_CODES["prompt"]
+        slot_index = self._slot_index(roles == ROLE_CODES["prompt"])
         x = clip.token_embedding(tokens).to(cast)
-        x = self._fill_slots(x, prompt_slots, self._text_prompts(0))
+        x = self._fill_slots(x, slot_index, self._text_prompts(0))
         x = x + clip.positional_embedding.to(cast)
-        x = self._run_blocks("text", clip.transformer.resblocks, x, clip.attn_mask, roles, prompt_slots,
+        x = self._run_blocks("text", clip.transformer.resblocks, x, clip.attn_mask, roles, slot_index,
                              self._text_prompts)
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # EOT: argmax pooling
@@ -410,13 +410,14 @@ class PromptedCLIP(nn.Module):
         x = v.patch_dropout(x)
         roles = self.vision_roles(x.shape[1] - 1, device=x.device)
         prompt_slots = roles == ROLE_CODES["prompt"]
-        if prompt_slots.any():  # appended after the patches, without positional embedding
-            x = torch.cat([x, x.new_zeros(x.shape[0], int(prompt_slots.sum()), x.shape[2])], dim=1)
-            x = self._fill_slots(x, prompt_slots, self._vision_prompts(0))
+        slot_index = self._slot_index(prompt_slots)
+        if len(slot_index):  # appended after the patches, without positional embedding
+            x = torch.cat([x, x.new_zeros(x.shape[0], len(slot_index), x.shape[2])], dim=1)
+            x = self._fill_slots(x, slot_index, self._vision_prompts(0))
         x = v.ln_pre(x)
-        x = self._run_blocks("vision", v.transformer.resblocks, x, None, roles, prompt_slots,
+        x = self._run_blocks("vision", v.transformer.resblocks, x, None, roles, slot_index,
                              self._vision_prompts)
-        originals = x[:, ~prompt_slots] if prompt_slots.any() else x  # pooling sees original tokens only
+        originals = x[:, ~prompt_slots] if len(slot_index) else x  # pooling sees original tokens only
         pooled, _ = v._pool(originals)
         if v.proj is not None:
             pooled = pooled @ v.proj
@@ -424,19 +425,25 @@ class PromptedCLIP(nn.Module):
 
     # ------------------------------------------------------------------ shared machinery
     @staticmethod
-    def _fill_slots(x: torch.Tensor, slots: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
-        """Put ``prompts`` [n_ctx, width] into the token slots marked True (same for every row)."""
+    def _slot_index(slots: torch.Tensor) -> torch.Tensor:
+        """Token positions of the prompt slots; identical for every row (prompts sit at fixed roles)."""
+        if slots.dim() == 2:
+            if not bool((slots == slots[:1]).all()):
+                raise ValueError("prompt slots differ between rows; every class prompt must hold them alike")
+            slots = slots[0]
+        return slots.nonzero().flatten()
+
+    @staticmethod
+    def _fill_slots(x: torch.Tensor, slot_index: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+        """Put ``prompts`` [n_ctx, width] into the slot positions of every row (out of place)."""
         if prompts is None:
             return x
-        mask = slots if slots.dim() == 2 else slots.expand(x.shape[0], -1)
-        x = x.clone()
-        x[mask] = prompts.to(x.dtype).repeat(x.shape[0], 1)
-        return x
+        return x.index_copy(1, slot_index, prompts.to(x.dtype).expand(x.shape[0], -1, -1))
 
-    def _run_blocks(self, branch, blocks, x, attn_mask, roles, prompt_slots, prompts_for) -> torch.Tensor:
+    def _run_blocks(self, branch, blocks, x, attn_mask, roles, slot_index, prompts_for) -> torch.Tensor:
         for layer, block in enumerate(blocks):
             if layer > 0:
-                x = self._fill_slots(x, prompt_slots, prompts_for(layer))
+                x = self._fill_slots(x, slot_index, prompts_for(layer))
             bias = self._bias(branch, layer)
             if self.block_hook is not None:
                 x = self.block_hook(BlockCall(branch, layer, block, x, attn_mask, roles, bias))
