@@ -21,10 +21,12 @@ class ImageBatch:
     """Images and what is known about them (``None`` where unknown)."""
 
     images: torch.Tensor  # [batch, 3, H, W], preprocessed
-    index: np.ndarray  # values of the ``image`` coordinate
+    index: np.ndarray  # values of the ``image`` coordinate: position in the input, as mmlens.trace numbers images
     label: torch.Tensor | None = None
     classname: list[str] | None = None
     path: list[str] | None = None
+    dataset_index: np.ndarray | None = None  # the batch dict's ``index`` (position in the dataset)
+    split: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -37,6 +39,8 @@ class ImageBatch:
             None if self.label is None else self.label[rows],
             None if self.classname is None else self.classname[rows],
             None if self.path is None else self.path[rows],
+            None if self.dataset_index is None else self.dataset_index[rows],
+            None if self.split is None else self.split[rows],
         )
 
 
@@ -51,10 +55,11 @@ def as_image_batch(
     """Normalise what a user passes as images: a ``[batch, 3, H, W]`` tensor or a collated batch dict.
 
     A batch dict (``mmlens.data.collate``) provides ``image`` and, when present, ``label``,
-    ``classname``, ``path`` and ``index``; keyword arguments override its entries. Without class
-    names, the model's ``classnames[label]`` are used.
+    ``classname``, ``path``, ``split`` and ``index`` (kept as ``dataset_index``); keyword arguments
+    override its entries. Without class names, the model's ``classnames[label]`` are used. The
+    ``image`` coordinate numbers the images by position, as :func:`mmlens.trace` does.
     """
-    index = None
+    index = split = None
     if isinstance(images, Mapping):
         batch = images
         if "image" not in batch:
@@ -66,6 +71,8 @@ def as_image_batch(
         classnames = batch.get("classname") if classnames is None else classnames
         if batch.get("index") is not None:
             index = np.asarray(torch.as_tensor(batch["index"]).cpu().numpy())
+        if batch.get("split") is not None:
+            split = [str(s) for s in batch["split"]]
     if isinstance(images, (list, tuple)):
         raise ValueError("Images of different sizes cannot be attributed in one batch: found a list of "
                          f"{len(images)} tensors; resize them (the model's preprocess does) or pass them one by one.")
@@ -87,9 +94,7 @@ def as_image_batch(
         names = list(getattr(model, "classnames", []))
         if all(0 <= int(i) < len(names) for i in label_t):
             classnames = [names[int(i)] for i in label_t]
-    if index is None:
-        index = np.arange(n)
-    return ImageBatch(images, index, label_t, classnames, paths)
+    return ImageBatch(images, np.arange(n), label_t, classnames, paths, index, split)
 
 
 def _check_len(name: str, found: int, expected: int) -> None:
@@ -185,6 +190,10 @@ def image_coords(batch: ImageBatch, target: torch.Tensor, model: Any) -> dict[st
         coords["classname"] = ("image", np.asarray(batch.classname, dtype=object))
     if batch.path is not None:
         coords["path"] = ("image", np.asarray(batch.path, dtype=object))
+    if batch.split is not None:
+        coords["split"] = ("image", np.asarray(batch.split, dtype=object))
+    if batch.dataset_index is not None:
+        coords["dataset_index"] = ("image", batch.dataset_index.astype(np.int64))
     coords["target"] = ("image", target.numpy().astype(np.int64))
     names = list(getattr(model, "classnames", []))
     if names:

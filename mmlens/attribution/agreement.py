@@ -34,6 +34,15 @@ def _comparable(a: xr.DataArray, ref: xr.DataArray) -> tuple[xr.DataArray, xr.Da
     return a, ref
 
 
+def _promote_variant(out: xr.DataArray, attribution: xr.DataArray) -> xr.DataArray:
+    """A map computed for one variant (scalar ``variant`` coord) gives a result with a length-1 ``variant`` dim,
+    so that stacking with two-variant results leaves NaN for the variant it was not computed for."""
+    if "variant" in attribution.coords and "variant" not in attribution.dims:
+        value = attribution.coords["variant"].item()
+        out = out.drop_vars("variant", errors="ignore").expand_dims(variant=[value])
+    return out
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     from scipy.stats import rankdata
 
@@ -84,7 +93,7 @@ def rank_correlation(attribution: xr.DataArray, reference: xr.DataArray) -> xr.D
         raise ValueError(f"The map and the reference share no labels along {empty}; pass the same images "
                          "(the 'image' coordinate values must match).")
     out.name = "rank_correlation"
-    return out
+    return _promote_variant(out, attribution)
 
 
 def foreground_mass(attribution: xr.DataArray, foreground: xr.DataArray) -> xr.DataArray:
@@ -109,7 +118,7 @@ def foreground_mass(attribution: xr.DataArray, foreground: xr.DataArray) -> xr.D
     total = mass.sum(GRID)
     out = (mass * fg).sum(GRID) / total.where(total > 0)
     out.name = "foreground_mass"
-    return out
+    return _promote_variant(out, attribution)
 
 
 def foreground_chance(foreground: xr.DataArray) -> xr.DataArray:
@@ -154,7 +163,9 @@ def agreement(
     cls_attention: xr.DataArray | None = None,
     foreground: xr.DataArray | None = None,
 ) -> xr.Dataset:
-    """Agreement of several attribution maps with the trace, stacked along a ``method`` dim.
+    """Agreement of several attribution maps with the trace, stacked along an ``attribution`` dim.
+
+    (The dim is not called ``method``: ``.sel(method=...)`` is xarray's fill-method argument.)
 
     Parameters
     ----------
@@ -169,8 +180,8 @@ def agreement(
     Returns
     -------
     xarray.Dataset
-        ``rank_correlation`` (method, ..., layer, head) when ``cls_attention`` is given;
-        ``foreground_mass`` (method, ...) and ``foreground_chance`` (image) when ``foreground`` is.
+        ``rank_correlation`` (attribution, ..., layer, head) when ``cls_attention`` is given;
+        ``foreground_mass`` (attribution, ...) and ``foreground_chance`` (image) when ``foreground`` is.
         Maps without a ``layer`` dim have the same foreground mass at every layer after stacking.
     """
     items = {str(k): v for k, v in (maps.data_vars.items() if isinstance(maps, xr.Dataset) else maps.items())
@@ -190,5 +201,5 @@ def agreement(
 
 def _stack(parts: Mapping[str, xr.DataArray]) -> xr.DataArray:
     arrays = list(xr.broadcast(*parts.values()))
-    return xr.concat(arrays, dim=xr.Variable("method", list(parts)), join="outer", coords="minimal",
+    return xr.concat(arrays, dim=xr.Variable("attribution", list(parts)), join="outer", coords="minimal",
                      compat="override")

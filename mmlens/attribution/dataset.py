@@ -86,9 +86,10 @@ def to_dataset(results: Mapping[str, xr.DataArray | Sequence[xr.DataArray]],
         da = da.drop_vars(list(extra))
         variables = {str(name): da.rename(str(name))}
         for c, coord in extra.items():
-            variables[f"{name}_{c}"] = coord.variable.copy()
-            if "variant" in da.dims and "variant" not in coord.dims:
-                variables[f"{name}_{c}"] = xr.DataArray(coord).expand_dims(variant=da.coords["variant"].values)
+            var = coord.variable.copy()
+            if "variant" in da.dims and "variant" not in var.dims:
+                var = var.set_dims({"variant": da.sizes["variant"], **dict(var.sizes)})
+            variables[f"{name}_{c}"] = var
         pieces.append(xr.Dataset({k: v for k, v in variables.items()},
                                  coords={k: v for k, v in da.coords.items()}))
     ds = xr.merge(pieces, compat="no_conflicts", join="outer", combine_attrs="drop")

@@ -132,7 +132,8 @@ def test_targets_and_coords(model, images):
     batch = {"image": images, "label": LABELS, "path": ["a.png", "b.png", "c.png"], "classname": ["cat", "bird", "dog"],
              "index": torch.tensor([10, 11, 12])}
     by_label = occ.attribute(batch)
-    assert list(by_label.image.values) == [10, 11, 12]
+    assert list(by_label.image.values) == [0, 1, 2]  # numbered by position, as mmlens.trace does
+    assert list(by_label.dataset_index.values) == [10, 11, 12]
     assert list(by_label.path.values) == ["a.png", "b.png", "c.png"]
     assert list(by_label.classname.values) == ["cat", "bird", "dog"]
     assert list(by_label.target.values) == [0, 2, 1] and by_label.variant.item() == "full"
