@@ -1,1 +1,8 @@
 """The trace store: xarray schema, validation, zarr/netCDF IO and the ``ds.mml`` accessor. No torch."""
+
+from __future__ import annotations
+
+from mmlens.store import accessor as _accessor  # noqa: F401  (registers .mml on Dataset/DataArray/DataTree)
+from mmlens.store.schema import SchemaError, provenance_attrs, validate
+
+__all__ = ["SchemaError", "provenance_attrs", "validate"]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from mmlens.store import accessor as _accessor  # noqa: F401  (.mml on what open returns)
 from mmlens.store import schema
 
 __all__ = ["open", "to_zarr", "to_netcdf", "StoreWriter", "StoreIdentityError", "IncompleteStoreWarning"]
