@@ -372,7 +372,8 @@ def test_store_and_stats_do_not_import_torch(tmp_path):
     code = (
         "import sys, mmlens, mmlens.store, mmlens.stats; "
         f"tree = mmlens.open({str(path)!r}); "
-        "tree['vision']['prompt_mass'].compute(); "
+        "alpha = tree.mml.prompt_mass().compute(); "
+        "mmlens.stats.summarize(alpha.sel(measure='readout'), n_boot=10); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,0 +1,150 @@
+"""Prompt-bias statistics: how large β is, and how constant it is (a dataset bias)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from mmlens.stats._common import finish, group_of, require, stack_measures
+
+__all__ = ["bias_norm_ratio", "bias_consistency"]
+
+
+def bias_norm_ratio(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
+    """Size of the prompt bias relative to the original path and to the residual stream.
+
+    ``measure="bias_over_original"``: ``‖β‖ / ‖(a)‖``, with ``(a) = Σ_h (a)_h`` the original path
+    (``bias_norm / original_total_norm``); ``"bias_over_residual"``: ``‖β‖ / ‖x‖`` with ``x`` the
+    block input at the readout query (``bias_norm / residual_norm``).
+
+    Returns
+    -------
+    xarray.DataArray
+        (variant, image/class, layer, measure); 0 for prompt-free variants.
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> r = bias_norm_ratio(example_tree())
+    >>> r.measure.values.tolist(), float(r.sel(variant="zeroshot").max())
+    (['bias_over_original', 'bias_over_residual'], 0.0)
+    """
+    ds = group_of(data, tower)
+    require(ds, ["bias_norm", "original_total_norm", "residual_norm"], "bias_norm_ratio")
+    out = stack_measures(
+        {
+            "bias_over_original": ds["bias_norm"] / ds["original_total_norm"],
+            "bias_over_residual": ds["bias_norm"] / ds["residual_norm"],
+        }
+    )
+    return finish(out, ds, "bias_norm_ratio", "|beta| / |(a)| and |beta| / |x| at the readout query")
+
+
+def bias_consistency(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
+    """How constant the prompt bias β is: cosines within a class, across classes, across datasets.
+
+    With ``u_i = β_i / ‖β_i‖`` the unit bias of image i (images with ``β = 0`` or NaN are left
+    out), every cosine is a mean over pairs of distinct images, computed from sums in linear time
+    (``Σ_{i≠j} u_i·u_j = ‖Σ u‖² - n``):
+
+    - ``within_class``: mean ``u_i·u_j`` over pairs with the same label;
+    - ``across_classes``: over pairs with different labels (same dataset);
+    - ``across_datasets``: pairs of one image of this dataset and one of another dataset (same
+      seed, variant, layer); NaN without a ``dataset`` dim of size ≥ 2;
+    - ``dataset_mean_share``: share of β's mean square that its dataset mean explains,
+      ``‖μ‖² / mean_i ‖β_i‖² = 1 - mean_i ‖β_i - μ‖² / mean_i ‖β_i‖²`` with ``μ = mean_i β_i``
+      (1 when β is constant; what ``constant_bias`` keeps).
+
+    For the text tower the items are the class prompts (no within-class pairs: NaN).
+
+    Parameters
+    ----------
+    data
+        A group with the β vectors (``bias``, traced with ``store_bias_vectors=True``) or a tree.
+    tower
+        Which tower when ``data`` is a tree.
+
+    Returns
+    -------
+    xarray.DataArray
+        (dataset, [seed], variant, layer, measure); a single run gets a ``dataset`` dim of size 1
+        named after its ``dataset`` attribute.
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> c = bias_consistency(example_tree(n_images=16)).sel(variant="full", dataset="synthetic")
+    >>> c.sel(measure="within_class").mml.injected_layers().values.round(2).tolist()
+    [0.77, 0.81]
+    """
+    ds = group_of(data, tower)
+    require(ds, ["bias"], "bias_consistency", "trace with store_bias_vectors=True to keep the beta vectors")
+    beta = ds["bias"]
+    item = "image" if "image" in beta.dims else "class"
+    if "dataset" not in beta.dims:
+        beta = beta.expand_dims(dataset=[str(ds.attrs.get("dataset", "dataset"))])
+    labels = _labels(ds, beta, item)
+
+    norm = np.sqrt((beta**2).sum("channel", skipna=False))
+    valid = (norm > 0) & np.isfinite(norm)
+    unit = (beta / norm.where(valid)).where(valid, 0.0)
+    w = valid.astype(np.float64)
+
+    classes = np.unique(labels.values[labels.values >= 0]) if labels.size else np.array([], dtype=np.int64)
+    onehot = (labels == xr.DataArray(classes, dims="label_class")).astype(np.float64)
+    s_class = xr.dot(unit, onehot, dim=item)  # Σ u over each class: (..., channel, label_class)
+    n_class = xr.dot(w, onehot, dim=item)
+    s_all = unit.sum(item)
+    n_all = w.sum(item)
+
+    sq_class = (s_class**2).sum("channel")
+    within = _ratio((sq_class - n_class).sum("label_class"), (n_class * (n_class - 1)).sum("label_class"))
+    sq_all = (s_all**2).sum("channel")
+    across_classes = _ratio(sq_all - sq_class.sum("label_class"), n_all**2 - (n_class**2).sum("label_class"))
+
+    if beta.sizes["dataset"] >= 2:
+        s_rest = s_all.sum("dataset") - s_all
+        n_rest = n_all.sum("dataset") - n_all
+        across_datasets = _ratio((s_all * s_rest).sum("channel"), n_all * n_rest)
+    else:
+        across_datasets = xr.full_like(within, np.nan)
+
+    b = beta.where(valid)
+    mean_vec = b.mean(item)
+    share = _ratio((mean_vec**2).sum("channel", skipna=False), (b**2).sum("channel", skipna=False).mean(item))
+
+    out = stack_measures(
+        {
+            "within_class": within,
+            "across_classes": across_classes,
+            "across_datasets": across_datasets,
+            "dataset_mean_share": share,
+        }
+    )
+    return finish(
+        out,
+        ds,
+        "bias_consistency",
+        "mean cosine of beta over pairs of distinct images; share = |mean beta|^2 / mean |beta|^2",
+        item=item,
+    )
+
+
+def _ratio(num: xr.DataArray, den: xr.DataArray) -> xr.DataArray:
+    """num / den, NaN (without a warning) where there is nothing to average (den = 0)."""
+    return num / den.where(den > 0)
+
+
+def _labels(ds: xr.Dataset, beta: xr.DataArray, item: str) -> xr.DataArray:
+    """Integer labels of the items, broadcast to (dataset?, item); -1 marks padding."""
+    if item == "class":
+        lab = xr.DataArray(np.arange(beta.sizes["class"]), dims="class")
+    else:
+        if "label" not in ds.coords:
+            raise ValueError("bias_consistency needs the 'label' coordinate on 'image' to group images by class")
+        lab = ds.coords["label"].load()
+        lab = lab.fillna(-1).astype(np.int64) if lab.dtype.kind == "f" else lab
+    lab = lab.reset_coords(drop=True)
+    if "dataset" in beta.dims and "dataset" not in lab.dims:
+        lab = lab.expand_dims(dataset=beta.coords["dataset"].values)
+    return lab.drop_vars([c for c in lab.coords if c not in lab.dims])
