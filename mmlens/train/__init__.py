@@ -19,6 +19,7 @@ from mmlens.train import evaluate as _evaluate_module
 
 evaluate = _evaluate_module.evaluate
 summary = _evaluate_module.summary
+combine = _evaluate_module.combine
 to_markdown = _evaluate_module.to_markdown
 to_csv = _evaluate_module.to_csv
 ablation_variants = _evaluate_module.ablation_variants
@@ -32,8 +33,8 @@ _LAZY = {
     "WarmupCosine": "mmlens.train.schedule",
 }
 
-__all__ = sorted([*_LAZY, "evaluate", "summary", "to_markdown", "to_csv", "ablation_variants", "parse_variant",
-                  "Variant"])
+__all__ = sorted([*_LAZY, "evaluate", "combine", "summary", "to_markdown", "to_csv", "ablation_variants",
+                  "parse_variant", "Variant"])
 
 
 def __getattr__(name: str) -> Any:

@@ -30,6 +30,7 @@ __all__ = [
     "PROTOCOLS",
     "Variant",
     "ablation_variants",
+    "combine",
     "evaluate",
     "parse_variant",
     "summary",
@@ -366,6 +367,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs) * len(split_names) * len(parsed), desc="evaluate", disable=not progress, unit="eval")
+    frozen_cache: dict[tuple, Any] = {}  # frozen-CLIP image features, shared by every entry
     for entry, dname in jobs:
         model = entry.model(clip).to(dev)
         model.eval()
@@ -381,13 +383,14 @@ def evaluate(
             from mmlens.train._data import classnames_of
 
             model.set_classnames(classnames_of(ds))
+            cache = {("frozen",): frozen_cache.setdefault((id(model.clip), dname, split), {})}
             for i_v, variant in enumerate(parsed):
                 if entry.method == "zeroshot" and variant.route not in ("full", "zeroshot"):
                     bar.update(1)  # no prompts: route ablations do not apply (left NaN)
                     continue
                 try:
-                    c, t = _accuracy(model, ds, variant, mean_bias, batch_size=batch_size, normalize=normalize,
-                                     num_workers=num_workers, device=dev, use_amp=use_amp)
+                    c, t = _accuracy(model, ds, variant, mean_bias, cache, batch_size=batch_size,
+                                     normalize=normalize, num_workers=num_workers, device=dev, use_amp=use_amp)
                 except (ValueError, NotImplementedError) as err:
                     if variant.route in ("full", "zeroshot"):
                         raise
@@ -465,29 +468,118 @@ def _mean_bias(model, train_ds, entry: _Entry, spec, normalize, batch_size, num_
                              branch="both", device=device)
 
 
-def _accuracy(model, ds, variant: Variant, mean_bias, *, batch_size, normalize, num_workers, device,
+def _intervention(model, variant: Variant, mean_bias):
+    if variant.route == "full":
+        return nullcontext()
+    from mmlens.trace.interventions import intervene
+
+    return intervene(model, variant.route, branch=variant.branch,
+                     layers=None if variant.layers == "all" else variant.layers,
+                     mean_bias=mean_bias if variant.route == "constant_bias" else None)
+
+
+def _vision_key(model, variant: Variant) -> tuple:
+    """Which image features a variant needs: equal keys give identical features (computed once).
+
+    ``zeroshot`` (prompts off) and ``full`` of a method without vision-side parameters (CoOp, deep
+    language prompting) see the frozen CLIP's features; ablations of the text branch leave the image
+    tower as in ``full``.
+    """
+    no_vision = all(kind == "none" for kind in model.layer_kinds("vision"))
+    if variant == Variant("zeroshot") or (no_vision and variant.route == "full"):
+        return ("frozen",)
+    if variant.route == "full" or variant.branch == "text":
+        return ("full",)
+    return ("variant", variant.label)
+
+
+def _accuracy(model, ds, variant: Variant, mean_bias, cache: dict, *, batch_size, normalize, num_workers, device,
               use_amp) -> tuple[int, int]:
+    """Correct predictions and images of ``ds`` under ``variant``; image features are reused via ``cache``."""
     import torch
 
     from mmlens.train.transforms import input_spec
 
-    if variant.route == "full":
-        context = nullcontext()
-    else:
-        from mmlens.trace.interventions import intervene
+    key = _vision_key(model, variant)
+    store = cache.setdefault(key, {})
+    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with _intervention(model, variant, mean_bias):
+            text = model.text_features().float()
+        if "features" not in store:
+            vision_variant = {("frozen",): Variant("zeroshot"), ("full",): Variant("full")}.get(key, variant)
+            feats, labels = [], []
+            with _intervention(model, vision_variant, mean_bias):
+                for images, y in _images(ds, input_spec(model), normalize, batch_size, num_workers):
+                    feats.append(model.encode_image(images.to(device), normalize=True).float())
+                    labels.append(y)
+            store["features"] = torch.cat(feats) if feats else torch.zeros(0, text.shape[1], device=device)
+            store["labels"] = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+        # PromptedCLIP.forward's logits: scale * cos(image, text) (+ logit bias)
+        logits = model.clip.logit_scale.exp().float() * store["features"] @ text.T
+        if getattr(model.clip, "logit_bias", None) is not None:
+            logits = logits + model.clip.logit_bias.float()
+    correct = int((logits.argmax(-1).cpu() == store["labels"]).sum())
+    return correct, len(store["labels"])
 
-        context = intervene(model, variant.route, branch=variant.branch,
-                            layers=None if variant.layers == "all" else variant.layers,
-                            mean_bias=mean_bias if variant.route == "constant_bias" else None)
-    spec = input_spec(model)
-    correct = total = 0
-    with torch.no_grad(), context, torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-        text = model.text_features()
-        for images, labels in _images(ds, spec, normalize, batch_size, num_workers):
-            logits = model(images.to(device), text)
-            correct += int((logits.argmax(-1).cpu() == labels).sum())
-            total += len(labels)
-    return correct, total
+
+def combine(results: Sequence[xr.Dataset]) -> xr.Dataset:
+    """Merge :func:`evaluate` results of separate runs (e.g. one per job or machine) into one Dataset.
+
+    Coordinates are the union (in order of first appearance); a cell evaluated in two results must
+    agree. Counts of cells nobody evaluated are 0 and their accuracy NaN, as in :func:`evaluate`.
+
+    Examples
+    --------
+    >>> a = evaluate(model_a, data, seeds=1)     # doctest: +SKIP
+    >>> b = evaluate(model_b, data, seeds=2)     # doctest: +SKIP
+    >>> both = combine([a, b])                   # doctest: +SKIP
+    """
+    import xarray as xr
+
+    if not results:
+        raise ValueError("combine() needs at least one evaluate() result.")
+    dims = ("dataset", "seed", "method", "variant", "split")
+    coords = {d: list(dict.fromkeys(v for r in results for v in r[d].values.tolist())) for d in dims}
+    shape = tuple(len(coords[d]) for d in dims)
+    correct = np.zeros(shape, dtype=np.int64)
+    total = np.zeros(shape, dtype=np.int64)
+    sha = np.full(shape[:3], "", dtype=object)
+    params: dict[str, int] = {}
+    skipped: list[str] = []
+    for r in results:
+        idx = [[coords[d].index(v) for v in r[d].values.tolist()] for d in dims]
+        grid = np.ix_(*idx)
+        t_new, c_new = r["total"].values, r["correct"].values
+        both = (total[grid] > 0) & (t_new > 0)
+        if ((total[grid] != t_new) | (correct[grid] != c_new))[both].any():
+            raise ValueError("combine(): two results disagree on a cell they both evaluated.")
+        total[grid] = np.where(t_new > 0, t_new, total[grid])
+        correct[grid] = np.where(t_new > 0, c_new, correct[grid])
+        s_new = r["prompt_sha256"].values.astype(object)
+        sha[np.ix_(*idx[:3])] = np.where(s_new != "", s_new, sha[np.ix_(*idx[:3])])
+        for m, n in zip(r["method"].values.tolist(), r["trainable_parameters"].values.tolist()):
+            params.setdefault(m, int(n))
+        skipped += [line for line in str(r.attrs.get("skipped", "")).split("\n") if line]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.where(total > 0, 100.0 * correct / np.maximum(total, 1), np.nan)
+    parsed = [parse_variant(v) for v in coords["variant"]]
+    first = results[0]
+    return xr.Dataset(
+        {
+            "accuracy": (dims, accuracy, dict(first["accuracy"].attrs)),
+            "correct": (dims, correct, dict(first["correct"].attrs)),
+            "total": (dims, total, dict(first["total"].attrs)),
+            "prompt_sha256": (dims[:3], sha.astype(str), dict(first["prompt_sha256"].attrs)),
+        },
+        coords={
+            **coords,
+            "route": ("variant", [v.route for v in parsed]),
+            "branch": ("variant", [v.branch for v in parsed]),
+            "layers": ("variant", [v.layers for v in parsed]),
+            "trainable_parameters": ("method", [params[m] for m in coords["method"]]),
+        },
+        attrs={**first.attrs, "skipped": "\n".join(dict.fromkeys(skipped))},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tables

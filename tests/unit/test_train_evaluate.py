@@ -68,8 +68,9 @@ class _null:
 def test_accuracy_equals_direct_model_calls(tiny_clip):
     model = PromptedCLIP(tiny_clip, ["x"], "maple", depth=2, init_seed=4)
     data = {"A": _data()}
-    ds = evaluate(model, data, seeds=7, variants=["full", "zeroshot", "bias_only:vision"], progress=False)
-    assert dict(ds.sizes) == {"dataset": 1, "seed": 1, "method": 1, "variant": 3, "split": 2}
+    variants = ["full", "zeroshot", "bias_only:vision", "drop_prompts:text"]
+    ds = evaluate(model, data, seeds=7, variants=variants, progress=False)
+    assert dict(ds.sizes) == {"dataset": 1, "seed": 1, "method": 1, "variant": 4, "split": 2}
     assert ds.seed.values.tolist() == [7] and ds.method.values.tolist() == ["maple"]
     assert int(ds.trainable_parameters.sel({"method": "maple"})) == model.trainable_parameter_count()
     assert model.classnames == ["x"]  # restored after evaluation
@@ -80,10 +81,11 @@ def test_accuracy_equals_direct_model_calls(tiny_clip):
         full = _direct_correct(model, items, items.classnames)
         zs = _direct_correct(model, items, items.classnames, prompts=False)
         bo = _direct_correct(model, items, items.classnames, context=intervene(model, "bias_only", branch="vision"))
+        dp = _direct_correct(model, items, items.classnames, context=intervene(model, "drop_prompts", branch="text"))
         got = ds.sel({"dataset": "A", "seed": 7, "method": "maple", "split": split})
-        assert got.correct.values.tolist() == [full, zs, bo]
-        assert got.total.values.tolist() == [len(items)] * 3
-        assert np.allclose(got.accuracy.values, 100 * np.array([full, zs, bo]) / len(items))
+        assert got.correct.values.tolist() == [full, zs, bo, dp]
+        assert got.total.values.tolist() == [len(items)] * 4
+        assert np.allclose(got.accuracy.values, 100 * np.array([full, zs, bo, dp]) / len(items))
 
 
 def test_same_prompts_same_accuracies(tiny_clip):
@@ -206,3 +208,53 @@ def test_evaluate_errors_say_what_to_do(tiny_clip, tmp_path):
         evaluate(path, {"A": _data()}, progress=False)
     with pytest.raises(ValueError, match="cross_dataset"):
         evaluate(path, {"B": _data()}, clip=tiny_clip, progress=False)
+
+
+def test_reused_image_features_equal_the_ones_each_variant_computes(tiny_clip):
+    """evaluate() computes image features once per key; each variant's own features must be those."""
+    from mmlens.trace.interventions import intervene
+    from mmlens.train.evaluate import Variant, _accuracy, _vision_key
+    from mmlens.train.transforms import input_spec
+
+    items = _data()["base"]
+    spec = input_spec(tiny_clip)
+    x = spec.normalize(torch.stack([items[i]["image"] for i in range(len(items))]))
+    for method in ("maple", "coop", "bias_coupled"):
+        model = PromptedCLIP(tiny_clip, items.classnames, method, depth=2, init_seed=5)
+        cache: dict = {}
+        for label in ("full", "zeroshot", "drop_prompts:text", "bias_only:vision", "redistribution_only:both:injected"):
+            variant = parse_variant(label)
+            _accuracy(model, items, variant, None, cache, batch_size=4, normalize=True, num_workers=0,
+                      device=torch.device("cpu"), use_amp=False)
+            with torch.no_grad(), (intervene(model, variant.route, branch=variant.branch,
+                                             layers=None if variant.layers == "all" else variant.layers)
+                                   if variant.route != "full" else _null()):
+                own = model.encode_image(x, normalize=True)
+            reused = cache[_vision_key(model, variant)]["features"]
+            assert torch.allclose(reused, own, atol=1e-5), (method, label)
+        assert _vision_key(model, Variant("full")) == (("frozen",) if method == "coop" else ("full",))
+
+
+def test_combine_merges_separate_runs(tiny_clip):
+    from mmlens.train import combine
+
+    data = {"A": _data(), "B": _data(3)}
+    m1 = PromptedCLIP(tiny_clip, ["x"], "maple", depth=2, init_seed=1)
+    m2 = PromptedCLIP(tiny_clip, ["x"], "coop", init_seed=1)
+    whole = evaluate([m1], data, seeds=1, variants=["full", "zeroshot"], progress=False)
+    parts = [evaluate([m1], {"A": data["A"]}, seeds=1, variants=["full"], progress=False),
+             evaluate([m1], {"B": data["B"]}, seeds=1, variants=["full", "zeroshot"], progress=False),
+             evaluate([m1], {"A": data["A"]}, seeds=1, variants=["zeroshot"], progress=False),
+             evaluate([m2], {"A": data["A"]}, seeds=2, variants=["full"], progress=False)]
+    merged = combine(parts)
+    assert merged.method.values.tolist() == ["maple", "coop"] and merged.seed.values.tolist() == [1, 2]
+    sub = merged.sel({"method": ["maple"], "seed": [1]})
+    for var in ("correct", "total", "accuracy"):
+        np.testing.assert_array_equal(sub[var].transpose(*whole[var].dims).values, whole[var].values)
+    assert int(merged.total.sel({"method": "coop", "seed": 1}).sum()) == 0
+    assert merged.trainable_parameters.values.tolist() == [m1.trainable_parameter_count(),
+                                                             m2.trainable_parameter_count()]
+    clash = parts[0].copy(deep=True)
+    clash["correct"][:] = clash["correct"] + 1
+    with pytest.raises(ValueError, match="disagree"):
+        combine([parts[0], clash])
