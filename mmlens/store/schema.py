@@ -49,6 +49,9 @@ LAYER_KINDS: tuple[str, ...] = ("injected", "carried", "none")
 #: "all": the whole class set, for data without a base/novel protocol.
 SPLITS: tuple[str, ...] = ("base", "novel", "all")
 
+#: String coordinate value of padded entries in studies (datasets with fewer images or classes).
+STUDY_PADDING = ""
+
 #: Coordinates required on a dimension when it is present (``{dim: coords}``).
 IMAGE_COORDS: tuple[str, ...] = ("label", "classname", "split", "path")
 CLASS_COORDS: tuple[str, ...] = ("classname", "split")
@@ -379,7 +382,7 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
                     f"{group}: expected coordinate {coord!r} along {dim!r}, found dims {ds.coords[coord].dims}"
                 )
     problems += _check_values(ds, group, "layer_kind", LAYER_KINDS)
-    problems += _check_values(ds, group, "split", SPLITS)
+    problems += _check_values(ds, group, "split", (*SPLITS, STUDY_PADDING))
     problems += _check_values(ds, group, "token_role", TOKEN_ROLES)
     roles = {"vision": VISION_ROLES, "text": TEXT_ROLES}.get(group, TOKEN_ROLES)
     problems += _check_values(ds, group, "key_role", roles)

@@ -1,0 +1,140 @@
+"""Combining the stores of several runs (datasets x seeds) into one study tree."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from mmlens.store import schema
+
+__all__ = ["combine_runs"]
+
+_STRING_FILL = {name: schema.STUDY_PADDING for name in ("classname", "split", "path")}
+_DROPPED = ("failures", "failure_path")  # failures stay in each run's own store
+
+
+def combine_runs(runs: Iterable[xr.DataTree]) -> xr.DataTree:
+    """Stack run trees of one method along ``dataset`` and ``seed`` (the study layout of the schema).
+
+    Each run is placed by its ``dataset`` and ``seed`` attributes. Per-run outputs (variables with
+    a ``variant`` dim) gain both dims; seed-independent ones (``foreground``, ``output_bias_norm``)
+    are taken from the first seed of each dataset and gain only ``dataset``. Datasets with fewer
+    images (classes) are padded: NaN in variables, ``label = -1`` and empty strings in
+    coordinates. Root attrs keep what all runs share; ``dataset`` becomes ``"study"``, ``seed``
+    ``-1``, and any other differing key a JSON object ``{"<dataset>/<seed>": value}``.
+    ``failures`` are not carried over (they stay in each run's store). Lazy inputs stay lazy.
+
+    Parameters
+    ----------
+    runs
+        Trace trees (in memory or opened with ``mmlens.open``), one per (dataset, seed).
+
+    Returns
+    -------
+    xarray.DataTree
+        A schema-valid study tree.
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> runs = [example_tree(n_images=n, dataset=d, seed=s) for d, n in (("a", 4), ("b", 6)) for s in (1, 2)]
+    >>> study = combine_runs(runs)
+    >>> study["vision"]["prompt_mass"].dims, study["vision"].sizes["image"]
+    (('dataset', 'seed', 'variant', 'image', 'layer', 'head'), 6)
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("combine_runs needs at least one run tree, found none")
+    keys = []
+    for tree in runs:
+        missing = [k for k in ("dataset", "seed") if k not in tree.attrs]
+        if missing:
+            raise ValueError(f"every run needs 'dataset' and 'seed' attrs to be placed in a study; one lacks {missing}")
+        keys.append((str(tree.attrs["dataset"]), int(tree.attrs["seed"])))
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"each (dataset, seed) may appear once, found repeats {dupes}")
+    datasets = list(dict.fromkeys(d for d, _ in keys))
+    seeds = sorted({s for _, s in keys})
+    by_key = dict(zip(keys, runs))
+    missing_runs = [(d, s) for d in datasets for s in seeds if (d, s) not in by_key]
+    if missing_runs:
+        raise ValueError(
+            f"a study needs every dataset for every seed; missing runs {missing_runs} (combine the complete ones)"
+        )
+
+    groups = list(dict.fromkeys(name for tree in runs for name in tree.children))
+    nodes: dict[str, Any] = {"/": xr.Dataset(attrs=_study_attrs(runs, keys))}
+    for name in groups:
+        per_dataset = []
+        for d in datasets:
+            parts = [_group(by_key[d, s], name, d, s) for s in seeds]
+            per_dataset.append(_stack_seeds(parts, seeds))
+        nodes[name] = _stack_datasets(per_dataset, datasets)
+    return schema.validate(xr.DataTree.from_dict(nodes))
+
+
+def _group(tree: xr.DataTree, name: str, dataset: str, seed: int) -> xr.Dataset:
+    if name not in tree.children:
+        raise ValueError(f"run ({dataset}, {seed}) has no {name!r} group; all runs need the same groups")
+    ds = tree[name].to_dataset()
+    ds = ds.drop_vars([v for v in _DROPPED if v in ds.variables])
+    ds.attrs = {}
+    return ds
+
+
+def _stack_seeds(parts: list[xr.Dataset], seeds: list[int]) -> xr.Dataset:
+    first = parts[0]
+    for seed, part in zip(seeds[1:], parts[1:]):
+        for coord in ("label", "path", "classname"):
+            if coord in first.coords and not first.coords[coord].equals(part.coords.get(coord)):
+                raise ValueError(
+                    f"seed {seed} was traced on other images/classes than seed {seeds[0]} (its {coord!r} "
+                    "differs); a study needs the same images for every seed of a dataset"
+                )
+    per_run = [v for v in first.data_vars if "variant" in first[v].dims]
+    static = first.drop_vars(per_run)
+    stacked = xr.concat(
+        [p[per_run] for p in parts],
+        dim=pd.Index(seeds, name="seed"),
+        coords="minimal",
+        compat="override",
+        join="outer",
+    )
+    return xr.merge([stacked, static], compat="override", join="outer")
+
+
+def _stack_datasets(parts: list[xr.Dataset], datasets: list[str]) -> xr.Dataset:
+    fill = {**_STRING_FILL, "label": -1}
+    out = xr.concat(
+        parts,
+        dim=pd.Index(datasets, name="dataset"),
+        data_vars="all",
+        coords="different",
+        compat="equals",
+        join="outer",
+        fill_value={**{v: float("nan") for p in parts for v in p.data_vars}, **fill},
+    )
+    out = out.assign_coords(dataset=np.array(datasets))  # numpy strings, not pandas' string dtype
+    if "label" in out.coords and out.coords["label"].dtype.kind == "f":
+        out = out.assign_coords(label=out.coords["label"].fillna(-1).astype("int64"))
+    return out
+
+
+def _study_attrs(runs: list[xr.DataTree], keys: list[tuple[str, int]]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    names = [k for k in runs[0].attrs if k != schema.PROGRESS_ATTR]
+    for key in names:
+        values = [tree.attrs.get(key) for tree in runs]
+        if all(v == values[0] for v in values):
+            attrs[key] = values[0]
+        else:
+            attrs[key] = json.dumps({f"{d}/{s}": v for (d, s), v in zip(keys, values)}, sort_keys=True, default=str)
+    attrs["dataset"] = "study"
+    attrs["seed"] = -1
+    return attrs
