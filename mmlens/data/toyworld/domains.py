@@ -200,11 +200,17 @@ def _desaturate(img: np.ndarray, keep: float) -> np.ndarray:
 # The RNG is consumed in a fixed order, so the same seed gives identical bytes.
 
 
-def photo_scene(rng: np.random.Generator, attrs: dict[str, np.ndarray], *, neutral: float = 0.0):
+def photo_scene(
+    rng: np.random.Generator,
+    attrs: dict[str, np.ndarray],
+    *,
+    neutral: float = 0.0,
+    radius: tuple[float, float] = (9.0, 17.0),
+):
     """The photo domain: one solid or patterned object, 18-34 px, on a muted, gently shaded background.
 
     With ``neutral > 0`` a fraction of objects takes a neutral colour (white, gray, black, brown), as in
-    pre-training; ``attrs['colour']`` is updated in place.
+    pre-training; ``attrs['colour']`` is updated in place. ``radius`` is the range of object radii (px).
     """
     n = len(attrs["shape"])
     if neutral:
@@ -216,7 +222,7 @@ def photo_scene(rng: np.random.Generator, attrs: dict[str, np.ndarray], *, neutr
     attrs["background"] = bg_name
     bg = bg + rng.normal(0, 6, (n, 3)).astype(np.float32)
     img = _plain_background(rng, bg, gradient=18.0, texture=7.0)
-    radius = rng.uniform(9.0, 17.0, n).astype(np.float32)
+    radius = rng.uniform(*radius, n).astype(np.float32)
     cx = rng.uniform(radius + 1, H - radius - 1).astype(np.float32)
     cy = rng.uniform(radius + 1, H - radius - 1).astype(np.float32)
     angle = rng.uniform(-0.35, 0.35, n).astype(np.float32)

@@ -209,12 +209,15 @@ class PretrainBatch(NamedTuple):
     match: np.ndarray
 
 
-def pretraining_batch(n: int, seed: int, step: int, neutral: float = 0.15) -> PretrainBatch:
+def pretraining_batch(
+    n: int, seed: int, step: int, neutral: float = 0.15, radius: tuple[float, float] = (9.0, 17.0)
+) -> PretrainBatch:
     """Photo-domain images of random objects with templated captions, for contrastive pre-training.
 
     Colours are the eight hues plus, with probability ``neutral``, white / gray / black / brown; shapes
     uniform; patterns ``plain`` 40 %, the others 12 % each. The stream ``(seed, "pretrain", step)`` is
-    disjoint from every dataset split.
+    disjoint from every dataset split. ``radius`` (px) is the object size range (the photo domain's by
+    default; the recipe's warm-up phase uses larger objects).
 
     Examples
     --------
@@ -230,7 +233,7 @@ def pretraining_batch(n: int, seed: int, step: int, neutral: float = 0.15) -> Pr
             rng.choice(len(R.PATTERNS), size=n, p=[0.4] + [0.12] * (len(R.PATTERNS) - 1))
         ],
     }
-    img, mask = photo_scene(rng, attrs, neutral=neutral)
+    img, mask = photo_scene(rng, attrs, neutral=neutral, radius=radius)
     attrs["size"] = _size_word(attrs["radius"])
     attrs["position"] = _position_word(attrs["cx"], attrs["cy"])
     captions, mentioned = make_captions(attrs, rng)

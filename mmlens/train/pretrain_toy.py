@@ -1,0 +1,333 @@
+"""The pre-training recipe of the toyworld CLIP: contrastive learning on captioned photo-domain scenes.
+
+Images are generated on the fly (a fresh seeded batch every step, see
+:func:`mmlens.data.toyworld.pretraining_batch`), captions come from templates, and the loss is CLIP's
+symmetric InfoNCE with multiple positives: a caption such as ``"a photo of a red star."`` is a correct
+match for every red star in the batch, not only for the image it was written for (soft targets spread
+evenly over all matches, as in UniCL). Seeded and reproducible on a given machine and thread count.
+
+>>> cfg = PretrainConfig(steps=2, batch_size=8, eval_every=0)
+>>> model, history = pretrain(cfg, log=None)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmlens.data.toyworld import generate, pretraining_batch
+from mmlens.data.toyworld.domains import DOMAINS
+from mmlens.models import toy
+
+_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+_STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+
+
+@dataclass
+class PretrainConfig:
+    """Hyper-parameters of the recipe (the defaults are the shipped weights' recipe).
+
+    Curriculum: for the first ``curriculum`` fraction of the steps the object radius range moves linearly
+    from ``warm_radius`` (large objects: colour words are easy to pick up, which gets both towers off
+    the initial plateau where all features collapse) to the photo domain's ``radius``; then it stays.
+    ``eval_every`` > 0 evaluates held-out photo zero-shot accuracy on ``eval_per_class`` images per class
+    during training (logged only; the recipe never selects on it).
+    """
+
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup: int = 20
+    curriculum: float = 0.25
+    warm_radius: tuple[float, float] = (20.0, 28.0)
+    radius: tuple[float, float] = (9.0, 17.0)
+    weight_decay: float = 0.1
+    seed: int = 0
+    neutral: float = 0.15
+    threads: int = 1
+    eval_every: int = 100
+    eval_per_class: int = 1
+    log_every: int = 20
+
+
+def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` -> normalised float ``[N, 3, H, W]`` (OpenAI CLIP mean / std, as open_clip's
+    own preprocessing does for 64x64 inputs).
+
+    Examples
+    --------
+    >>> to_model_input(np.zeros((2, 64, 64, 3), np.uint8)).shape
+    torch.Size([2, 3, 64, 64])
+    """
+    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - _MEAN) / _STD
+
+
+def multi_positive_clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, match: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE where ``match[i, j]`` marks every correct (image i, caption j) pair.
+
+    With ``match`` the identity this is exactly CLIP's loss.
+
+    Examples
+    --------
+    >>> f = F.normalize(torch.randn(4, 8), dim=-1)
+    >>> eye = torch.eye(4, dtype=torch.bool)
+    >>> clip = (F.cross_entropy(10 * f @ f.T, torch.arange(4)) + F.cross_entropy(10 * f @ f.T, torch.arange(4))) / 2
+    >>> bool(torch.isclose(multi_positive_clip_loss(f, f, torch.tensor(10.0), eye), clip))
+    True
+    """
+    logits = logit_scale * image_features @ text_features.T  # [N_img, N_txt]
+    m = match.float()
+    i2t = -(m / m.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    t2i = -(m / m.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (i2t + t2i) / 2
+
+
+def encode_text_trimmed(model, text: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(text)`` computed on the first ``L`` positions only (L = longest text + EOT).
+
+    Exact for open_clip CLIPs with a causal text mask and argmax (EOT) pooling: no position at or
+    before EOT attends to later positions, so cutting the padding changes nothing but the cost.
+
+    Examples
+    --------
+    >>> m, tok = toy.create_model(pretrained=False), toy.get_tokenizer()
+    >>> t = tok(["a red star.", "a photo of a blue ring."])
+    >>> bool(torch.allclose(encode_text_trimmed(m, t), m.encode_text(t), atol=1e-5))
+    True
+    """
+    length = int((text != 0).sum(1).max())
+    text = text[:, :length]
+    x = model.token_embedding(text) + model.positional_embedding[:length]
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(text.shape[0]), text.argmax(dim=-1)]
+    return x @ model.text_projection
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "ln" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def radius_at(step: int, cfg: PretrainConfig) -> tuple[float, float]:
+    """Object radius range of the batch at ``step`` (the curriculum).
+
+    Examples
+    --------
+    >>> cfg = PretrainConfig(steps=100, curriculum=0.5)
+    >>> radius_at(0, cfg), radius_at(25, cfg), radius_at(60, cfg)
+    ((20.0, 28.0), (14.5, 22.5), (9.0, 17.0))
+    """
+    span = cfg.curriculum * cfg.steps
+    t = 1.0 if span <= 0 else min(1.0, step / span)
+    (a0, b0), (a1, b1) = cfg.warm_radius, cfg.radius
+    return (a0 + (a1 - a0) * t, b0 + (b1 - b0) * t)
+
+
+def _lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+@torch.no_grad()
+def class_text_features(model, tokenizer, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
+    """Normalised text features of ``template.format(c)`` for every class name."""
+    tokens = tokenizer([template.format(c) for c in classnames])
+    return F.normalize(model.encode_text(tokens), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    model,
+    tokenizer,
+    domain: str,
+    *,
+    split: str = "test",
+    n_per_class: int = 40,
+    seed: int = 0,
+    template: str = "a photo of a {}.",
+    batch_size: int = 512,
+) -> float:
+    """Top-1 zero-shot accuracy (%) over all classes of a toyworld domain's generated ``split``.
+
+    Examples
+    --------
+    >>> m = toy.create_model(pretrained=False)
+    >>> 0.0 <= zero_shot_accuracy(m, toy.get_tokenizer(), "texture", n_per_class=1) <= 100.0
+    True
+    """
+    was_training = model.training
+    model.eval()
+    g = generate(domain, n_per_class, seed=seed, split=split)
+    text = class_text_features(model, tokenizer, g.classnames, template)
+    correct = 0
+    for start in range(0, len(g.labels), batch_size):
+        img = F.normalize(model.encode_image(to_model_input(g.images[start : start + batch_size])), dim=-1)
+        pred = (img @ text.T).argmax(1).numpy()
+        correct += int((pred == g.labels[start : start + batch_size]).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(g.labels)
+
+
+def pretrain(
+    cfg: PretrainConfig | None = None, *, log: Callable[[str], None] | None = print
+) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Train the toy CLIP from scratch with the recipe ``cfg``; return the model (eval mode) and history.
+
+    ``history`` holds one record per logged step: ``step``, ``loss`` (mean since the last record),
+    ``lr``, ``logit_scale``, ``seconds`` and, at evaluation steps, ``photo_zero_shot``.
+
+    Examples
+    --------
+    >>> model, hist = pretrain(PretrainConfig(steps=2, batch_size=4, eval_every=0, log_every=1), log=None)
+    >>> len(hist), model.training
+    (2, False)
+    """
+    cfg = cfg or PretrainConfig()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    torch.manual_seed(cfg.seed)
+    model = toy.create_model(pretrained=False)
+    model.train()
+    tokenizer = toy.get_tokenizer()
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    history: list[dict[str, float]] = []
+    t0, c0 = time.perf_counter(), time.process_time()
+    running, count = 0.0, 0
+    # the next batch is generated in a thread while the model trains on this one (numpy releases the GIL);
+    # each batch depends only on (seed, step), so prefetching does not change the data
+    pool = ThreadPoolExecutor(max_workers=1)
+    def make(step: int):
+        return pretraining_batch(cfg.batch_size, cfg.seed, step, neutral=cfg.neutral, radius=radius_at(step, cfg))
+
+    future = pool.submit(make, step=0)
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        batch = future.result()
+        if step + 1 < cfg.steps:
+            future = pool.submit(make, step=step + 1)
+        unique, inverse = np.unique(np.asarray(batch.captions), return_index=True)
+        match = torch.as_tensor(batch.match[:, inverse])  # images x unique captions
+        img = F.normalize(model.encode_image(to_model_input(batch.images)), dim=-1)
+        txt = F.normalize(encode_text_trimmed(model, tokenizer(list(unique))), dim=-1)
+        loss = multi_positive_clip_loss(img, txt, model.logit_scale.exp(), match)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        running += float(loss.detach())
+        count += 1
+        last = step == cfg.steps - 1
+        if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:
+            rec = {
+                "step": step + 1,
+                "loss": running / count,
+                "lr": opt.param_groups[0]["lr"],
+                "logit_scale": float(model.logit_scale.detach().exp()),
+                "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0,
+            }
+            running, count = 0.0, 0
+            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
+                rec["photo_zero_shot"] = zero_shot_accuracy(
+                    model, tokenizer, "photo", split="val", n_per_class=cfg.eval_per_class, seed=cfg.seed
+                )
+            history.append(rec)
+            if log is not None:
+                log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+    pool.shutdown()
+    model.eval()
+    return model, history
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(
+    model: torch.nn.Module, path: str | Path, *, recipe: PretrainConfig, history: list[dict[str, float]],
+    metrics: dict[str, Any] | None = None, fp16: bool = False,
+) -> dict[str, Any]:
+    """Write the open_clip state dict as safetensors plus a JSON sidecar (``<path>.json`` next to it).
+
+    The sidecar records the recipe, seed, sha256 of the weights file, metrics and versions.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> meta = save_weights(toy.create_model(pretrained=False), p, recipe=PretrainConfig(), history=[])
+    >>> os.path.isfile(p) and os.path.isfile(p[:-len(".safetensors")] + ".json")
+    True
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    from mmlens._version import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if fp16 else torch.float32
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"model": toy.TOY_MODEL_NAME, "tag": toy.TAG})
+    meta = {
+        "model": toy.TOY_MODEL_NAME,
+        "pretrained_tag": toy.TAG,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "dtype": str(dtype).replace("torch.", ""),
+        "model_config": toy.TOY_MODEL_CONFIG,
+        "recipe": asdict(recipe),
+        "seed": recipe.seed,
+        "train_seconds": history[-1]["seconds"] if history else None,
+        "cpu_seconds": history[-1]["cpu_seconds"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "metrics": metrics or {},
+        "history": history,
+        "versions": {
+            "mmlens": __version__,
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": {"threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()},
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def evaluate_all(model, *, n_per_class: int = 40, seed: int = 0) -> dict[str, float]:
+    """Zero-shot top-1 (%) on the ``test`` split of every toyworld domain (photo = held-out images)."""
+    tok = toy.get_tokenizer()
+    return {k: zero_shot_accuracy(model, tok, k, n_per_class=n_per_class, seed=seed) for k in DOMAINS}
