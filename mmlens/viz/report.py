@@ -1,0 +1,236 @@
+"""A standalone HTML report of a trace store: embedded plots and slider states, no kernel or network needed."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from mmlens.store import schema
+from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, MissingData, StudyView, available
+
+__all__ = ["build_report", "write_report"]
+
+
+def build_report(
+    store: Any,
+    *,
+    images: int = 2,
+    max_datasets: int = 12,
+    max_classes: int = 50,
+    data_root: str | os.PathLike | None = None,
+    fg_max_images: int | None = 256,
+):
+    """The report's Panel layout: provenance, heatmaps, curves, image maps, text roles, accuracy.
+
+    The selectors work in the saved page without a kernel: every frame they can show is
+    computed here and embedded (see :func:`mmlens.viz._static.frame_switcher`). Frames:
+    heatmaps over (dataset, variant) for the first ``max_datasets`` datasets; attention maps over
+    (layer, head) for ``images`` images of the first dataset; EOT attention over (layer, head)
+    for the first ``max_classes`` classes. The page size is bounded by these numbers.
+
+    Parameters
+    ----------
+    store
+        A store path or ``xarray.DataTree`` (see :func:`mmlens.viz.slices.as_tree`).
+    images
+        Images of the first dataset whose attention maps are embedded.
+    max_datasets
+        Datasets embedded in the heatmap selector.
+    max_classes
+        Classes shown in the EOT-attention map.
+    data_root
+        Where relative image paths live (pictures under the maps), optional.
+    fg_max_images
+        Images averaged by the foreground-attention measures.
+
+    Returns
+    -------
+    panel.layout.Column
+    """
+    import panel as pn
+
+    from mmlens.viz._static import frame_switcher
+    from mmlens.viz.explorer import Explorer
+
+    view = store if isinstance(store, StudyView) else StudyView(store, fg_max_images=fg_max_images)
+    app = Explorer({view.method: view}, data_root=data_root)
+    state = app.state
+    datasets = view.datasets[:max_datasets]
+    seed = view.seeds[0]
+    parts: list[Any] = [pn.pane.Markdown(_provenance_markdown(view))]
+
+    parts.append(pn.pane.Markdown("## Layer × head maps (mean over images / classes)"))
+    for tower in ("vision", "text"):
+        if tower not in view.groups:
+            parts.append(pn.pane.Markdown(f"*no '{tower}' group in this store*"))
+            continue
+        measures = available(view, tower, HEAD_MEASURES)
+        missing = [HEAD_MEASURES[m][0] for m in HEAD_MEASURES
+                   if m not in measures and not (m == "foreground_attention" and tower != "vision")]
+        if measures:
+            frames = {}
+            for dataset in datasets:
+                for variant in view.variants:
+                    state.param.update(dataset=dataset, seed=seed, variant=variant)
+                    frames[(dataset, variant)] = tuple(app.plot_heatmap(tower, m) for m in measures)
+            parts.append(pn.pane.Bokeh(frame_switcher(frames, ["dataset", "variant"])))
+        if missing:
+            parts.append(pn.pane.Markdown(f"*{tower}: not in this store: {', '.join(missing)}*"))
+
+    parts.append(pn.pane.Markdown("## Per layer: mean and 95% band across datasets (orange: injected, blue: carried)"))
+    for measure in LAYER_MEASURES:
+        row = []
+        state.curve_measure = measure
+        for tower in ("vision", "text"):
+            if measure in available(view, tower, LAYER_MEASURES):
+                state.layer = state.param["layer"].objects[0]
+                plot = app.plot_curves(tower)
+                row.append(pn.pane.HoloViews(plot, backend="bokeh", linked_axes=False))
+        if row:
+            parts.append(pn.Row(*row))
+
+    slots = app.image_slots()
+    layers, heads = view.layers("vision"), view.heads("vision")
+    if slots and layers and heads:
+        parts.append(pn.pane.Markdown("## Images: [cls] attention â with and without prompts, mask, attributions"))
+        state.param.update(dataset=datasets[0], seed=seed)
+        for image in view.images[:images]:
+            state.image = image
+            frames = {}
+            for layer in layers:
+                for head in heads:
+                    state.param.update(layer=layer, head=head)
+                    picture, contour = app.plot_picture(), app.plot_mask_contour()
+                    frames[(layer, head)] = tuple(picture * app.plot_image_slot(s) * contour for s in slots)
+            info = view.image_info(datasets[0], image)
+            parts.append(pn.pane.Markdown(
+                f"**image {image}** of {datasets[0]}: class {info['label']} *{info['classname']}* ({info['split']})"
+            ))
+            parts.append(pn.pane.Bokeh(frame_switcher(frames, ["layer", "head"])))
+    else:
+        parts.append(pn.pane.Markdown("*no attention maps in this store*"))
+
+    if view.has("text", "attention_by_role"):
+        parts.append(pn.pane.Markdown("## Text tower: EOT attention over token roles"))
+        variant = view.prompted_variant or view.variants[0]
+        state.param.update(dataset=datasets[0], seed=seed, variant=variant)
+        names = list(state.param["class_"].objects)[:max_classes]
+        frames = {}
+        for layer in view.layers("text"):
+            for head in view.heads("text"):
+                roles = view.text_roles(datasets[0], seed, layer, head).sel(variant=variant)
+                roles = roles.isel({"class": slice(0, max_classes)})
+                frames[(layer, head)] = (plots_role_heatmap(roles, names, f"{datasets[0]}, {variant}: "
+                                                            f"layer {layer}, head {head}"),)
+        parts.append(pn.pane.Bokeh(frame_switcher(frames, ["layer", "head"])))
+
+    parts.append(pn.pane.Markdown("## Accuracy and route ablations (from the stored logits)"))
+    try:
+        table = view.accuracy()
+        summary = table.groupby("variant", sort=False)[["base", "novel", "HM", "all"]].mean().round(2)
+        parts.append(pn.pane.Markdown(f"Mean over {table['dataset'].nunique()} dataset(s) and their seeds:"))
+        parts.append(pn.pane.DataFrame(summary))
+        parts.append(pn.pane.DataFrame(table.round(2), index=False))
+    except MissingData as err:
+        parts.append(pn.pane.Markdown(f"*{err}*"))
+    return pn.Column(*parts, name="mmlens report")
+
+
+def plots_role_heatmap(roles: Any, names: list[str], title: str) -> Any:
+    """The class x role map of one frame (thin wrapper so the report reads as a list of sections)."""
+    from mmlens.viz import plots
+
+    return plots.role_heatmap(roles, names, title=title)
+
+
+def write_report(store: Any, out: str | os.PathLike, *, title: str = "mmlens report", **kwargs: Any) -> Path:
+    """Write a standalone HTML report of ``store`` to ``out`` (works offline, without a kernel).
+
+    Parameters
+    ----------
+    store
+        A store path or ``xarray.DataTree``.
+    out
+        The ``.html`` file to write.
+    title
+        Page title.
+    **kwargs
+        Passed to :func:`build_report` (``images``, ``max_datasets``, ``data_root``, ...).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> import tempfile, pathlib
+    >>> path = write_report(example_tree(n_layers=2, n_images=2), pathlib.Path(tempfile.mkdtemp()) / "r.html",
+    ...                     images=1)  # doctest: +SKIP
+    """
+    import panel as pn
+    from bokeh.resources import INLINE
+
+    from mmlens.viz.explorer import load_extensions
+
+    load_extensions()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    layout = build_report(store, **kwargs)
+    previous = pn.config.inline
+    pn.config.inline = True
+    try:
+        layout.save(str(out), title=title, resources=INLINE)
+    finally:
+        pn.config.inline = previous
+    html = inline_cdn_resources(out.read_text(encoding="utf-8"))
+    out.write_text(html, encoding="utf-8")
+    return out
+
+
+_CDN = re.compile(r"https://cdn\.holoviz\.org/panel/[^/\"']+/dist/([A-Za-z0-9_./-]+\.(?:css|png|ico|svg|woff2?))")
+
+
+def inline_cdn_resources(html: str) -> str:
+    """Replace Panel's CDN stylesheet/icon links by ``data:`` URIs of the files shipped with Panel.
+
+    Panel's saved pages still point component stylesheets at ``cdn.holoviz.org`` even with inline
+    resources (holoviz/panel#6759); offline they fail to load. The same files ship inside the
+    ``panel`` package, so they are embedded here. Unknown files are left as they are.
+    """
+    import panel
+
+    dist = Path(panel.__file__).parent / "dist"
+    mime = {"css": "text/css", "png": "image/png", "ico": "image/x-icon", "svg": "image/svg+xml",
+            "woff": "font/woff", "woff2": "font/woff2"}
+
+    def replace(match: re.Match[str]) -> str:
+        path = dist / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        kind = mime[path.suffix.lstrip(".")]
+        return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+    html = re.sub(r'<link rel="apple-touch-icon" href=""\s*/?>', "", html)  # an empty link the template adds
+    return _CDN.sub(replace, html)
+
+
+def _provenance_markdown(view: StudyView) -> str:
+    attrs = view.attrs
+    keys = [k for k in schema.PROVENANCE_KEYS if k in attrs] + sorted(k for k in attrs if k not in
+                                                                       schema.PROVENANCE_KEYS and not k.startswith("_"))
+    rows = "\n".join(f"| {k} | {_cell(attrs[k])} |" for k in keys)
+    sizes = ", ".join(f"{g}: " + " × ".join(f"{d} {n}" for d, n in ds.sizes.items() if d in schema.DIMS)
+                      for g, ds in view.groups.items())
+    return (f"# mmlens report: {view.method}\n\nDatasets: {', '.join(view.datasets)}; seeds "
+            f"{view.seeds}; variants {view.variants}.\n\nSizes: {sizes}\n\n| provenance | value |\n|---|---|\n{rows}\n")
+
+
+def _cell(value: Any) -> str:
+    text = str(value).replace("|", "\\|")
+    return text if len(text) <= 80 else text[:77] + "…"
+

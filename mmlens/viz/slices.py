@@ -1,0 +1,738 @@
+"""The explorer's data side: cached, lazy slices of a trace store for each view (no plotting, no torch)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from mmlens.store import schema
+
+__all__ = [
+    "HEAD_MEASURES",
+    "LAYER_MEASURES",
+    "ImageSlice",
+    "MissingData",
+    "StudyView",
+    "as_tree",
+]
+
+#: Layer x head measures: name -> (label, {tower: variables needed}).
+HEAD_MEASURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "prompt_mass": ("prompt mass α", ("prompt_mass",)),
+    "bias_ratio": ("‖β_h‖ / ‖(a)_h‖", ("bias_head_norm", "original_norm")),
+    "foreground_attention": ("foreground attention", ("cls_attention", "foreground")),
+}
+#: Per-layer measures (curves): name -> (label, variables needed).
+LAYER_MEASURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "prompt_mass": ("prompt mass α (mean over heads)", ("prompt_mass",)),
+    "bias_norm_ratio": ("‖β‖ / ‖(a)‖", ("bias_norm", "original_total_norm", "residual_norm")),
+    "bias_residual_ratio": ("‖β‖ / ‖x‖", ("bias_norm", "original_total_norm", "residual_norm")),
+    "foreground_attention": ("foreground attention (mean over heads)", ("cls_attention", "foreground")),
+}
+_TOWERS = ("vision", "text")
+_ITEM = {"vision": "image", "text": "class"}
+_GRID = ("patch_row", "patch_col")
+
+
+class MissingData(LookupError):
+    """A view needs a group or variable that this store does not hold; the message says which and why."""
+
+
+def as_tree(store: Any) -> xr.DataTree:
+    """A trace tree from a path (opened lazily with ``mmlens.open``), a DataTree or a Dataset.
+
+    Parameters
+    ----------
+    store
+        Path to a zarr/netCDF store, an ``xarray.DataTree`` following docs/store_schema.md, or a
+        single group ``xarray.Dataset`` (its group is guessed, e.g. ``vision``).
+
+    Returns
+    -------
+    xarray.DataTree
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> sorted(as_tree(example_tree()).children)
+    ['logits', 'text', 'vision']
+    """
+    import os
+
+    if isinstance(store, xr.DataTree):
+        return store
+    if isinstance(store, xr.Dataset):
+        return xr.DataTree.from_dict({"/": xr.Dataset(attrs=dict(store.attrs)), schema.infer_group(store): store})
+    if isinstance(store, (str, os.PathLike)):
+        from mmlens.store.io import open as open_store
+
+        return open_store(store)
+    raise TypeError(
+        f"expected a store path, an xarray.DataTree or an xarray.Dataset, found {type(store).__name__}; "
+        "pass the path of a store written by mmlens.trace_to_store or the tree returned by mmlens.trace"
+    )
+
+
+@dataclass
+class ImageSlice:
+    """Everything the image panel shows for one image at one layer and head (small numpy arrays)."""
+
+    dataset: str
+    image: int
+    layer: int
+    head: int
+    label: int | None
+    classname: str | None
+    split: str | None
+    path: str | None
+    #: variant -> (patch_row, patch_col) renormalised [cls] attention â.
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
+    foreground: np.ndarray | None = None
+    #: attribution method -> (patch_row, patch_col) map.
+    attribution: dict[str, np.ndarray] = field(default_factory=dict)
+    #: variant -> Σ_j f_j â_j (foreground attention of this image), when a mask exists.
+    foreground_attention: dict[str, float] = field(default_factory=dict)
+    #: attribution method -> {agreement measure: value} against â of the prompted variant.
+    agreement: dict[str, dict[str, float]] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, make: Any) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = make()
+        self.items[key] = value
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+class StudyView:
+    """Read-only, cached access to one trace store (one run or a study) for the explorer's views.
+
+    Works the same on a single run (no ``dataset``/``seed`` dims: the root attrs name them) and
+    on a study (``dataset``/``seed`` dims). Every method returns small in-memory arrays; the
+    store itself is only sliced, so a lazily opened zarr store is read chunk by chunk. Results
+    that do not depend on the selected layer/head (heatmaps, curves, one image's maps) are
+    cached, so moving the layer or head selectors touches no storage at all.
+
+    Parameters
+    ----------
+    store
+        A path, ``xarray.DataTree`` or group ``Dataset`` (see :func:`as_tree`).
+    fg_max_images
+        Foreground-attention heatmaps and curves need the full ``cls_attention`` grids; they
+        are averaged over at most this many images per dataset (the first ones, which share a
+        chunk), so that a 2000-image store stays interactive. ``None`` uses all images.
+    n_boot
+        Bootstrap replicates of the curves' bands.
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> view = StudyView(example_tree(n_images=4, n_layers=3, n_heads=2))
+    >>> view.datasets, view.layers("vision"), view.variants
+    (['synthetic'], [0, 1, 2], ['full', 'zeroshot'])
+    >>> view.head_map("vision", "prompt_mass", "synthetic", 0, "full").dims
+    ('layer', 'head')
+    """
+
+    def __init__(self, store: Any, *, fg_max_images: int | None = 256, n_boot: int = 1000) -> None:
+        self.tree = as_tree(store)
+        self.attrs: dict[str, Any] = dict(self.tree.attrs)
+        self.groups: dict[str, xr.Dataset] = {
+            name: node.to_dataset() for name, node in self.tree.children.items() if name in schema.GROUPS
+        }
+        if not any(g in self.groups for g in ("vision", "text", "logits")):
+            raise MissingData(
+                f"expected a trace store with a vision, text or logits group, found groups "
+                f"{sorted(self.tree.children) or 'none'}; open the root of a store written by mmlens.trace"
+            )
+        self.fg_max_images = fg_max_images
+        self.n_boot = n_boot
+        self._cache = _LRU(256)
+        self._images = _LRU(16)
+
+    # ------------------------------------------------------------------------------------------
+    # choices (read from the coordinates)
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        """The prompt method (root attr ``method``)."""
+        return str(self.attrs.get("method", "unknown"))
+
+    @property
+    def datasets(self) -> list[str]:
+        """Dataset names: the ``dataset`` coordinate of a study, else the root attr ``dataset``."""
+        for ds in self.groups.values():
+            if "dataset" in ds.dims:
+                return [str(v) for v in ds["dataset"].values]
+        return [str(self.attrs.get("dataset", "unknown"))]
+
+    @property
+    def seeds(self) -> list[int]:
+        """Seeds: the ``seed`` coordinate of a study, else the root attr ``seed``."""
+        for ds in self.groups.values():
+            if "seed" in ds.dims:
+                return [int(v) for v in ds["seed"].values]
+        seed = self.attrs.get("seed", 0)
+        try:
+            return [int(seed)]
+        except (TypeError, ValueError):
+            return [0]
+
+    @property
+    def variants(self) -> list[str]:
+        """Variants present in any group, in schema order (``full``, ``zeroshot``, ablations)."""
+        found: set[str] = set()
+        for ds in self.groups.values():
+            if "variant" in ds.coords:
+                found.update(str(v) for v in ds["variant"].values)
+        ordered = [v for v in schema.VARIANTS if v in found]
+        return ordered + sorted(found - set(ordered))
+
+    @property
+    def prompted_variant(self) -> str | None:
+        """``full`` when present (the prompted model)."""
+        return schema.PROMPTED_VARIANT if schema.PROMPTED_VARIANT in self.variants else None
+
+    @property
+    def reference_variant(self) -> str | None:
+        """``zeroshot`` when present (the same images without prompts)."""
+        return schema.REFERENCE_VARIANT if schema.REFERENCE_VARIANT in self.variants else None
+
+    def has(self, group: str, *variables: str) -> bool:
+        """Whether ``group`` exists and holds all ``variables``."""
+        ds = self.groups.get(group)
+        return ds is not None and all(v in ds.variables for v in variables)
+
+    def require(self, group: str, *variables: str, why: str = "") -> xr.Dataset:
+        """The group Dataset, or :class:`MissingData` naming what is missing."""
+        ds = self.groups.get(group)
+        purpose = f" ({why})" if why else ""
+        if ds is None:
+            raise MissingData(f"this store has no '{group}' group{purpose}; groups found: {sorted(self.groups)}")
+        missing = [v for v in variables if v not in ds.variables]
+        if missing:
+            raise MissingData(
+                f"'{group}' holds no {', '.join(missing)}{purpose}; trace with the outputs that produce "
+                f"{'them' if len(missing) > 1 else 'it'} (see docs/store_schema.md)"
+            )
+        return ds
+
+    def layers(self, tower: str = "vision") -> list[int]:
+        """Layer indices (0-based) of a tower; empty when the tower is missing."""
+        ds = self.groups.get(tower)
+        return [] if ds is None or "layer" not in ds.coords else [int(v) for v in ds["layer"].values]
+
+    def heads(self, tower: str = "vision") -> list[int]:
+        """Head indices of a tower; empty when the tower is missing."""
+        ds = self.groups.get(tower)
+        return [] if ds is None or "head" not in ds.coords else [int(v) for v in ds["head"].values]
+
+    def layer_kinds(self, tower: str = "vision") -> dict[int, str]:
+        """``{layer: layer_kind}`` (``injected``/``carried``/``none``) from the ``layer_kind`` coord."""
+        ds = self.groups.get(tower)
+        if ds is None or "layer_kind" not in ds.coords:
+            return {}
+        return {int(k): str(v) for k, v in zip(ds["layer"].values, ds["layer_kind"].values)}
+
+    @property
+    def images(self) -> list[int]:
+        """Image indices (``image`` coordinate of the vision or logits group)."""
+        for name in ("vision", "logits"):
+            ds = self.groups.get(name)
+            if ds is not None and "image" in ds.coords:
+                return [int(v) for v in ds["image"].values]
+        return []
+
+    def classes(self, dataset: str) -> dict[str, int]:
+        """``{classname: class index}`` of one dataset (text group, else logits group)."""
+        for name in ("text", "logits"):
+            ds = self.groups.get(name)
+            if ds is None or "class" not in ds.coords:
+                continue
+            idx = [int(v) for v in ds["class"].values]
+            if "classname" not in ds.coords:
+                return {f"class {k}": k for k in idx}
+            names = _per_dataset(ds["classname"], dataset).values
+            return {f"{k}: {n}": k for k, n in zip(idx, names)}
+        return {}
+
+    def image_info(self, dataset: str, image: int) -> dict[str, Any]:
+        """Ground truth of one image: ``label``, ``classname``, ``split``, ``path`` (``None`` when absent)."""
+        ds = self.groups.get("vision", self.groups.get("logits"))
+        out: dict[str, Any] = {"label": None, "classname": None, "split": None, "path": None}
+        if ds is None:
+            return out
+        for key in out:
+            if key in ds.coords and "image" in ds.coords[key].dims:
+                value = _per_dataset(ds.coords[key], dataset).sel(image=image).values.item()
+                out[key] = int(value) if key == "label" else str(value)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # layer x head maps
+    # ------------------------------------------------------------------------------------------
+
+    def head_map(
+        self,
+        tower: str,
+        measure: str,
+        dataset: str,
+        seed: int,
+        variant: str,
+        *,
+        minus_reference: bool = False,
+    ) -> xr.DataArray:
+        """A (layer, head) map of ``measure`` averaged over the images (vision) or classes (text).
+
+        Parameters
+        ----------
+        tower
+            ``vision`` or ``text``.
+        measure
+            One of :data:`HEAD_MEASURES`: ``prompt_mass`` (α at the readout query),
+            ``bias_ratio`` (‖β_h‖ / ‖(a)_h‖ per head), ``foreground_attention`` (Σ_j f_j â_cls,j
+            with f the foreground fraction of patch j; vision only).
+        dataset, seed, variant
+            The run to show.
+        minus_reference
+            Subtract the same map of the ``zeroshot`` variant (the effect of the prompts).
+
+        Returns
+        -------
+        xarray.DataArray
+            Dims ``(layer, head)`` with ``layer_kind``; attrs ``label`` and ``n_items`` (how
+            many images/classes were averaged).
+
+        Raises
+        ------
+        MissingData
+            When the store lacks the variables the measure needs.
+        """
+        key = ("head_map", tower, measure, dataset, seed, variant, minus_reference)
+        return self._cache.get(key, lambda: self._head_map(tower, measure, dataset, seed, variant, minus_reference))
+
+    def _head_map(
+        self, tower: str, measure: str, dataset: str, seed: int, variant: str, minus_reference: bool
+    ) -> xr.DataArray:
+        if measure not in HEAD_MEASURES:
+            raise ValueError(f"measure must be one of {list(HEAD_MEASURES)}, found {measure!r}")
+        if minus_reference:
+            ref = self.reference_variant
+            if ref is None:
+                raise MissingData(f"no '{schema.REFERENCE_VARIANT}' variant to subtract; variants: {self.variants}")
+            out = self.head_map(tower, measure, dataset, seed, variant) - self.head_map(
+                tower, measure, dataset, seed, ref
+            )
+            out.attrs = {**self.head_map(tower, measure, dataset, seed, variant).attrs}
+            out.attrs["label"] = f"Δ {out.attrs['label']} ({variant} − {ref})"
+            return out
+        label, needed = HEAD_MEASURES[measure]
+        if measure == "foreground_attention" and tower != "vision":
+            raise MissingData("foreground attention is a vision-tower measure (patches have masks, words do not)")
+        ds = self.require(tower, *needed, why=label)
+        ds = _select(ds, dataset=dataset, seed=seed, variant=variant)
+        item = _ITEM[tower]
+        if measure == "foreground_attention":
+            ds = self._fg_subset(ds)
+        values = _per_item_head_measure(ds, measure)
+        n_items = int(values.sizes[item])
+        out = values.mean(item, skipna=True).transpose("layer", "head").load()
+        out.attrs = {"label": label, "n_items": n_items, "item": item, "measure": measure, "tower": tower}
+        return out
+
+    def _fg_subset(self, ds: xr.Dataset) -> xr.Dataset:
+        n = ds.sizes["image"]
+        if self.fg_max_images is not None and n > self.fg_max_images:
+            return ds.isel(image=slice(0, self.fg_max_images))
+        return ds
+
+    # ------------------------------------------------------------------------------------------
+    # per-layer curves with bands
+    # ------------------------------------------------------------------------------------------
+
+    def layer_curve(self, tower: str, measure: str, variants: list[str] | None = None) -> xr.Dataset:
+        """Per-layer ``measure`` with a 95% band across datasets (and seeds) for some variants.
+
+        The unit of replication is a run (dataset x seed): each run's value is the mean over
+        its images (vision) or classes (text) (and heads); the curve is the mean over runs and
+        the band a 95% percentile bootstrap interval of it (:func:`mmlens.stats.bootstrap_ci`,
+        datasets resampled, then seeds within them). A store with a single run resamples its
+        images/classes instead.
+
+        Parameters
+        ----------
+        tower
+            ``vision`` or ``text``.
+        measure
+            One of :data:`LAYER_MEASURES`.
+        variants
+            Variants to include (default: the prompted and reference variants present).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``mean``, ``lower``, ``upper`` with dims ``(variant, layer)`` and ``layer_kind``;
+            attrs ``label``, ``units`` (what the band is across) and ``n_units``.
+        """
+        variants = tuple(variants or [v for v in (self.prompted_variant, self.reference_variant) if v] or self.variants)
+        key = ("layer_curve", tower, measure, variants)
+        return self._cache.get(key, lambda: self._layer_curve(tower, measure, variants))
+
+    def _layer_curve(self, tower: str, measure: str, variants: tuple[str, ...]) -> xr.Dataset:
+        if measure not in LAYER_MEASURES:
+            raise ValueError(f"measure must be one of {list(LAYER_MEASURES)}, found {measure!r}")
+        label, needed = LAYER_MEASURES[measure]
+        if measure == "foreground_attention" and tower != "vision":
+            raise MissingData("foreground attention is a vision-tower measure (patches have masks, words do not)")
+        ds = self.require(tower, *needed, why=label)
+        present = [v for v in variants if v in ds["variant"].values]
+        if not present:
+            raise MissingData(f"'{tower}' holds none of the variants {list(variants)}; found {self.variants}")
+        ds = ds.sel(variant=present)
+        item = _ITEM[tower]
+        if measure == "foreground_attention":
+            ds = self._fg_subset(ds)
+        per_item = _per_item_layer_measure(ds, measure)  # (..., item, layer)
+        run_dims = [d for d in ("seed", "dataset") if d in per_item.dims]
+        n_runs = math.prod(per_item.sizes[d] for d in run_dims)
+        if n_runs > 1:
+            units = per_item.mean(item, skipna=True).load()
+            unit_dims, n_units = run_dims, n_runs
+            n_seeds, n_sets = per_item.sizes.get("seed", 1), per_item.sizes.get("dataset", 1)
+            what = "datasets" if n_seeds == 1 else "seeds" if n_sets == 1 else "runs (dataset × seed)"
+        else:
+            units = per_item.squeeze(run_dims, drop=True).load()
+            unit_dims, n_units, what = [item], int(units.sizes[item]), f"{item}s of one run"
+        from mmlens.stats import bootstrap_ci
+
+        band = bootstrap_ci(units, dims=unit_dims, n_boot=self.n_boot, seed=0)
+        out = xr.Dataset({
+            "mean": band.sel(estimate="mean", drop=True),
+            "lower": band.sel(estimate="low", drop=True),
+            "upper": band.sel(estimate="high", drop=True),
+        })
+        if "layer_kind" in ds.coords:
+            out = out.assign_coords(layer_kind=ds["layer_kind"])
+        out.attrs = {"label": label, "units": what, "n_units": n_units, "measure": measure}
+        return out.transpose("variant", "layer")
+
+    # ------------------------------------------------------------------------------------------
+    # one image
+    # ------------------------------------------------------------------------------------------
+
+    def image_slice(self, dataset: str, seed: int, image: int, layer: int, head: int) -> ImageSlice:
+        """The selected image's attention maps (all variants), mask and attributions at one layer/head.
+
+        The image's full block (every layer, head and variant) is read once and cached, so that
+        changing layer or head afterwards reads nothing from storage.
+        """
+        block = self._images.get((dataset, seed, image), lambda: self._image_block(dataset, seed, image))
+        info = self.image_info(dataset, image)
+        out = ImageSlice(dataset=dataset, image=image, layer=layer, head=head, **info)
+        out.messages = list(block["messages"])
+        att = block.get("attention")
+        if att is not None:
+            if layer not in att["layers"] or head not in att["heads"]:
+                out.messages.append(f"layer {layer} / head {head} not in this store's vision group")
+            else:
+                li, hi = att["layers"].index(layer), att["heads"].index(head)
+                out.attention = {v: att["values"][k, li, hi] for k, v in enumerate(att["variants"])}
+        out.foreground = block.get("foreground")
+        if out.foreground is not None:
+            out.foreground_attention = {v: float(np.nansum(a * out.foreground)) for v, a in out.attention.items()}
+        for name, amap in block.get("attribution", {}).items():
+            if isinstance(amap, dict):
+                if layer in amap:
+                    out.attribution[name] = amap[layer]
+            else:
+                out.attribution[name] = amap
+        if "attribution" in self.groups and not out.attribution:
+            out.messages.append("no attribution maps for this image")
+        prompted = out.attention.get(self.prompted_variant or "", None)
+        if prompted is None and out.attention:
+            prompted = next(iter(out.attention.values()))
+        if prompted is not None:
+            for name, amap in out.attribution.items():
+                out.agreement[name] = map_agreement(amap, prompted, out.foreground)
+        return out
+
+    def _image_block(self, dataset: str, seed: int, image: int) -> dict[str, Any]:
+        block: dict[str, Any] = {"messages": []}
+        vision = self.groups.get("vision")
+        if vision is None:
+            block["messages"].append("no 'vision' group: no attention maps")
+            return block
+        if "cls_attention" in vision.variables:
+            da = _select(vision["cls_attention"], dataset=dataset, seed=seed).sel(image=image)
+            da = da.transpose("variant", "layer", "head", *_GRID)
+            block["attention"] = {
+                "variants": [str(v) for v in da["variant"].values],
+                "layers": [int(v) for v in da["layer"].values],
+                "heads": [int(v) for v in da["head"].values],
+                "values": np.asarray(da.values, dtype=np.float32),
+            }
+        else:
+            block["messages"].append("'vision' holds no cls_attention: no attention overlay")
+        if "foreground" in vision.variables:
+            fg = _select(vision["foreground"], dataset=dataset).sel(image=image).transpose(*_GRID)
+            block["foreground"] = np.asarray(fg.values, dtype=np.float32)
+        else:
+            block["messages"].append("no foreground mask for this store")
+        attribution = self.groups.get("attribution")
+        if attribution is not None:
+            block["attribution"] = self._attribution_maps(attribution, dataset, seed, image)
+        return block
+
+    def _attribution_maps(self, ds: xr.Dataset, dataset: str, seed: int, image: int) -> dict[str, Any]:
+        """``{name: (patch_row, patch_col) array or {layer: array}}`` of the prompted variant for one image."""
+        out: dict[str, Any] = {}
+        prompted = self.prompted_variant
+        for name, da in ds.data_vars.items():
+            if not set(_GRID) <= set(da.dims) or "image" not in da.dims:
+                continue
+            da = _select(da, dataset=dataset, seed=seed)
+            if image not in da["image"].values:
+                continue
+            da = da.sel(image=image)
+            if "variant" in da.dims:
+                da = da.sel(variant=prompted) if prompted in da["variant"].values else da.isel(variant=0)
+            extra = [d for d in da.dims if d not in (*_GRID, "layer")]
+            if extra:  # e.g. a target-class dim: take the first entry
+                da = da.isel({d: 0 for d in extra})
+            if "layer" in da.dims:  # maps per layer (attention GradCAM): pick the selected layer later
+                da = da.transpose("layer", *_GRID)
+                out[str(name)] = {int(ell): np.asarray(v, dtype=np.float32) for ell, v in
+                                  zip(da["layer"].values, da.values)}
+            else:
+                out[str(name)] = np.asarray(da.transpose(*_GRID).values, dtype=np.float32)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # text: attention over token roles
+    # ------------------------------------------------------------------------------------------
+
+    def text_roles(self, dataset: str, seed: int, layer: int, head: int) -> xr.DataArray:
+        """EOT attention per key role for every class and variant at one layer/head.
+
+        Returns
+        -------
+        xarray.DataArray
+            Dims ``(variant, class, key_role)``; rows sum to 1 over the roles (raw attention).
+        """
+        key = ("text_roles_all", dataset, seed)
+
+        def load() -> xr.DataArray:
+            ds = self.require("text", "attention_by_role", why="EOT attention over token roles")
+            da = _select(ds["attention_by_role"], dataset=dataset, seed=seed)
+            return da.transpose("variant", "class", "layer", "head", "key_role").load()
+
+        full = self._cache.get(key, load)
+        if layer not in full["layer"].values or head not in full["head"].values:
+            raise MissingData(f"layer {layer} / head {head} not in this store's text group")
+        return full.sel(layer=layer, head=head)
+
+    # ------------------------------------------------------------------------------------------
+    # accuracy and route-ablation table
+    # ------------------------------------------------------------------------------------------
+
+    def accuracy(self) -> Any:
+        """Top-1 accuracy (%) per dataset, seed and variant on base and novel images, with HM.
+
+        Computed from the stored logits (no model): an image of the ``base`` split is classified
+        among the base classes, a ``novel`` one among the novel classes (the base-to-novel
+        protocol), ``all`` among every traced class. Route ablations are simply more variants.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``dataset, seed, variant, base, novel, HM, all`` (NaN where a split is empty).
+        """
+        return self._cache.get(("accuracy",), self._accuracy)
+
+    def _accuracy(self) -> Any:
+        import pandas as pd
+
+        ds = self.require("logits", "logits", why="accuracy table")
+        logits = ds["logits"]
+        class_split = self._class_split()
+        rows = []
+        for dataset in self.datasets:
+            info = _select(ds, dataset=dataset)
+            labels = np.asarray(info["label"].values) if "label" in info.coords else None
+            if labels is None:
+                raise MissingData("'logits' holds no 'label' coordinate: cannot score predictions")
+            image_split = self._image_split(dataset)
+            csplit = None if class_split is None else np.asarray(_per_dataset(class_split, dataset).values)
+            for seed in self.seeds:
+                for variant in [str(v) for v in logits["variant"].values]:
+                    lg = _select(logits, dataset=dataset, seed=seed, variant=variant).transpose("image", "class")
+                    values = np.asarray(lg.values, dtype=np.float64)
+                    row: dict[str, Any] = {"dataset": dataset, "seed": seed, "variant": variant}
+                    row["all"] = 100.0 * float(np.mean(values.argmax(axis=1) == labels))
+                    for split in ("base", "novel"):
+                        row[split] = _split_accuracy(values, labels, image_split, csplit, split)
+                    b, n = row["base"], row["novel"]
+                    row["HM"] = 2 * b * n / (b + n) if np.isfinite(b) and np.isfinite(n) and b + n > 0 else np.nan
+                    rows.append(row)
+        return pd.DataFrame(rows, columns=["dataset", "seed", "variant", "base", "novel", "HM", "all"])
+
+    def _class_split(self) -> xr.DataArray | None:
+        for name in ("logits", "text"):
+            ds = self.groups.get(name)
+            if ds is not None and "split" in ds.coords and "class" in ds.coords["split"].dims:
+                return ds.coords["split"]
+        return None
+
+    def _image_split(self, dataset: str) -> np.ndarray | None:
+        for name in ("logits", "vision"):
+            ds = self.groups.get(name)
+            if ds is not None and "split" in ds.coords and "image" in ds.coords["split"].dims:
+                return np.asarray(_per_dataset(ds.coords["split"], dataset).values)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# measures
+# ----------------------------------------------------------------------------------------------
+
+
+def _per_item_head_measure(ds: xr.Dataset, measure: str) -> xr.DataArray:
+    """(..., item, layer, head) values of a head measure, lazily (mmlens.stats where it defines them)."""
+    from mmlens import stats
+
+    if measure == "prompt_mass":
+        return stats.prompt_mass(ds).sel(measure="readout", drop=True)
+    if measure == "bias_ratio":
+        return _safe_ratio(ds["bias_head_norm"], ds["original_norm"])
+    if measure == "foreground_attention":
+        return stats.foreground_attention(ds).sel(measure="attention", drop=True)
+    raise ValueError(f"unknown head measure {measure!r}")
+
+
+def _per_item_layer_measure(ds: xr.Dataset, measure: str) -> xr.DataArray:
+    """(..., item, layer) values of a layer measure, lazily (mmlens.stats)."""
+    from mmlens import stats
+
+    if measure == "prompt_mass":
+        return stats.prompt_mass(ds).sel(measure="readout", drop=True).mean("head")
+    if measure == "bias_norm_ratio":
+        return stats.bias_norm_ratio(ds).sel(measure="bias_over_original", drop=True)
+    if measure == "bias_residual_ratio":
+        return stats.bias_norm_ratio(ds).sel(measure="bias_over_residual", drop=True)
+    if measure == "foreground_attention":
+        return stats.foreground_attention(ds).sel(measure="attention", drop=True).mean("head")
+    raise ValueError(f"unknown layer measure {measure!r}")
+
+
+def _safe_ratio(num: xr.DataArray, den: xr.DataArray) -> xr.DataArray:
+    return num / den.where(den > 0)
+
+
+def map_agreement(attribution: np.ndarray, attention: np.ndarray, foreground: np.ndarray | None) -> dict[str, float]:
+    """How an attribution map agrees with ``[cls]`` attention and with the mask, on the patch grid.
+
+    The same definitions as :mod:`mmlens.attribution.agreement` (which needs torch to import;
+    this one is numpy only, for one image).
+
+    Parameters
+    ----------
+    attribution, attention
+        (patch_row, patch_col) maps.
+    foreground
+        (patch_row, patch_col) foreground fractions, or ``None``.
+
+    Returns
+    -------
+    dict
+        ``spearman``: rank correlation of the two maps over patches (NaN for a constant map);
+        with a mask, ``foreground_mass``: ``Σ|m_j| f_j / Σ|m_j|`` and ``foreground_chance``:
+        ``mean_j f_j`` (the mass of a uniform map).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.arange(16.0).reshape(4, 4)
+    >>> map_agreement(a, a, None)
+    {'spearman': 1.0}
+    """
+    from scipy.stats import rankdata
+
+    x, y = np.ravel(attribution).astype(np.float64), np.ravel(attention).astype(np.float64)
+    out: dict[str, float] = {"spearman": float("nan")}
+    if np.isfinite(x).all() and np.isfinite(y).all() and np.ptp(x) > 0 and np.ptp(y) > 0:
+        out["spearman"] = float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+    if foreground is not None:
+        f = np.ravel(foreground).astype(np.float64)
+        mass = np.abs(np.nan_to_num(x))
+        total = mass.sum()
+        out["foreground_mass"] = float((mass * f).sum() / total) if total > 0 else float("nan")
+        out["foreground_chance"] = float(f.mean())
+    return out
+
+
+def _split_accuracy(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    image_split: np.ndarray | None,
+    class_split: np.ndarray | None,
+    split: str,
+) -> float:
+    if image_split is None:
+        return float("nan")
+    rows = image_split == split
+    if not rows.any():
+        return float("nan")
+    scores = logits[rows]
+    if class_split is not None:
+        allowed = class_split == split
+        if not allowed.any():
+            return float("nan")
+        scores = np.where(allowed[None, :], scores, -np.inf)
+    return 100.0 * float(np.mean(scores.argmax(axis=1) == labels[rows]))
+
+
+# ----------------------------------------------------------------------------------------------
+# selection helpers (single runs and studies alike)
+# ----------------------------------------------------------------------------------------------
+
+
+def _select(obj: Any, **indexers: Any) -> Any:
+    """``.sel`` on the dims that exist; a single run has no ``dataset``/``seed`` dims to select."""
+    present = {k: v for k, v in indexers.items() if k in obj.dims}
+    out = obj.sel(present) if present else obj
+    # per-dataset coordinates of a study become 1-D after selecting the dataset
+    return out
+
+
+def _per_dataset(coord: xr.DataArray, dataset: str) -> xr.DataArray:
+    """A coordinate of one dataset: 2-D ``(dataset, item)`` coords of a study are sliced."""
+    if "dataset" in coord.dims:
+        return coord.sel(dataset=dataset)
+    return coord
+
+
+def available(view: StudyView, tower: str, names: Mapping[str, tuple[str, tuple[str, ...]]]) -> list[str]:
+    """Measures of ``names`` whose variables ``tower`` holds (others would show a message)."""
+    out = []
+    for name, (_, needed) in names.items():
+        if name == "foreground_attention" and tower != "vision":
+            continue
+        if view.has(tower, *needed):
+            out.append(name)
+    return out
