@@ -103,6 +103,7 @@ _GRID = ("patch_row", "patch_col")
 VISION_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "prompt_mass": (_V, "alpha at [cls]: raw attention mass on the prompt keys"),
     "prompt_mass_other_queries": (_V, "mean alpha over the other original queries"),
+    "prompt_mass_all_queries": ((*_V, "query"), "alpha at every query token (on request)"),
     "original_norm": (_V, "|(1-alpha)(sum_j a^_j v_j) W_O^h|: path (a) per head"),
     "bias_head_norm": (_V, "|alpha (sum_m a~_m v_m) W_O^h|: beta per head"),
     "original_total_norm": (_VL, "|sum_h (a)_h|"),
@@ -354,8 +355,8 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
         if name not in table:
             continue  # extra variables are allowed (new outputs, attribution maps)
         required = table[name][0]
-        core = tuple(d for d in var.dims if d not in OPTIONAL_DIMS)
-        if set(core) != set(required) or any(d in required for d in var.dims if d in OPTIONAL_DIMS):
+        missing, extra = set(required) - set(var.dims), set(var.dims) - set(required)
+        if missing or not extra <= set(OPTIONAL_DIMS):
             problems.append(
                 f"{group}/{name}: expected dims ({', '.join(required)}) plus optionally "
                 f"{'/'.join(OPTIONAL_DIMS)}, found ({', '.join(map(str, var.dims))})"

@@ -391,7 +391,7 @@ def _run_shapes(cfg: _Config) -> dict[str, tuple[tuple[str, ...], Any]]:
     out = {
         name: (dims, f)
         for name, (dims, _) in schema.VISION_VARIABLES.items()
-        if name not in ("failures", "output_bias_norm")
+        if name not in ("failures", "output_bias_norm", "prompt_mass_all_queries")
     }
     if not cfg.with_vectors:
         out.pop("bias")
@@ -403,7 +403,7 @@ def _run_shapes(cfg: _Config) -> dict[str, tuple[tuple[str, ...], Any]]:
 
 
 def _text_shapes(cfg: _Config) -> dict[str, tuple[tuple[str, ...], Any]]:
-    out = {name: (dims, np.float32) for name, (dims, _) in schema.TEXT_VARIABLES.items()}
+    out = {name: (dims, np.float32) for name, (dims, _) in schema.TEXT_VARIABLES.items() if "query" not in dims}
     if not cfg.with_vectors:
         out.pop("bias")
         out.pop("original")

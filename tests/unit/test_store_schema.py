@@ -106,3 +106,17 @@ def test_names_are_consistent():
             assert set(dims) <= set(schema.DIMS)
     assert "cls_attention" not in schema.TEXT_VARIABLES
     assert schema.TEXT_VARIABLES["prompt_mass"][0] == ("variant", "class", "layer", "head")
+
+
+def test_all_query_variable_needs_its_query_dim():
+    ds = example_tree()["vision"].to_dataset()
+    ok = ds.assign(
+        prompt_mass_all_queries=ds.prompt_mass.expand_dims(query=[0, 1], axis=-1).assign_coords(
+            token_role=("query", ["cls", "prompt"])
+        )
+    )
+    validate(ok, require_provenance=False)
+    with pytest.raises(
+        SchemaError, match=r"prompt_mass_all_queries: expected dims \(variant, image, layer, head, query\)"
+    ):
+        validate(ds.assign(prompt_mass_all_queries=ds.prompt_mass), require_provenance=False)
