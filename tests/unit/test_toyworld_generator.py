@@ -142,3 +142,41 @@ def test_bad_arguments_say_what_was_expected():
         toyworld.generate("photo", 1, split="dev")
     with pytest.raises(ValueError, match="n_per_class"):
         toyworld.generate("photo", 0)
+
+
+def test_written_tree_reads_back_through_the_manifest_and_loaders(tmp_path):
+    import mmlens.data as md
+    from mmlens.data.toyworld.export import write_domain
+
+    info = write_domain("finegrained", tmp_path, seed=4, per_class={"train": 2, "val": 1, "test": 1})
+    assert info["split_sizes"] == {"train": 96, "val": 48, "test": 48}
+    disk = md.build("ToyFineGrained", tmp_path, "train")
+    mem = toyworld.ToyworldDataset("finegrained", "train", size=2, data_seed=4)
+    assert disk.classnames == mem.classnames == toyworld.get_domain("finegrained").classnames
+    assert len(disk) == len(mem) == 96
+    for i in (0, 17, 95):
+        a, b = disk[i], mem[i]
+        assert a["path"].endswith(b["path"].removeprefix("toyworld://"))
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        assert a["label"] == b["label"] and a["classname"] == b["classname"]
+    report = md.verify("ToyFineGrained", tmp_path, check_counts=False)
+    assert not report.errors and not report.missing_files and not report.corrupt_files
+
+
+def test_packaged_manifests_are_current_and_valid():
+    import yaml
+
+    from mmlens.data.manifest import get_manifest, manifest_dir
+    from mmlens.data.protocol import base_to_novel_datasets, cross_dataset_source, cross_dataset_targets
+    from mmlens.data.toyworld.export import manifest_yaml
+
+    for key, d in toyworld.DOMAINS.items():
+        path = manifest_dir() / f"toyworld_{key}.yaml"
+        assert path.read_text() == manifest_yaml(key), f"{path} is stale: run scripts/toyworld_manifests.py"
+        m = get_manifest(d.name)
+        assert m.kind == "toyworld" and list(m.classnames) == d.classnames
+        assert m.split_file == d.split_file and m.masks["foreground_values"] == [255]
+        assert yaml.safe_load(path.read_text())["expected_split_sizes"]["test"] == 40 * d.num_classes
+    assert cross_dataset_source("toyworld") == "ToyPhoto"
+    assert sorted(cross_dataset_targets("ToyPhoto")) == sorted(toyworld.get_domain(k).name for k in toyworld.DOWNSTREAM)
+    assert len(base_to_novel_datasets("toyworld")) == 7

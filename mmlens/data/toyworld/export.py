@@ -53,7 +53,12 @@ def _save_png(arr: np.ndarray, path: Path, mode: str) -> None:
 
 
 def write_domain(
-    domain: str | Domain, out: str | Path, *, seed: int = 0, size: str = "full"
+    domain: str | Domain,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    size: str = "full",
+    per_class: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Generate every split of one domain and write it in the CoOp layout; return its ``toyworld.json``.
 
@@ -67,17 +72,20 @@ def write_domain(
         Data seed (same seed -> identical files).
     size
         ``"small"`` or ``"full"`` (images per class and split: see :data:`SIZES`).
+    per_class
+        Images per class for each split, overriding ``size`` (e.g. tiny trees in tests).
     """
     d = get_domain(domain)
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
+    counts = dict(SIZES[size], **(per_class or {}))
     root = Path(out) / d.folder
     (root / MASK_DIR).mkdir(parents=True, exist_ok=True)
     for name in d.classnames:
         (root / IMAGE_DIR / class_dir(name)).mkdir(parents=True, exist_ok=True)
     split_json: dict[str, list] = {}
     for split in SPLITS:
-        n = SIZES[size][split]
+        n = counts[split]
         g = generate(d, n, seed=seed, split=split)
         rows = split_items(d, split, n)
         for (rel, _, _), img, mask in zip(rows, g.images, g.masks):
@@ -90,8 +98,8 @@ def write_domain(
         "domain": d.key,
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
-        "size": size,
-        "per_class": SIZES[size],
+        "size": size if not per_class else "custom",
+        "per_class": counts,
         "split_sizes": {s: len(split_json[s]) for s in SPLITS},
         "shift": d.shift,
         "echoes": d.echoes,
@@ -148,6 +156,7 @@ def manifest_dict(domain: str | Domain) -> dict[str, Any]:
         "protocol": {
             "base_to_novel": True,
             "cross_dataset_target": d.key != "photo",
+            "cross_dataset_source": d.key == "photo",
             "domain_generalisation_of": None,
         },
         "extra": {
