@@ -18,6 +18,11 @@ __all__ = ["Explorer", "ExplorerState", "explore", "load_extensions"]
 _TOWERS = ("vision", "text")
 
 
+def _choice(**kwargs: Any) -> param.Selector:
+    """A selector whose choices are filled in from the store (empty until then)."""
+    return param.Selector(default=None, objects=[], check_on_set=True, allow_None=True, **kwargs)
+
+
 class ExplorerState(param.Parameterized):
     """What the explorer shows: one selection per dimension, choices read from the store's coords.
 
@@ -36,15 +41,16 @@ class ExplorerState(param.Parameterized):
     (2, 0)
     """
 
-    method = param.Selector(default=None, objects=[], doc="prompt method (one store per method)")
-    dataset = param.Selector(default=None, objects=[], doc="dataset of a study")
-    seed = param.Selector(default=None, objects=[], doc="prompt-training seed")
-    variant = param.Selector(default=None, objects=[], doc="variant shown by heatmaps (full, zeroshot, ablations)")
-    layer = param.Selector(default=None, objects=[], doc="block, 0-based")
-    head = param.Selector(default=None, objects=[], doc="attention head")
-    class_ = param.Selector(default=None, objects=[], label="class", doc="class (text tower)")
+    method = _choice(doc="prompt method (one store per method)")
+    dataset = _choice(doc="dataset of a study")
+    seed = _choice(doc="prompt-training seed")
+    variant = _choice(doc="variant shown by heatmaps (full, zeroshot, ablations)")
+    layer = _choice(doc="block, 0-based")
+    head = _choice(doc="attention head")
+    class_ = _choice(label="class", doc="class (text tower)")
     image = param.Integer(default=0, bounds=(0, 0), doc="image index (vision tower)")
-    curve_measure = param.Selector(default="prompt_mass", objects=list(LAYER_MEASURES), doc="per-layer curves")
+    curve_measure = param.Selector(default="prompt_mass", objects=list(LAYER_MEASURES), check_on_set=True,
+                                   doc="per-layer curves")
     minus_reference = param.Boolean(default=False, label="subtract zeroshot", doc="heatmaps show full − zeroshot")
 
     def __init__(self, views: Mapping[str, StudyView], **values: Any) -> None:
@@ -172,6 +178,9 @@ class Explorer:
         self.data_root = Path(data_root) if data_root is not None else None
         self._layout: Any = None
         self._pictures: dict[tuple[str | None, str], np.ndarray | None] = {}
+        # the live streams of the built layout, by (tower, measure): for tests and notebooks
+        self._taps: dict[tuple[str, str], Any] = {}
+        self._markers: dict[tuple[str, str], Any] = {}
 
     @property
     def view(self) -> StudyView:
@@ -209,7 +218,6 @@ class Explorer:
 
     def plot_heatmap(self, tower: str, measure: str):
         """HoloViews heatmap for the current selection (a blank image with a message when missing)."""
-        import holoviews as hv
 
         from mmlens.viz import plots
 
@@ -218,11 +226,12 @@ class Explorer:
         try:
             values = self.heatmap_data(tower, measure)
         except MissingData as err:
+            import xarray as xr
+
             layers, heads = self.view.layers(tower) or [0], self.view.heads(tower) or [0]
-            blank = hv.Image((heads, layers, np.full((len(layers), len(heads)), np.nan)), kdims=["head", "layer"],
-                             vdims=[hv.Dimension("value")])
-            return blank.opts(title=f"{tower}: {_short(str(err), 45)}", toolbar=None, backend="bokeh",
-                              **plots.HEATMAP_SIZE)
+            blank = xr.DataArray(np.full((len(layers), len(heads)), np.nan), dims=("layer", "head"),
+                                 coords={"layer": layers, "head": heads})
+            return plots.head_heatmap(blank, title=f"{tower}: {_short(str(err), 45)}")
         return plots.head_heatmap(values, title=title, kinds=self.view.layer_kinds(tower),
                                   diverging=self.state.minus_reference)
 
@@ -346,7 +355,7 @@ class Explorer:
         from mmlens.viz import plots
 
         klass = self.state.class_
-        name = next((k for k, v in self.state.param["class_"].objects.items() if v == klass), str(klass))
+        name = next((k for k, v in self.state.param["class_"].names.items() if v == klass), str(klass))
         title = f"EOT attention: {_short(name, 24)}, L{self.state.layer} H{self.state.head}"
         try:
             roles = self.roles_data().sel(**{"class": klass})
@@ -367,7 +376,7 @@ class Explorer:
         """Class x role heatmap of EOT attention for the selected variant."""
         from mmlens.viz import plots
 
-        names = list(self.state.param["class_"].objects) or ["?"]
+        names = list(self.state.param["class_"].names) or ["?"]
         try:
             roles = self.roles_data()
             if self.state.variant not in roles["variant"].values:
@@ -517,6 +526,7 @@ def _build_layout(app: Explorer):
         marker = dmap(lambda: plots.selection_marker(state.layer, state.head), ["layer", "head"], framewise=False)
         tap = hv.streams.Tap(source=heat, x=None, y=None)
         tap.add_subscriber(lambda x, y: state.select_cell(layer=y, head=x))
+        app._taps[(tower, measure)], app._markers[(tower, measure)] = tap, marker
         return pn.pane.HoloViews(heat * marker, backend="bokeh", linked_axes=False, name=f"heatmap-{tower}-{measure}",
                                  css_classes=["mmlens-heatmap"])
 

@@ -80,7 +80,10 @@ def head_heatmap(values: xr.DataArray, *, title: str = "", kinds: Mapping[int, s
     layers = [int(v) for v in values["layer"].values]
     heads = [int(v) for v in values["head"].values]
     data = np.asarray(values.values, dtype=np.float64)
-    img = hv.Image((heads, layers, data), kdims=["head", "layer"], vdims=[hv.Dimension("value")])
+    # an array with explicit bounds (row 0 drawn at the top, so flip: layer 0 at the bottom) also
+    # works for a single layer or head, where coordinates alone cannot give the cell size
+    bounds = (min(heads) - 0.5, min(layers) - 0.5, max(heads) + 0.5, max(layers) + 0.5)
+    img = hv.Image(data[::-1], bounds=bounds, kdims=["head", "layer"], vdims=[hv.Dimension("value")])
     finite = data[np.isfinite(data)]
     if diverging:
         lim = float(np.abs(finite).max()) if finite.size else 1.0
@@ -288,14 +291,16 @@ def role_heatmap(roles: xr.DataArray, classnames: Sequence[str], *, title: str =
     names = [str(r) for r in roles["key_role"].values]
     n_classes = roles.sizes["class"]
     values = np.asarray(roles.values, dtype=np.float64)
-    img = hv.Image((np.arange(len(names)), np.arange(n_classes), values), kdims=["key_role", "class"],
+    # row 0 (the first class) is drawn at the top
+    img = hv.Image(values, bounds=(-0.5, -0.5, len(names) - 0.5, n_classes - 0.5), kdims=["key_role", "class"],
                    vdims=[hv.Dimension("attention")])
     step = max(1, int(np.ceil(n_classes / 30)))
-    yticks = [(k, _short(str(classnames[k]) if k < len(classnames) else str(k), 18)) for k in range(0, n_classes, step)]
+    yticks = [(n_classes - 1 - k, _short(str(classnames[k]) if k < len(classnames) else str(k), 18))
+              for k in range(0, n_classes, step)]
     height = int(min(600, 90 + 16 * min(n_classes, 30)))
     return img.opts(
         title=title, cmap="viridis", clim=(0, 1), colorbar=True, tools=["hover"], width=440, height=height,
-        xticks=list(enumerate(names)), yticks=yticks, invert_yaxis=True, toolbar=None, backend="bokeh"
+        xticks=list(enumerate(names)), yticks=yticks, toolbar=None, backend="bokeh"
     )
 
 

@@ -117,7 +117,7 @@ def build_report(
         parts.append(pn.pane.Markdown("## Text tower: EOT attention over token roles"))
         variant = view.prompted_variant or view.variants[0]
         state.param.update(dataset=datasets[0], seed=seed, variant=variant)
-        names = list(state.param["class_"].objects)[:max_classes]
+        names = list(state.param["class_"].names)[:max_classes]
         frames = {}
         for layer in view.layers("text"):
             for head in view.heads("text"):

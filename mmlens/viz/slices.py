@@ -269,7 +269,8 @@ class StudyView:
             if "classname" not in ds.coords:
                 return {f"class {k}": k for k in idx}
             names = _per_dataset(ds["classname"], dataset).values
-            return {f"{k}: {n}": k for k, n in zip(idx, names)}
+            # a study pads datasets with fewer classes with empty names (mmlens.store.study.combine_runs)
+            return {f"{k}: {n}": k for k, n in zip(idx, names) if str(n)}
         return {}
 
     def image_info(self, dataset: str, image: int) -> dict[str, Any]:
@@ -446,6 +447,8 @@ class StudyView:
         info = self.image_info(dataset, image)
         out = ImageSlice(dataset=dataset, image=image, layer=layer, head=head, **info)
         out.messages = list(block["messages"])
+        if info["label"] is not None and info["label"] < 0:
+            out.messages.append(f"{dataset} has no image {image} (padding of a study whose datasets differ in size)")
         att = block.get("attention")
         if att is not None:
             if layer not in att["layers"] or head not in att["heads"]:
@@ -583,10 +586,15 @@ class StudyView:
                 for variant in [str(v) for v in logits["variant"].values]:
                     lg = _select(logits, dataset=dataset, seed=seed, variant=variant).transpose("image", "class")
                     values = np.asarray(lg.values, dtype=np.float64)
+                    real = labels >= 0  # label -1: padding of a study (combine_runs)
                     row: dict[str, Any] = {"dataset": dataset, "seed": seed, "variant": variant}
-                    row["all"] = 100.0 * float(np.mean(values.argmax(axis=1) == labels))
+                    scores = values[real]
+                    if csplit is not None:  # padded classes have no split: never predicted
+                        scores = np.where(np.isin(csplit, ("base", "novel", "all"))[None, :], scores, -np.inf)
+                    row["all"] = 100.0 * float(np.mean(scores.argmax(axis=1) == labels[real])) if real.any() else np.nan
+                    isplit = None if image_split is None else image_split[real]
                     for split in ("base", "novel"):
-                        row[split] = _split_accuracy(values, labels, image_split, csplit, split)
+                        row[split] = _split_accuracy(values[real], labels[real], isplit, csplit, split)
                     b, n = row["base"], row["novel"]
                     row["HM"] = 2 * b * n / (b + n) if np.isfinite(b) and np.isfinite(n) and b + n > 0 else np.nan
                     rows.append(row)

@@ -1,0 +1,133 @@
+"""The explorer's view state and linked views, without a browser: selections, choices, taps, partial stores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import mmlens
+from mmlens.store.synthetic import example_study, example_tree
+from mmlens.viz.explorer import Explorer, ExplorerState
+from mmlens.viz.slices import StudyView
+
+
+@pytest.fixture(scope="module")
+def study():
+    return example_study(n_datasets=2, n_images=4, n_layers=3, n_heads=2, grid=3, n_classes=4, width=8)
+
+
+def test_state_choices_come_from_the_store(study):
+    app = mmlens.explore(study)
+    s = app.state
+    assert s.param["dataset"].objects == ["dataset_00", "dataset_01"]
+    assert s.param["layer"].objects == [0, 1, 2] and s.param["head"].objects == [0, 1]
+    assert s.param["variant"].objects == ["full", "zeroshot"] and s.variant == "full"
+    assert s.param["image"].bounds == (0, 3)
+    assert s.method == "maple" and s.param["method"].objects == ["maple"]
+    assert all("dataset_00_class" in name for name in s.param["class_"].names)
+    s.dataset = "dataset_01"
+    assert all("dataset_01_class" in name for name in s.param["class_"].names)
+    with pytest.raises(ValueError):
+        s.layer = 7  # not a layer of this store
+
+
+def test_initial_selection_and_unknown_names(study):
+    app = Explorer(study, layer=2, head=1, dataset="dataset_01", image=3)
+    assert (app.state.layer, app.state.head, app.state.dataset, app.state.image) == (2, 1, "dataset_01", 3)
+    with pytest.raises(TypeError, match="unknown selection"):
+        Explorer(study, colour="red")
+
+
+def test_select_cell_rounds_and_clamps():
+    state = ExplorerState({"m": StudyView(example_tree(n_layers=4, n_heads=3, n_images=2))})
+    state.select_cell(layer=2.4, head=0.6)
+    assert (state.layer, state.head) == (2, 1)
+    state.select_cell(layer=9.0, head=-3.0)
+    assert (state.layer, state.head) == (3, 0)
+    state.select_cell(layer=float("nan"), head=1.0)  # a tap outside the plot changes nothing
+    assert (state.layer, state.head) == (3, 0)
+
+
+def test_switching_method_updates_choices():
+    small = example_tree(n_layers=2, n_heads=2, n_images=3, dataset="dtd")
+    big = example_tree(n_layers=5, n_heads=3, n_images=7, dataset="eurosat")
+    app = Explorer({"ivlp": small, "maple": big}, method="maple", layer=4, head=2, image=6)
+    s = app.state
+    assert s.param["layer"].objects == [0, 1, 2, 3, 4]
+    s.method = "ivlp"
+    assert s.param["layer"].objects == [0, 1] and s.layer == 0  # 4 is not a layer of the other store
+    assert s.head == 0 and s.image == 0 and s.dataset == "dtd"
+    assert app.heatmap_data("vision", "prompt_mass").shape == (2, 2)
+    with pytest.raises(ValueError, match="share the method name"):
+        Explorer([small, big])
+
+
+def test_views_follow_the_selection(study):
+    app = Explorer(study)
+    s = app.state
+    s.param.update(dataset="dataset_01", variant="zeroshot", layer=1, head=1, image=2)
+    vision = study["vision"].to_dataset().sel(dataset="dataset_01", seed=1)
+    np.testing.assert_allclose(app.heatmap_data("vision", "prompt_mass").values,
+                               vision.prompt_mass.sel(variant="zeroshot").mean("image").values, rtol=1e-6)
+    sl = app.image_data()
+    assert (sl.dataset, sl.image, sl.layer, sl.head) == ("dataset_01", 2, 1, 1)
+    np.testing.assert_array_equal(sl.attention["full"],
+                                  vision.cls_attention.sel(variant="full", image=2, layer=1, head=1).values)
+    roles = app.roles_data()
+    np.testing.assert_array_equal(
+        roles.sel(variant="full").values,
+        study["text"]["attention_by_role"].sel(dataset="dataset_01", seed=1, variant="full", layer=1, head=1).values,
+    )
+    table = app.accuracy_data()
+    assert set(table["variant"]) == {"full", "zeroshot"} and set(table["dataset"]) == {"dataset_01"}
+
+
+def test_plots_keep_their_type_when_data_are_missing(study):
+    import holoviews as hv
+
+    app = Explorer(study)
+    full_types = {
+        "heat": type(app.plot_heatmap("vision", "bias_ratio")),
+        "curve": type(app.plot_curves("text")),
+        "roles": type(app.plot_roles()),
+        "roles_all": type(app.plot_roles_all()),
+    }
+    app.state.curve_measure = "foreground_attention"  # a vision-only measure, asked of the text tower
+    curve = app.plot_curves("text")
+    assert type(curve) is full_types["curve"] and "vision-tower" in curve.opts.get().kwargs["title"]
+    # a store without text, logits and cls_attention still yields plots (with messages)
+    vision = study["vision"].to_dataset().drop_vars(["cls_attention", "bias_head_norm"])
+    partial = Explorer(xr.DataTree.from_dict({"/": xr.Dataset(attrs=dict(study.attrs)), "vision": vision}))
+    heat = partial.plot_heatmap("vision", "bias_ratio")
+    assert isinstance(heat, hv.Image) and "bias_head_norm" in heat.opts.get().kwargs["title"]
+    assert type(partial.plot_roles()) is full_types["roles"]
+    assert type(partial.plot_roles_all()) is full_types["roles_all"]
+    assert partial.image_slots() == ["mask"]
+    assert isinstance(partial.plot_image(), hv.Layout)
+
+
+def test_layout_builds_and_a_tap_selects_layer_and_head_everywhere(study):
+    from bokeh.document import Document
+
+    app = Explorer(study)
+    app.panel().get_root(Document())
+    tap = app._taps[("vision", "prompt_mass")]
+    tap.event(x=0.9, y=2.2)  # head 1, layer 2
+    assert (app.state.layer, app.state.head) == (2, 1)
+    sl = app.image_data()
+    assert (sl.layer, sl.head) == (2, 1)
+    marker = app._markers[("text", "prompt_mass")]
+    xs, ys = marker.last.array().T  # the outline moved on the other tower's heatmap too
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (0.5, 1.5, 1.5, 2.5)
+    assert "L2 H1" in app.plot_roles().opts.get().kwargs["title"]
+
+
+def test_layout_builds_for_a_partial_store(study):
+    from bokeh.document import Document
+
+    logits_only = xr.DataTree.from_dict({"/": xr.Dataset(attrs=dict(study.attrs)),
+                                         "logits": study["logits"].to_dataset()})
+    app = Explorer(logits_only)
+    app.panel().get_root(Document())  # no vision/text: messages in those panels, the table still shows
+    assert app.accuracy_data().shape[0] == 2
