@@ -27,11 +27,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
-    # 2-core machines: keep torch from oversubscribing when pytest runs alongside other work.
+    # Tests run tiny models, for which OpenMP's thread barriers cost more than they save (and collapse
+    # when the 2-core machine is shared). One intra-op thread keeps them fast and steady.
     try:
         import torch
 
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        torch.set_num_threads(1)
     except ImportError:  # store/stats tests run without torch
         pass
 

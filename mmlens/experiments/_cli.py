@@ -1,7 +1,22 @@
-"""Sub-commands of this sub-package (see mmlens/cli.py)."""
+"""Sub-commands of the study's pipeline: ``demo``, ``reproduce`` and (from viz) ``report``.
+
+Each command's arguments and body live beside its code: ``add_arguments(parser)`` and
+``main(args) -> int`` in modules that import nothing heavy at module level.
+"""
 
 from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    """Add this package's sub-commands to ``subparsers``."""
+    """Add ``mmlens demo``, ``mmlens reproduce`` and ``mmlens report``."""
+    from mmlens.experiments import demo, reproduce
+    from mmlens.viz._cli import register_report
+
+    for name, module, help_text in (
+        ("demo", demo, "the main job on toyworld, end to end, in about two minutes"),
+        ("reproduce", reproduce, "the study's pipeline: train, evaluate, trace, statistics, report"),
+    ):
+        p = subparsers.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(func=module.main)
+    register_report(subparsers)
