@@ -75,7 +75,7 @@ def bias_consistency(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -
     >>> from mmlens.store.synthetic import example_tree
     >>> c = bias_consistency(example_tree(n_images=16)).sel(variant="full", dataset="synthetic")
     >>> c.sel(measure="within_class").mml.injected_layers().values.round(2).tolist()
-    [0.77, 0.81]
+    [0.91, 0.85]
     """
     ds = group_of(data, tower)
     require(ds, ["bias"], "bias_consistency", "trace with store_bias_vectors=True to keep the beta vectors")

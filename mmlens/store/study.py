@@ -69,6 +69,7 @@ def combine_runs(runs: Iterable[xr.DataTree]) -> xr.DataTree:
         )
 
     groups = list(dict.fromkeys(name for tree in runs for name in tree.children))
+    _check_same_shapes(runs, keys, groups)
     nodes: dict[str, Any] = {"/": xr.Dataset(attrs=_study_attrs(runs, keys))}
     for name in groups:
         per_dataset = []
@@ -77,6 +78,26 @@ def combine_runs(runs: Iterable[xr.DataTree]) -> xr.DataTree:
             per_dataset.append(_stack_seeds(parts, seeds))
         nodes[name] = _stack_datasets(per_dataset, datasets)
     return schema.validate(xr.DataTree.from_dict(nodes))
+
+
+_PER_RUN_DIMS = ("image", "class", "failure", "dataset", "seed")
+
+
+def _check_same_shapes(runs: list[xr.DataTree], keys: list[tuple[str, int]], groups: list[str]) -> None:
+    """All runs must share model-side dims (variants, layers, heads, channels, patch grid, roles)."""
+    for name in groups:
+        ref = None
+        for key, tree in zip(keys, runs):
+            if name not in tree.children:
+                continue
+            sizes = {d: n for d, n in tree[name].to_dataset().sizes.items() if d not in _PER_RUN_DIMS}
+            if ref is None:
+                ref = (key, sizes)
+            elif sizes != ref[1]:
+                raise ValueError(
+                    f"runs {ref[0]} and {key} differ in the shape of group {name!r}: {ref[1]} vs {sizes}; "
+                    "a study combines runs of one model and method"
+                )
 
 
 def _group(tree: xr.DataTree, name: str, dataset: str, seed: int) -> xr.Dataset:

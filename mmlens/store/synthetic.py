@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +56,9 @@ def example_tree(
     variants
         Values of the ``variant`` dim (``full``, ``zeroshot``, or route ablations).
     seed
-        Seed of the random numbers; the same arguments give the same tree.
+        Seed of the model's numbers; the same arguments give the same tree. The images (labels,
+        foreground masks) depend only on ``dataset``, so runs of one dataset with different
+        seeds share their images, as runs of a real study do.
     prompt_depth
         Number of leading layers with fresh prompts (``layer_kind="injected"``); the others are
         ``carried``. Default ``n_layers // 2``; ``0`` gives a prompt-free model (``none``).
@@ -94,8 +97,9 @@ def example_tree(
         with_vectors=with_vectors,
         with_foreground=with_foreground,
     )
-    labels = np.random.default_rng([seed, 0, 0]).integers(0, n_classes, n_images)
-    arrays = _run_arrays(cfg, seed, 0, 0, 0, labels)
+    image_seed = zlib.crc32(dataset.encode())  # the images depend on the dataset, not on the seed
+    labels = np.random.default_rng([image_seed, 0, 0]).integers(0, n_classes, n_images)
+    arrays = _run_arrays(cfg, seed, 0, 0, 0, labels, image_seed=image_seed)
     text = _text_arrays(cfg, seed, 0, 0)
 
     vision = _vision_dataset(cfg, arrays, labels, dataset, seed)
@@ -196,8 +200,9 @@ def example_study(
     bounds = _block_bounds(n_images, chunks)
 
     lazy = chunks is not None
+    wanted = None if variables is None else frozenset({*variables, "logits"})
     blocks = {
-        (d, s, b): _run_block(cfg, seed, d, s, b, labels[d, lo:hi], lazy)
+        (d, s, b): _run_block(cfg, seed, d, s, b, labels[d, lo:hi], lazy, wanted)
         for d in range(n_datasets)
         for s in range(n_seeds)
         for b, (lo, hi) in enumerate(bounds)
@@ -346,13 +351,15 @@ def _is_dask(x: Any) -> bool:
     return type(x).__module__.startswith("dask")
 
 
-def _run_block(cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndarray, lazy: bool) -> Any:
+def _run_block(
+    cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndarray, lazy: bool, wanted: frozenset[str] | None
+) -> Any:
     """The arrays of one block of images: computed now, or one dask.delayed call shared by all variables."""
     if not lazy:
-        return _run_arrays(cfg, seed, d, s, b, labels)
+        return _run_arrays(cfg, seed, d, s, b, labels, wanted)
     import dask
 
-    return dask.delayed(_run_arrays)(cfg, seed, d, s, b, labels)
+    return dask.delayed(_run_arrays)(cfg, seed, d, s, b, labels, wanted)
 
 
 def _block_array(block: Any, name: str, dims: tuple[str, ...], dtype: Any, cfg: _Config, n: int, lazy: bool) -> Any:
@@ -438,38 +445,39 @@ def _alpha(rng: np.random.Generator, cfg: _Config, shape_after_layer: tuple[int,
 def _decomposition(
     rng: np.random.Generator, cfg: _Config, alpha: np.ndarray, n: int, bias_dirs: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Per-head original path and β (as vectors, or as norms only), and their norms."""
+    """Original path and β per head (norms) and summed over heads (vectors), and their norms.
+
+    β_h = 3 α_h (c V_h + σ ε_h) with V_h the dataset's prompt direction and ε_h ~ N(0, I/W); the
+    head sum is drawn directly (Σ_h α_h σ ε_h ~ σ |α| ε), so no (head x channel) array is built
+    and ViT-B-sized studies stay cheap. Stored norms are the norms of the stored vectors; per-head
+    norms are their expected values with a little noise (heads as if orthogonal).
+    """
     v, L, H, W = len(cfg.variants), cfg.n_layers, cfg.n_heads, cfg.width
-    scale = np.array([4.0 + 2.0 * ell for ell in range(L)])[None, None, :]
-    out: dict[str, np.ndarray] = {}
-    kinds = cfg.layer_kind
-    coh = np.array([_BIAS_COHERENCE.get(k, (0.0, 0.0)) for k in kinds])  # (L, 2)
-    if cfg.with_vectors:
-        o_dir = rng.standard_normal((v, n, L, H, W))
-        o_mag = rng.uniform(1.0, 3.0, (v, n, L, H))
-        o_h = o_dir / np.linalg.norm(o_dir, axis=-1, keepdims=True) * (o_mag * (1 - alpha))[..., None]
-        noise = rng.standard_normal((v, n, L, H, W)) / np.sqrt(W)
-        b_h = (
-            alpha[..., None]
-            * (coh[None, None, :, 0, None, None] * bias_dirs[None, None] + coh[None, None, :, 1, None, None] * noise)
-            * 3.0
-        )
-        x = rng.standard_normal((v, n, L, W)) / np.sqrt(W) * scale[..., None]
-        original, bias = o_h.sum(axis=3), b_h.sum(axis=3)
-        out["original_norm"] = np.linalg.norm(o_h, axis=-1)
-        out["bias_head_norm"] = np.linalg.norm(b_h, axis=-1)
-        out["original_total_norm"] = np.linalg.norm(original, axis=-1)
-        out["bias_norm"] = np.linalg.norm(bias, axis=-1)
-        out["residual_norm"] = np.linalg.norm(x, axis=-1)
-        out["original"], out["bias"] = original, bias
-    else:
-        on = rng.uniform(1.0, 3.0, (v, n, L, H)) * (1 - alpha)
-        bn = alpha * rng.uniform(2.0, 4.0, (v, n, L, H))
-        out["original_norm"], out["bias_head_norm"] = on, bn
-        out["original_total_norm"] = np.sqrt((on**2).sum(axis=3)) * rng.uniform(0.8, 1.2, (v, n, L))
-        out["bias_norm"] = np.sqrt((bn**2).sum(axis=3)) * (1.0 + coh[None, None, :, 0] * 0.4)
-        out["residual_norm"] = scale * rng.uniform(0.9, 1.1, (v, n, L))
-    return out
+    scale = np.array([4.0 + 2.0 * ell for ell in range(L)])
+    coh = np.array([_BIAS_COHERENCE.get(k, (0.0, 0.0)) for k in cfg.layer_kind])  # (L, 2): c, σ
+    c, sigma = coh[None, None, :, 0], coh[None, None, :, 1]
+    jitter = rng.uniform(0.9, 1.1, (2, v, n, L, H))
+
+    original_head = rng.uniform(1.0, 3.0, (v, n, L, H)) * (1 - alpha)
+    g = rng.standard_normal((v, n, L, W))
+    original = g / np.linalg.norm(g, axis=-1, keepdims=True) * np.sqrt((original_head**2).sum(-1))[..., None]
+
+    dir_norm = np.linalg.norm(bias_dirs, axis=-1)  # (L, H)
+    bias_head = 3.0 * alpha * np.sqrt(c[..., None] ** 2 * dir_norm**2 + sigma[..., None] ** 2) * jitter[0]
+    shared = np.einsum("vnlh,lhw->vnlw", alpha, bias_dirs)
+    spread = np.sqrt((alpha**2).sum(-1))[..., None] * rng.standard_normal((v, n, L, W)) / np.sqrt(W)
+    bias = 3.0 * (c[..., None] * shared + sigma[..., None] * spread)
+
+    x = rng.standard_normal((v, n, L, W)) / np.sqrt(W) * scale[None, None, :, None]
+    return {
+        "original_norm": original_head,
+        "bias_head_norm": bias_head,
+        "original_total_norm": np.linalg.norm(original, axis=-1),
+        "bias_norm": np.linalg.norm(bias, axis=-1),
+        "residual_norm": np.linalg.norm(x, axis=-1),
+        "original": original,
+        "bias": bias,
+    }
 
 
 def _bias_dirs(seed: int, d: int, s: int, cfg: _Config, tower: int) -> np.ndarray:
@@ -478,51 +486,67 @@ def _bias_dirs(seed: int, d: int, s: int, cfg: _Config, tower: int) -> np.ndarra
     return rng.standard_normal((cfg.n_layers, cfg.n_heads, cfg.width)) / np.sqrt(cfg.width)
 
 
-def _run_arrays(cfg: _Config, seed: int, d: int, s: int, b: int, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """All vision and logits arrays of one block of images (numpy, float32)."""
-    rng = np.random.default_rng([seed, d, s, b, 1])
+def _run_arrays(
+    cfg: _Config,
+    seed: int,
+    d: int,
+    s: int,
+    b: int,
+    labels: np.ndarray,
+    wanted: frozenset[str] | None = None,
+    image_seed: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The vision and logits arrays of one block of images (numpy, float32); only ``wanted`` if given.
+
+    Every component draws from its own random stream, so asking for fewer variables gives the
+    same values for those asked.
+    """
+    names = set(_run_shapes(cfg)) if wanted is None else set(wanted) & set(_run_shapes(cfg))
+
+    def rng(k: int) -> np.random.Generator:
+        return np.random.default_rng([seed, d, s, b, 1, k])
+
     n, v, L, H, G = len(labels), len(cfg.variants), cfg.n_layers, cfg.n_heads, cfg.grid
-    fg = _foreground(seed, d, b, n, G)
+    fg = _foreground(seed if image_seed is None else image_seed, d, b, n, G)
     fg_flat = fg.reshape(n, G * G)
+    out: dict[str, np.ndarray] = {"foreground": fg}
 
-    # attention of [cls] over the originals: a foreground bump that sharpens with depth (more with prompts)
-    focus = np.where(cfg.prompted[:, None], 1.0 + 0.3 * np.arange(L), 1.0 + 0.1 * np.arange(L))  # (v, L)
-    s_patch = rng.standard_normal((v, n, L, H, G * G)) + focus[:, None, :, None, None] * fg_flat[None, :, None, None]
-    s_cls = rng.normal(1.0, 0.5, (v, n, L, H, 1))
-    scores = np.concatenate([s_cls, s_patch], axis=-1)
-    a_hat = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    a_hat /= a_hat.sum(axis=-1, keepdims=True)
-    a_hat_cls, a_hat_patch = a_hat[..., 0], a_hat[..., 1:]
+    alpha = _alpha(rng(0), cfg, (H,), n)
+    out["prompt_mass"] = alpha
+    if "prompt_mass_other_queries" in names:
+        out["prompt_mass_other_queries"] = _alpha(rng(1), cfg, (H,), n)
 
-    alpha = _alpha(rng, cfg, (H,), n)
-    alpha_other = _alpha(rng, cfg, (H,), n)
-    by_role = np.stack([(1 - alpha) * a_hat_cls, (1 - alpha) * (1 - a_hat_cls), alpha], axis=-1)
+    if names & {"cls_attention", "attention_by_role"}:
+        # [cls] over the originals: a foreground bump that sharpens with depth (more with prompts)
+        focus = np.where(cfg.prompted[:, None], 1.0 + 0.3 * np.arange(L), 1.0 + 0.1 * np.arange(L))  # (v, L)
+        r = rng(2)
+        scores = r.standard_normal((v, n, L, H, 1 + G * G))
+        scores[..., 0] = scores[..., 0] * 0.5 + 1.0
+        scores[..., 1:] += focus[:, None, :, None, None] * fg_flat[None, :, None, None]
+        a_hat = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        a_hat /= a_hat.sum(axis=-1, keepdims=True)
+        out["cls_attention"] = a_hat[..., 1:].reshape(v, n, L, H, G, G)
+        out["attention_by_role"] = np.stack(
+            [(1 - alpha) * a_hat[..., 0], (1 - alpha) * (1 - a_hat[..., 0]), alpha], axis=-1
+        )
 
-    dec = _decomposition(rng, cfg, alpha, n, _bias_dirs(seed, d, s, cfg, 0))
+    if names & {"original_norm", "bias_head_norm", "original_total_norm", "bias_norm", "residual_norm", "bias"}:
+        out.update(_decomposition(rng(3), cfg, alpha, n, _bias_dirs(seed, d, s, cfg, 0)))
 
     has_prompts = cfg.prompted[:, None, None, None, None] & (cfg.layer_kind != "none")[None, None, :, None, None]
     bg = 1.0 - fg_flat[None, :, None, None]
-    key_cos = np.tanh(0.1 + 0.6 * bg - 0.3 * (1 - bg) + 0.25 * rng.standard_normal((v, n, L, H, G * G)))
-    value_cos = np.tanh(0.05 + 0.4 * bg - 0.2 * (1 - bg) + 0.25 * rng.standard_normal((v, n, L, H, G * G)))
-    key_cos = np.where(has_prompts, key_cos, np.nan)
-    value_cos = np.where(has_prompts, value_cos, np.nan)
+    for k, (name, base, fg_w, bg_w) in enumerate(
+        (("prompt_key_cosine", 0.1, 0.3, 0.6), ("prompt_value_cosine", 0.05, 0.2, 0.4))
+    ):
+        if name in names:
+            cos = np.tanh(base + bg_w * bg - fg_w * (1 - bg) + 0.25 * rng(4 + k).standard_normal((v, n, L, H, G * G)))
+            out[name] = np.where(has_prompts, cos, np.nan).reshape(v, n, L, H, G, G)
 
-    logits = rng.normal(20.0, 2.0, (v, n, cfg.n_classes))
-    logits[:, np.arange(n), labels] += np.where(cfg.prompted, 6.0, 3.0)[:, None]
-
-    grid_shape = (v, n, L, H, G, G)
-    out = {
-        "prompt_mass": alpha,
-        "prompt_mass_other_queries": alpha_other,
-        "attention_by_role": by_role,
-        "cls_attention": a_hat_patch.reshape(grid_shape),
-        "prompt_key_cosine": key_cos.reshape(grid_shape),
-        "prompt_value_cosine": value_cos.reshape(grid_shape),
-        "foreground": fg,
-        "logits": logits,
-        **dec,
-    }
-    return {k: np.asarray(val, dtype=np.float32) for k, val in out.items() if k in _run_shapes(cfg)}
+    if "logits" in names:
+        logits = rng(6).normal(20.0, 2.0, (v, n, cfg.n_classes))
+        logits[:, np.arange(n), labels] += np.where(cfg.prompted, 6.0, 3.0)[:, None]
+        out["logits"] = logits
+    return {k: np.asarray(val, dtype=np.float32) for k, val in out.items() if k in names}
 
 
 def _text_arrays(cfg: _Config, seed: int, d: int, s: int) -> dict[str, np.ndarray]:

@@ -93,3 +93,12 @@ def test_bad_arguments_say_what_was_expected():
         example_tree(variants=("full", "nope"))
     with pytest.raises(ValueError, match="prompt_depth"):
         example_tree(n_layers=2, prompt_depth=5)
+
+
+def test_asking_for_fewer_variables_gives_the_same_values():
+    kw = dict(n_datasets=2, n_images=5, n_layers=2, grid=3, width=4)
+    full = example_study(**kw)["vision"].to_dataset()
+    few = example_study(**kw, variables=["bias", "cls_attention"])["vision"].to_dataset()
+    assert set(few.data_vars) == {"bias", "cls_attention"}
+    xr.testing.assert_identical(few.bias, full.bias)
+    xr.testing.assert_identical(few.cls_attention, full.cls_attention)
