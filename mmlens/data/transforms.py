@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def eval_mask_transform(image_size: int | tuple[int, int]) -> Callable:

@@ -41,9 +41,9 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
     """A PromptedCLIP from CLI arguments (shared by trace, evaluate and reproduce)."""
     from pathlib import Path
 
-    from mmlens.models import PromptedCLIP, load_clip, load_maple_checkpoint, load_prompts
-
     import torch
+
+    from mmlens.models import PromptedCLIP, load_clip, load_maple_checkpoint, load_prompts
 
     torch.manual_seed(getattr(args, "seed", 0))  # random weights and prompt inits repeat on a rerun
     precision = "fp16" if str(args.device).startswith("cuda") else "fp32"

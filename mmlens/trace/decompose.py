@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AttentionSplit", "CompletenessError", "check_completeness", "head_outputs", "merged_output", "split_attention"]
+__all__ = ["AttentionSplit", "CompletenessError", "check_completeness", "head_outputs", "merged_output",
+           "split_attention"]
 
 
 class CompletenessError(AssertionError):

@@ -109,7 +109,8 @@ def _layer_dataset(collector: _Collector, model, item_dim: str, layer_kinds: lis
         stacked = np.stack([collector.layers[i][name] for i in range(n_layers)], axis=1)
         data[name] = ((item_dim, "layer", *dims[name]), stacked)
     ds = xr.Dataset(data)
-    coords: dict[str, Any] = {"layer": np.arange(n_layers), "layer_kind": ("layer", np.array(layer_kinds, dtype=object))}
+    coords: dict[str, Any] = {"layer": np.arange(n_layers),
+                              "layer_kind": ("layer", np.array(layer_kinds, dtype=object))}
     if "head" in ds.dims:
         coords["head"] = np.arange(ds.sizes["head"])
     if "key_role" in ds.dims:
@@ -243,8 +244,8 @@ def iter_trace_batches(
             for variant in variants:  # the text tower sees no image: trace it once per variant
                 col = _Collector("text", grid=None, all_queries=False, vectors=store_bias_vectors,
                                  check=check_completeness, rtol=rtol)
-                model.block_hook = SplitHook(routes_for(model, variant, **(intervention or {})), mean_bias, col,
-                                             record_branches=("text",))
+                routes = routes_for(model, variant, **(intervention or {}))
+                model.block_hook = SplitHook(routes, mean_bias, col, record_branches=("text",))
                 model.prompts_enabled = variant != "zeroshot"
                 text_features[variant] = model.text_features()
                 ds = _layer_dataset(col, model, "class", kinds["text"])
@@ -277,11 +278,12 @@ def iter_trace_batches(
                 for variant in variants:
                     col = _Collector("vision", grid=grid, all_queries=all_queries, vectors=store_bias_vectors,
                                      check=check_completeness and first, rtol=rtol)
-                    model.block_hook = SplitHook(routes_for(model, variant, **(intervention or {})), mean_bias, col,
-                                                 record_branches=("vision",))
+                    routes = routes_for(model, variant, **(intervention or {}))
+                    model.block_hook = SplitHook(routes, mean_bias, col, record_branches=("vision",))
                     model.prompts_enabled = variant != "zeroshot"
                     logits.append(model(images, text_features[variant]).float().cpu().numpy())
-                    per_variant.append(_layer_dataset(col, model, "image", kinds["vision"]).expand_dims(variant=[variant]))
+                    ds = _layer_dataset(col, model, "image", kinds["vision"])
+                    per_variant.append(ds.expand_dims(variant=[variant]))
                 vision = xr.concat(per_variant, dim="variant", coords="minimal", compat="override", join="outer")
                 coords = _image_coords(batch, n, start, model.classnames, image_split)
                 vision = vision.assign_coords(coords)
@@ -298,7 +300,8 @@ def iter_trace_batches(
                     vision["foreground"] = (("image", "patch_row", "patch_col"), fg)
                 logit_ds = xr.Dataset(
                     {"logits": (("variant", "image", "class"), np.stack(logits))},
-                    coords={"variant": np.array(list(variants), dtype=object), "class": np.arange(len(model.classnames)),
+                    coords={"variant": np.array(list(variants), dtype=object),
+                            "class": np.arange(len(model.classnames)),
                             "classname": ("class", np.array(model.classnames, dtype=object)),
                             **{k: v for k, v in coords.items() if k != "classname"}},
                 )

@@ -120,8 +120,9 @@ def test_completeness_error_names_branch_layer_and_head(tiny_clip):
         check_completeness(split, call.block.attention(z, attn_mask=call.attn_mask), branch=call.branch,
                            layer=call.layer, rtol=1e-5)
 
-    with pytest.raises(CompletenessError, match=r"text tower, layer 0, head 1"), intervene(model, "full", recorder=broken):
-        model.text_features()
+    with pytest.raises(CompletenessError, match=r"text tower, layer 0, head 1"):
+        with intervene(model, "full", recorder=broken):
+            model.text_features()
 
 
 def test_petrov_identity_renormalised_attention_is_prompt_free_attention(tiny_clip):
