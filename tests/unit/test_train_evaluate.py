@@ -258,3 +258,11 @@ def test_combine_merges_separate_runs(tiny_clip):
     clash["correct"][:] = clash["correct"] + 1
     with pytest.raises(ValueError, match="disagree"):
         combine([parts[0], clash])
+
+
+def test_results_round_trip_through_netcdf(tiny_clip, tmp_path):
+    model = PromptedCLIP(tiny_clip, ["x"], "maple", depth=2, init_seed=1)
+    ds = evaluate(model, {"A": _data()}, variants=["full", "drop_prompts:vision"], progress=False)
+    ds.to_netcdf(tmp_path / "r.nc", engine="h5netcdf")
+    back = xr.open_dataset(tmp_path / "r.nc", engine="h5netcdf").load()
+    xr.testing.assert_identical(back, ds)
