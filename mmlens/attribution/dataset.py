@@ -45,8 +45,14 @@ def attribute_variants(method: Any, images: Any, target: Any = None, *,
             parts.append(method.attribute(images, target, **kwargs))
     finally:
         model.prompts_enabled = before
-    out = xr.concat(parts, dim="variant", coords="different", compat="equals", join="exact")
+    out = _concat_variants(parts)
     return out.transpose("variant", ...)
+
+
+def _concat_variants(parts: Sequence[xr.DataArray]) -> xr.DataArray:
+    """Concatenate per-variant results; per-run coordinates always gain the ``variant`` dim."""
+    per_run = [c for c in PER_RESULT_COORDS if c in parts[0].coords]
+    return xr.concat(list(parts), dim="variant", coords=per_run, compat="equals", join="exact")
 
 
 def to_dataset(results: Mapping[str, xr.DataArray | Sequence[xr.DataArray]],
@@ -79,7 +85,7 @@ def to_dataset(results: Mapping[str, xr.DataArray | Sequence[xr.DataArray]],
         if isinstance(value, xr.DataArray):
             da = value
         else:
-            da = xr.concat(list(value), dim="variant", coords="different", compat="equals", join="exact")
+            da = _concat_variants(value)
         if "variant" in da.coords and "variant" not in da.dims:
             da = da.expand_dims("variant")
         extra = {c: da.coords[c] for c in PER_RESULT_COORDS if c in da.coords}

@@ -297,7 +297,8 @@ class PromptIntegratedGradients:
         parts = [self._attribute_one(images, target, b, n_steps, method, internal_batch_size, batch_size,
                                      labels, paths, classnames) for b in names]
         if isinstance(baselines, (list, tuple)):
-            out = xr.concat(parts, dim="baseline", coords="different", compat="equals", join="exact")
+            per_run = [c for c in ("convergence_delta", "logit", "baseline_logit") if c in parts[0].coords]
+            out = xr.concat(parts, dim="baseline", coords=per_run, compat="equals", join="exact")
             out = out.assign_coords(baseline=[str(b) for b in names])
             return out.transpose("baseline", "image", ...)
         return parts[0]
