@@ -22,7 +22,7 @@ _LAZY = {
     "PromptedCLIP": "mmlens.models.prompted",
     "save_prompts": "mmlens.models.checkpoints",
     "load_prompts": "mmlens.models.checkpoints",
-    "trace": "mmlens.trace.tracer",
+    "trace": "mmlens.trace",  # the package is callable: mmlens.trace(...) runs tracer.trace
     "trace_to_store": "mmlens.trace.tracer",
     "intervene": "mmlens.trace.interventions",
     "open": "mmlens.store.io",
@@ -37,7 +37,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mmlens' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"mmlens.{name}" else getattr(imported, name)
     globals()[name] = value
     return value
 
