@@ -1,1 +1,40 @@
-"""HoloViews plots and the Panel explorer; static HTML export."""
+"""HoloViews plots and the Panel explorer of trace stores; standalone HTML reports.
+
+>>> from mmlens.viz import explore, write_report, load_extensions   # doctest: +SKIP
+>>> load_extensions()            # in a notebook: HoloViews + Panel, resources inlined   # doctest: +SKIP
+>>> explore("run.zarr")          # the linked views                                      # doctest: +SKIP
+
+Heavy modules (holoviews, panel, bokeh) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "explore": "mmlens.viz.explorer",
+    "Explorer": "mmlens.viz.explorer",
+    "ExplorerState": "mmlens.viz.explorer",
+    "load_extensions": "mmlens.viz.explorer",
+    "write_report": "mmlens.viz.report",
+    "build_report": "mmlens.viz.report",
+    "StudyView": "mmlens.viz.slices",
+    "MissingData": "mmlens.viz.slices",
+    "trace_image": "mmlens.viz.ondemand",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmlens.viz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -159,6 +159,12 @@ class Explorer:
         A store path / DataTree, or ``{method: store}`` / a list of stores to compare methods.
     data_root
         Where relative image ``path`` coordinates live (to draw the picture under the maps).
+    pictures
+        Where the pictures come from when they are not files (e.g. toyworld generated in memory):
+        the traced dataset itself (``pictures[image]`` is a sample dict with ``"image"``, a
+        ``[3, H, W]`` tensor or an ``H x W x 3`` array; a sample whose ``"path"`` differs from the
+        store's is not shown), ``{dataset: such a sequence}`` for a study, or a callable
+        ``(dataset, image, path) -> array or None``.
     fg_max_images
         Images averaged by foreground-attention heatmaps/curves (see :class:`StudyView`).
     **selection
@@ -170,12 +176,14 @@ class Explorer:
         stores: Any,
         *,
         data_root: str | os.PathLike | None = None,
+        pictures: Any = None,
         fg_max_images: int | None = 256,
         **selection: Any,
     ) -> None:
         self.views = _views(stores, fg_max_images=fg_max_images)
         self.state = ExplorerState(self.views, **selection)
         self.data_root = Path(data_root) if data_root is not None else None
+        self.pictures = pictures
         self._layout: Any = None
         self._pictures: dict[tuple[str | None, str], np.ndarray | None] = {}
         # the live streams of the built layout, by (tower, measure): for tests and notebooks
@@ -388,7 +396,7 @@ class Explorer:
         return plots.role_heatmap(roles, names, title=title)
 
     def _picture(self, sl: ImageSlice) -> np.ndarray | None:
-        key = (sl.path, str(self.data_root))
+        key = (sl.dataset, sl.image, sl.path)
         if key not in self._pictures:
             self._pictures[key] = self._read_picture(sl)
             if len(self._pictures) > 32:
@@ -396,6 +404,8 @@ class Explorer:
         return self._pictures[key]
 
     def _read_picture(self, sl: ImageSlice) -> np.ndarray | None:
+        if self.pictures is not None:
+            return _picture_from(self.pictures, sl)
         if not sl.path:
             return None
         path = Path(sl.path)
@@ -442,7 +452,7 @@ def explore(stores: Any, **kwargs: Any) -> Explorer:
         A store path, an ``xarray.DataTree`` (e.g. from ``mmlens.trace``), or ``{method: store}``
         / a list of stores to compare prompt methods.
     **kwargs
-        ``data_root``, ``fg_max_images`` and the initial selection (``dataset``, ``seed``,
+        ``data_root``, ``pictures``, ``fg_max_images`` and the initial selection (``dataset``, ``seed``,
         ``method``, ``variant``, ``layer``, ``head``, ``class_``, ``image``, ``curve_measure``,
         ``minus_reference``); see :class:`Explorer`.
 
@@ -499,6 +509,38 @@ def _views(stores: Any, *, fg_max_images: int | None) -> dict[str, StudyView]:
             )
         views[key] = view
     return views
+
+
+def _picture_from(source: Any, sl: ImageSlice) -> np.ndarray | None:
+    """An ``H x W x 3`` uint8 picture of the selected image from a dataset, mapping or callable."""
+    if callable(source) and not hasattr(source, "__getitem__"):
+        item = source(sl.dataset, sl.image, sl.path)
+    else:
+        if isinstance(source, Mapping):
+            source = source.get(sl.dataset)
+            if source is None:
+                return None
+        try:
+            item = source[sl.image]
+        except (IndexError, KeyError):
+            return None
+    if isinstance(item, Mapping):
+        if item.get("path") is not None and sl.path is not None and str(item["path"]) != sl.path:
+            return None  # the sequence is not the traced one: better no picture than a wrong one
+        item = item.get("image")
+    if item is None:
+        return None
+    array = np.asarray(item.detach().cpu().numpy() if hasattr(item, "detach") else item)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.dtype != np.uint8:
+        lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
+        if lo < 0.0 or hi > 1.0:  # normalised tensors: stretch to [0, 1] for display
+            array = (array - lo) / (hi - lo or 1.0)
+        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return array[..., :3]
 
 
 def _short(text: str, n: int = 60) -> str:

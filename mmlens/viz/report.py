@@ -21,6 +21,7 @@ def build_report(
     max_datasets: int = 12,
     max_classes: int = 50,
     data_root: str | os.PathLike | None = None,
+    pictures: Any = None,
     fg_max_images: int | None = 256,
 ):
     """The report's Panel layout: provenance, heatmaps, curves, image maps, text roles, accuracy.
@@ -43,6 +44,8 @@ def build_report(
         Classes shown in the EOT-attention map.
     data_root
         Where relative image paths live (pictures under the maps), optional.
+    pictures
+        Pictures that are not files (see :class:`mmlens.viz.explorer.Explorer`), optional.
     fg_max_images
         Images averaged by the foreground-attention measures.
 
@@ -56,7 +59,7 @@ def build_report(
     from mmlens.viz.explorer import Explorer
 
     view = store if isinstance(store, StudyView) else StudyView(store, fg_max_images=fg_max_images)
-    app = Explorer({view.method: view}, data_root=data_root)
+    app = Explorer({view.method: view}, data_root=data_root, pictures=pictures)
     state = app.state
     datasets = view.datasets[:max_datasets]
     seed = view.seeds[0]

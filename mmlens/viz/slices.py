@@ -275,6 +275,9 @@ class StudyView:
 
     def image_info(self, dataset: str, image: int) -> dict[str, Any]:
         """Ground truth of one image: ``label``, ``classname``, ``split``, ``path`` (``None`` when absent)."""
+        return dict(self._cache.get(("image_info", dataset, image), lambda: self._image_info(dataset, image)))
+
+    def _image_info(self, dataset: str, image: int) -> dict[str, Any]:
         ds = self.groups.get("vision", self.groups.get("logits"))
         out: dict[str, Any] = {"label": None, "classname": None, "split": None, "path": None}
         if ds is None:
@@ -343,19 +346,33 @@ class StudyView:
             out.attrs = {**self.head_map(tower, measure, dataset, seed, variant).attrs}
             out.attrs["label"] = f"Δ {out.attrs['label']} ({variant} − {ref})"
             return out
+        label = HEAD_MEASURES[measure][0]
+        cube = self._cache.get(("head_cube", tower, measure), lambda: self._head_cube(tower, measure))
+        if variant not in cube["variant"].values:
+            found = [str(v) for v in cube["variant"].values]
+            raise MissingData(f"'{tower}' has no variant {variant!r}; it has {found}")
+        run = _select(cube, dataset=dataset, seed=seed).sel(variant=variant)
+        out = run["mean"].transpose("layer", "head").copy()
+        out.attrs = {"label": label, "n_items": int(run["n_items"]), "item": _ITEM[tower], "measure": measure,
+                     "tower": tower}
+        return out
+
+    def _head_cube(self, tower: str, measure: str) -> xr.Dataset:
+        """Means over images/classes of a head measure for every run and variant, read in one pass.
+
+        One dask computation over the whole variable costs about as much as one dataset's (the
+        per-chunk overhead dominates), so every later dataset or variant change is free.
+        """
         label, needed = HEAD_MEASURES[measure]
         if measure == "foreground_attention" and tower != "vision":
             raise MissingData("foreground attention is a vision-tower measure (patches have masks, words do not)")
         ds = self.require(tower, *needed, why=label)
-        ds = _select(ds, dataset=dataset, seed=seed, variant=variant)
         item = _ITEM[tower]
         if measure == "foreground_attention":
             ds = self._fg_subset(ds)
         values = _per_item_head_measure(ds, measure)
-        n_items = int(values.sizes[item])
-        out = values.mean(item, skipna=True).transpose("layer", "head").load()
-        out.attrs = {"label": label, "n_items": n_items, "item": item, "measure": measure, "tower": tower}
-        return out
+        real = values.notnull().any(["layer", "head"])  # padded images/classes of a study are all NaN
+        return xr.Dataset({"mean": values.mean(item, skipna=True), "n_items": real.sum(item)}).compute()
 
     def _fg_subset(self, ds: xr.Dataset) -> xr.Dataset:
         n = ds.sizes["image"]

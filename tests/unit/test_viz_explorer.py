@@ -131,3 +131,32 @@ def test_layout_builds_for_a_partial_store(study):
     app = Explorer(logits_only)
     app.panel().get_root(Document())  # no vision/text: messages in those panels, the table still shows
     assert app.accuracy_data().shape[0] == 2
+
+
+def test_pictures_from_the_traced_dataset(study):
+    torch = pytest.importorskip("torch")
+    app = Explorer(example_tree(n_images=2, n_layers=2, grid=3))
+    path = str(app.view.image_info("synthetic", 1)["path"])
+    app.pictures = [{"image": torch.zeros(3, 6, 6), "path": "a"}, {"image": torch.full((3, 6, 6), 0.5), "path": path}]
+    app.state.image = 1
+    picture = app._picture(app.image_data())
+    assert picture.shape == (6, 6, 3) and picture.dtype == np.uint8 and int(picture[0, 0, 0]) == 128
+    app.state.image = 0  # the sample's path is not the store's: no picture rather than a wrong one
+    assert app._picture(app.image_data()) is None
+
+
+def test_trace_image_on_demand_opens_in_the_explorer(tiny_clip):
+    torch = pytest.importorskip("torch")
+    from mmlens.viz import trace_image
+
+    model = mmlens.PromptedCLIP(tiny_clip, ["cat", "dog"], method="maple", depth=2, init_seed=0)
+    mask = torch.zeros(32, 32)
+    mask[:8, :8] = 1  # exactly the top-left patch (8x8 patches)
+    tree = trace_image(model, torch.randn(3, 32, 32), mask=mask, label=1, path="x.png")
+    app = Explorer(tree)
+    sl = app.image_data()
+    assert (sl.label, sl.classname, sl.path) == (1, "dog", "x.png")
+    assert set(sl.attention) == {"full", "zeroshot"} and sl.foreground[0, 0] == 1 and sl.foreground.sum() == 1
+    assert sl.foreground_attention["full"] == pytest.approx(float(sl.attention["full"][0, 0]))
+    with pytest.raises(ValueError, match="expected one image"):
+        trace_image(model, torch.randn(2, 3, 32, 32))
