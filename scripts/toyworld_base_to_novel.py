@@ -38,8 +38,11 @@ def ablation_grid() -> list[str]:
     """full, zeroshot; each route on both branches, on one branch, and on the injected / carried layers."""
     from mmlens.train import ablation_variants
 
-    grid = ablation_variants(ROUTES, ["both", "vision", "text"], ["all"])
-    return grid + ablation_variants(ROUTES, ["both"], ["injected", "carried"], reference=False)
+    grid = ["full", "zeroshot"]
+    for route in ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
+        grid += ablation_variants([route], ["both", "vision", "text"], ["all"], reference=False)
+        grid += ablation_variants([route], ["both"], ["injected", "carried"], reference=False)
+    return grid
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -83,14 +86,15 @@ def run_job(job: dict) -> dict:
     clip = _clip(job["pretrained"])
     model = PromptedCLIP(clip, ["object"], job["method"], n_ctx=job["n_ctx"], depth=job["depth"],
                          init_seed=job["seed"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = fit(model, job["dataset"], root=job["data_root"], shots=job["shots"], seed=job["seed"],
                  epochs=job["epochs"], checkpoint_dir=job["run_dir"], progress=False)
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+    fit_seconds, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
+    started, cpu = time.perf_counter(), time.process_time()
     ds = evaluate(result.prompts_path, job["dataset"], root=job["data_root"], clip=clip, variants=job["variants"],
                   batch_size=128, progress=False)
     return {"job": job, "result": ds, "fit_seconds": fit_seconds, "eval_seconds": time.perf_counter() - started,
+            "cpu_seconds": fit_cpu + time.process_time() - cpu,
             "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
             "trainable_parameters": result.trainable_parameters}
 
@@ -141,7 +145,10 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
         f"- Time: {_hhmmss(timings['total'])} wall for everything on {args.jobs} worker process(es) x "
         f"{args.threads} torch thread(s) ({os.cpu_count()} CPUs visible, shared with other work): data "
         f"{_hhmmss(timings['data'])}, training {_hhmmss(sum(r['fit_seconds'] for r in runs))} and evaluation "
-        f"{_hhmmss(sum(r['eval_seconds'] for r in runs))} summed over jobs. "
+        f"{_hhmmss(sum(r['eval_seconds'] for r in runs))} summed over jobs; CPU time of the jobs "
+        f"{_hhmmss(sum(r['cpu_seconds'] for r in runs))} (i.e. {_hhmmss(sum(r['cpu_seconds'] for r in runs) / 2)} "
+        f"on two otherwise idle cores); load average {timings['load'][0]:.1f} at the start, "
+        f"{timings['load'][1]:.1f} at the end. "
         f"{len(fresh)} of {len(runs)} runs trained in this invocation"
         + ("." if len(fresh) == len(runs) else " (the others were finished runs found under --runs)."),
         f"- Software: mmlens {__version__}, torch {torch.__version__}, open_clip {open_clip.__version__}, "
@@ -166,7 +173,7 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
             "`:both:injected` / `:both:carried`: only the blocks with fresh learned prompts "
             f"(0..{args.depth - 1}) / the later blocks whose prompt slots carry earlier outputs.",
             "",
-            to_markdown(ablation, digits=1),
+            to_markdown(ablation, digits=1, params=False),
             "",
         ]
     lines += [
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--shots", type=int, default=4, help="shots per base class (default 4; MaPLe: 16)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--n-ctx", type=int, default=2)
     parser.add_argument("--depth", type=int, default=4, help="prompt depth (default 4 of the toy's 6 blocks)")
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Cannot load the toy CLIP: {err}", file=sys.stderr)
         return 2
 
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     root, runs_dir = Path(args.data_root).expanduser(), Path(args.runs).expanduser()
     t_data = ensure_data(root, args.datasets, args.size, args.data_seed)
     grid = ablation_grid()
@@ -242,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     ds.to_netcdf(runs_dir / "results.nc", engine="h5netcdf")
     to_csv(ds, runs_dir / "results.csv")
-    timings = {"total": time.perf_counter() - started, "data": t_data}
+    timings = {"total": time.perf_counter() - started, "data": t_data, "load": (load_start, os.getloadavg()[0])}
     write_report(Path(args.out), ds, args, command, timings, results)
     print(to_markdown(ds.sel({"variant": ["full"]})))
     print(f"written: {args.out} ({_hhmmss(timings['total'])})")

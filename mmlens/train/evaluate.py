@@ -236,7 +236,9 @@ class _Data:
     def train(self, name: str, entry: _Entry) -> Any:
         """The training images of an entry (for ``constant_bias``'s mean β)."""
         source = entry.training.get("dataset") or name
-        key = (source, "train", entry.seed)
+        shots = entry.training.get("shots", self.shots)
+        subset = entry.training.get("subset") or "base"
+        key = (source, "train", entry.seed, shots, subset)
         if key in self._cache:
             return self._cache[key]
         if source in self.given and "train" in self.given[source]:
@@ -247,8 +249,6 @@ class _Data:
         else:
             from mmlens.train._data import build_split
 
-            shots = entry.training.get("shots", self.shots)
-            subset = entry.training.get("subset") or "base"
             ds = build_split(source, self.root, "train", self.size, shots=shots, seed=entry.seed, subset=subset)
         self._cache[key] = ds
         return ds
