@@ -21,7 +21,7 @@ from torch import nn
 __all__ = ["METHODS", "PromptedCLIP", "ROLE_CODES", "BlockCall", "block_forward"]
 
 # Token roles are stored as small integer codes so they can ride along with tensors.
-ROLE_CODES = {"cls": 0, "patch": 1, "prompt": 2, "sot": 3, "word": 4, "eot": 5, "pad": 6}
+ROLE_CODES = {"cls": 0, "patch": 1, "prompt": 2, "sot": 3, "word": 4, "eot": 5, "pad": 6, "classname": 7}
 ROLE_NAMES = {v: k for k, v in ROLE_CODES.items()}
 
 
@@ -357,13 +357,32 @@ class PromptedCLIP(nn.Module):
         device = self.clip.token_embedding.weight.device
         zs = self.tokenizer([self.template.format(c) for c in self.classnames]).to(device)
         self.register_buffer("zeroshot_tokens", zs, persistent=False)
+        self.register_buffer("zeroshot_classname", self._classname_mask(zs, self.template.split("{}")[0]),
+                             persistent=False)
         if self.spec.text_prompts:
             prefix = self.ctx_init if self._ctx_from_init else " ".join(["X"] * self.n_ctx)
             tokens = self.tokenizer([f"{prefix} {c}." for c in self.classnames]).to(device)
             self.register_buffer("prompt_tokens", tokens, persistent=False)
+            self.register_buffer("prompt_classname", self._classname_mask(tokens, prefix + " "), persistent=False)
 
-    def text_roles(self, tokens: torch.Tensor, with_prompts: bool) -> torch.Tensor:
-        """Role codes [n_classes, tokens]: sot, prompt slots, words, eot (argmax id), pad."""
+    def _word_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer([text])[0]
+        return ids[1:int(ids.argmax())].tolist()  # between SOT and EOT
+
+    def _classname_mask(self, tokens: torch.Tensor, prefix: str) -> torch.Tensor:
+        """True at the class-name tokens of each prompt (located by tokenizing the parts, then checked)."""
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        start = 1 + len(self._word_ids(prefix)) if prefix.strip() else 1
+        for row, name in enumerate(self.classnames):
+            ids = self._word_ids(name)
+            if ids and tokens[row, start:start + len(ids)].tolist() == ids:
+                mask[row, start:start + len(ids)] = True
+            # else: the tokenizer merged across the boundary; these tokens stay 'word'
+        return mask
+
+    def text_roles(self, tokens: torch.Tensor, with_prompts: bool,
+                   classname: torch.Tensor | None = None) -> torch.Tensor:
+        """Role codes [n_classes, tokens]: sot, prompt slots, class-name tokens, other words, eot, pad."""
         n, length = tokens.shape
         pos = torch.arange(length, device=tokens.device).expand(n, length)
         eot = tokens.argmax(dim=-1, keepdim=True)
@@ -371,6 +390,8 @@ class PromptedCLIP(nn.Module):
         roles[pos > eot] = ROLE_CODES["pad"]
         roles[pos == eot] = ROLE_CODES["eot"]
         roles[pos == 0] = ROLE_CODES["sot"]
+        if classname is not None:
+            roles[classname] = ROLE_CODES["classname"]
         if with_prompts:
             roles[(pos >= 1) & (pos <= self.n_ctx)] = ROLE_CODES["prompt"]
         return roles
@@ -381,7 +402,8 @@ class PromptedCLIP(nn.Module):
         cast = clip.transformer.get_cast_dtype()
         use_ctx = self._has_text_ctx
         tokens = self.prompt_tokens if use_ctx else self.zeroshot_tokens
-        roles = self.text_roles(tokens, with_prompts=use_ctx)
+        roles = self.text_roles(tokens, with_prompts=use_ctx,
+                                classname=self.prompt_classname if use_ctx else self.zeroshot_classname)
         slot_index = self._slot_index(roles == ROLE_CODES["prompt"])
         x = clip.token_embedding(tokens).to(cast)
         x = self._fill_slots(x, slot_index, self._text_prompts(0))

@@ -126,11 +126,12 @@ def prompt_background_similarity(data: xr.Dataset | xr.DataTree) -> xr.DataArray
 
 
 def text_reliance(data: xr.Dataset | xr.DataTree) -> xr.DataArray:
-    """Where the EOT query of each class prompt looks: prompt tokens vs word tokens (raw attention a).
+    """Where the EOT query of each class prompt looks: prompt vs class-name tokens (raw attention a).
 
-    ``measure="prompt"``: ``Σ_{m∈P} a_eot,m`` (= α at EOT); ``"word"``: ``Σ_{j∈words} a_eot,j``;
-    ``"other"``: SOT, EOT and padding. The three sum to 1. Keep ``variant`` for with vs without
-    prompts. ``word`` covers all word tokens of the prompt (template and class name).
+    ``measure="prompt"``: ``Σ_{m∈P} a_eot,m`` (= α at EOT); ``"classname"``: mass on the class-name
+    tokens; ``"word"``: mass on the other (template) words; ``"other"``: SOT, EOT and padding. The
+    four sum to 1. Keep ``variant`` for with vs without prompts. Stores written before the
+    ``classname`` role existed count class names under ``word``.
 
     Returns
     -------
@@ -150,8 +151,9 @@ def text_reliance(data: xr.Dataset | xr.DataTree) -> xr.DataArray:
     out = stack_measures(
         {
             "prompt": roles_of(a, ["prompt"]),
+            "classname": roles_of(a, ["classname"]),
             "word": roles_of(a, ["word"]),
             "other": roles_of(a, ["sot", "eot", "pad"]),
         }
     )
-    return finish(out, ds, "text_reliance", "sum of a_eot,j over key roles: prompt, word, other")
+    return finish(out, ds, "text_reliance", "sum of a_eot,j over key roles: prompt, classname, word, other")

@@ -34,8 +34,8 @@ OPTIONAL_DIMS: tuple[str, ...] = ("dataset", "seed", "query")
 GROUPS: tuple[str, ...] = ("vision", "text", "logits", "attribution")
 
 VISION_ROLES: tuple[str, ...] = ("cls", "patch", "prompt")
-TEXT_ROLES: tuple[str, ...] = ("sot", "prompt", "word", "eot", "pad")
-TOKEN_ROLES: tuple[str, ...] = ("cls", "patch", "prompt", "sot", "word", "eot", "pad")
+TEXT_ROLES: tuple[str, ...] = ("sot", "prompt", "word", "classname", "eot", "pad")
+TOKEN_ROLES: tuple[str, ...] = ("cls", "patch", "prompt", "sot", "word", "classname", "eot", "pad")
 PROMPT_ROLE = "prompt"
 #: The query whose attention the readout variables describe, per tower.
 READOUT_ROLE: dict[str, str] = {"vision": "cls", "text": "eot"}

@@ -555,11 +555,12 @@ def _text_arrays(cfg: _Config, seed: int, d: int, s: int) -> dict[str, np.ndarra
     c = cfg.n_classes
     alpha = _alpha(rng, cfg, (cfg.n_heads,), c)
     alpha_other = _alpha(rng, cfg, (cfg.n_heads,), c)
-    # EOT attention over the originals: sot (attention sink), word, eot; pad is causally masked
-    rest = rng.dirichlet([6.0, 3.0, 1.0], alpha.shape)
+    # EOT attention over the originals: sot (attention sink), template words, class name, eot;
+    # pad is causally masked
+    rest = rng.dirichlet([6.0, 1.5, 1.5, 1.0], alpha.shape)
     zeros = np.zeros(alpha.shape)
-    sot, word, eot = (rest[..., k] * (1 - alpha) for k in range(3))
-    by_role = np.stack([sot, alpha, word, eot, zeros], axis=-1)  # schema.TEXT_ROLES order
+    sot, word, classname, eot = (rest[..., k] * (1 - alpha) for k in range(4))
+    by_role = np.stack([sot, alpha, word, classname, eot, zeros], axis=-1)  # schema.TEXT_ROLES order
     dec = _decomposition(rng, cfg, alpha, c, _bias_dirs(seed, d, s, cfg, 1))
     out = {
         "prompt_mass": alpha,

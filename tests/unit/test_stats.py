@@ -65,18 +65,20 @@ def test_bias_norm_ratio_known_values():
 
 
 def test_text_reliance_known_values_and_missing_prompt_role():
-    roles = ["sot", "prompt", "word", "eot", "pad"]
-    a = np.array([[0.4, 0.3, 0.2, 0.1, 0.0], [0.5, 0.0, 0.4, 0.1, 0.0]])  # (variant, key_role): full, zeroshot
+    roles = ["sot", "prompt", "word", "classname", "eot", "pad"]
+    # (variant, key_role): full, zeroshot
+    a = np.array([[0.4, 0.3, 0.05, 0.15, 0.1, 0.0], [0.5, 0.0, 0.1, 0.3, 0.1, 0.0]])
     ds = xr.Dataset(
         {"attention_by_role": (("variant", "class", "key_role"), a[:, None, :])},
         coords={"variant": ["full", "zeroshot"], "class": [0], "key_role": roles},
         attrs=dict(PROV),
     )
     out = stats.text_reliance(ds).isel({"class": 0})
-    np.testing.assert_allclose(out.sel(variant="full"), [0.3, 0.2, 0.5])
-    np.testing.assert_allclose(out.sel(variant="zeroshot"), [0.0, 0.4, 0.6])
-    no_prompt_role = ds.sel(variant=["zeroshot"], key_role=["sot", "word", "eot", "pad"])
-    np.testing.assert_allclose(stats.text_reliance(no_prompt_role).isel({"class": 0}), [[0.0, 0.4, 0.6]])
+    assert list(out["measure"].values) == ["prompt", "classname", "word", "other"]
+    np.testing.assert_allclose(out.sel(variant="full"), [0.3, 0.15, 0.05, 0.5])
+    np.testing.assert_allclose(out.sel(variant="zeroshot"), [0.0, 0.3, 0.1, 0.6])
+    no_prompt_role = ds.sel(variant=["zeroshot"], key_role=["sot", "word", "classname", "eot", "pad"])
+    np.testing.assert_allclose(stats.text_reliance(no_prompt_role).isel({"class": 0}), [[0.0, 0.3, 0.1, 0.6]])
 
 
 def test_missing_inputs_say_what_is_needed():

@@ -23,7 +23,7 @@ def test_tree_shapes_and_coords():
         "channel": 8,
     }
     assert list(vision.layer_kind.values) == ["injected", "injected", "carried"]
-    assert set(tree["text"].to_dataset().key_role.values) == {"sot", "prompt", "word", "eot", "pad"}
+    assert set(tree["text"].to_dataset().key_role.values) == {"sot", "prompt", "word", "classname", "eot", "pad"}
     assert tree["logits"]["logits"].dims == ("variant", "image", "class")
     # labels index the class names
     assert all(cn == f"class_{lab}" for cn, lab in zip(vision.classname.values, vision.label.values))
