@@ -10,10 +10,12 @@ must be positive and a Wilcoxon signed-rank test must reject "no excess" at p < 
 Beating chance is not enough on its own: with *random* weights, pixel IG and the patch-embedding IG
 already put more mass on the object than chance (IG scales with the input's distance to the
 baseline, and a saturated object is far from the mean colour), and so do the attention maps, a
-little, and how much varies between random initialisations. The second test therefore compares
-with untrained toy CLIPs of the same architecture (three seeds) on the same images: per image, the
-trained model's foreground mass must exceed the largest of the untrained ones (paired Wilcoxon,
-p < 0.01). Numbers are printed (``pytest -s``) for the report.
+little, and how much varies a lot between random initialisations (0.08 to 0.17 for the attention
+maps). The second test therefore compares with untrained toy CLIPs of the same architecture (five
+seeds) on the same images: per image, the trained model's foreground mass must exceed the largest of
+the untrained ones (paired Wilcoxon, p < 0.01). Both tests first require the model to classify the
+sample (a random model stood in for the shipped one passes some of the attention checks by luck of
+its initialisation, and fails here). Numbers are printed (``pytest -s``) for the report.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.skipif(
 
 N_IMAGES = 24
 SEED = 0
-CONTROL_SEEDS = (0, 1, 2)  # random initialisations of the untrained controls
+CONTROL_SEEDS = (0, 1, 2, 3, 4)  # random initialisations of the untrained controls
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,8 @@ def test_attribution_mass_on_the_object_exceeds_chance(toyworld, name):
 
 @pytest.mark.parametrize("name", list(_methods()))
 def test_trained_model_beats_an_untrained_control(toyworld, name):
-    model, batch, foreground, _, untrained = toyworld
+    model, batch, foreground, accuracy, untrained = toyworld
+    assert accuracy >= 0.5, "the shipped toy CLIP should recognise most photo-domain images"
     trained = _mass(model, batch, foreground, name)
     controls = np.stack([_mass(m, batch, foreground, name) for m in untrained])
     gain = trained - controls.max(axis=0)
