@@ -102,7 +102,7 @@ class _ImageAttribution:
             return torch.full_like(x, float(baselines))
         if isinstance(baselines, torch.Tensor):
             b = baselines.to(x.device, x.dtype)
-            if b.dim() == 4 and b.shape[0] not in (1,):
+            if b.dim() == 4 and b.shape[0] != 1:  # one baseline per image: take this chunk's
                 b = b[rows]
             return b.expand_as(x).contiguous()
         raise ValueError(f"baselines must be 'zero', a number or a tensor broadcastable to the images, found "

@@ -110,6 +110,12 @@ def handcrafted_prompts(model: Any, words: str | None = None) -> tuple[dict[str,
 
     Returns the values and notes (``words``, the largest difference of the carried states between
     classes).
+
+    Examples
+    --------
+    >>> values, notes = handcrafted_prompts(maple_model)             # doctest: +SKIP
+    >>> values["ctx"].shape, notes["handcrafted_words"]              # doctest: +SKIP
+    (torch.Size([2, 512]), 'a photo of a')
     """
     words = words or model.ctx_init or "a photo of a"
     params = dict(model.prompt_learner.named_parameters())
