@@ -21,7 +21,7 @@ ROUTES = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts")
 
 #: The toyworld recipe (MaPLe's, with a batch of 16 so that 18 runs fit in the CPU budget).
 TOY_RECIPE = {"shots": 16, "epochs": 5, "batch_size": 16, "lr": 0.0035 * 4}
-QUICK = {"shots": 4, "epochs": 2, "batch_size": 16, "max_images": 32, "ablations": "routes", "n_boot": 200}
+QUICK = {"shots": 2, "epochs": 2, "batch_size": 16, "max_images": 16, "ablations": "routes", "n_boot": 200}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``mmlens reproduce``; 0 on success, 130 when interrupted (rerun to resume)."""
+    from mmlens.experiments._ledger import SettingsMismatch
     from mmlens.experiments._pipeline import Config, run
 
     try:
@@ -79,6 +80,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         result = run(cfg)
+    except SettingsMismatch as err:
+        print(f"mmlens reproduce: {err}")
+        return 2
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished steps are kept in {Path(cfg.out) / 'steps.json'}; rerun the same "
               "command to resume (the step in progress continues from its last checkpoint).")

@@ -1,0 +1,203 @@
+"""Every statistic of the study, summarised with bootstrap intervals into one tidy table (``statistics.csv``)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["COLUMNS", "study_statistics", "image_accuracy", "method_comparison"]
+
+#: Columns of the statistics table. ``layers`` is a layer kind (``injected``/``carried``/``none``,
+#: the mean over the layers of that kind) or one layer index; ``dataset`` is a dataset name or
+#: ``all`` (pooled: datasets, seeds and images resampled together).
+COLUMNS = ["statistic", "tower", "measure", "variant", "split", "dataset", "layers", "layer_kind", "mean", "low",
+           "high", "n_datasets", "n_seeds", "n_items"]
+
+_MID = "midpoint"  # (full + zeroshot) / 2: a route keeping more than half of the gain lies above it
+
+
+def _variants_with_diffs(da: xr.DataArray, diffs: Sequence[tuple[str, str]]) -> xr.DataArray:
+    """``da`` over its variants plus paired differences ``a - b`` as extra variants (``"a - b"``)."""
+    have = [str(v) for v in da["variant"].values]
+    parts = [da]
+    for a, b in diffs:
+        if a in have and b in have:
+            parts.append((da.sel(variant=a) - da.sel(variant=b)).expand_dims(variant=[f"{a} - {b}"]))
+    return xr.concat(parts, dim="variant", coords="minimal", compat="override", join="outer")
+
+
+def _records(summary: xr.DataArray, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the table from a summary with dims among (dataset, variant, measure, layer/layer_kind, estimate)."""
+    s = summary.reset_coords(drop=True)
+    extra = [d for d in s.dims if d not in ("dataset", "variant", "measure", "layer", "layer_kind", "estimate")]
+    if extra:
+        raise ValueError(f"unexpected dims {extra} in a statistic summary")
+    frame = s.to_series().unstack("estimate").reset_index()
+    rows = []
+    for rec in frame.to_dict("records"):
+        row = dict(base)
+        row["variant"] = str(rec.get("variant", base.get("variant", "")))
+        row["measure"] = str(rec.get("measure", base.get("measure", "")))
+        row["dataset"] = str(rec.get("dataset", base.get("dataset", "all")))
+        if "layer_kind" in rec:
+            row["layers"] = str(rec["layer_kind"])
+            row["layer_kind"] = str(rec["layer_kind"])
+        elif "layer" in rec:
+            row["layers"] = str(int(rec["layer"]))
+            row["layer_kind"] = base["_kinds"].get(int(rec["layer"]), "")
+        else:
+            row["layers"] = ""
+            row["layer_kind"] = ""
+        row.update(mean=float(rec["mean"]), low=float(rec["low"]), high=float(rec["high"]))
+        row.pop("_kinds", None)
+        rows.append(row)
+    return rows
+
+
+def _summaries(da: xr.DataArray, over: Sequence[str], n_boot: int, base: dict[str, Any],
+               per_layer: bool = True) -> list[dict[str, Any]]:
+    """Pooled and per-dataset summaries, by layer kind and (optionally) per layer."""
+    from mmlens.stats import summarize
+
+    da = da.compute()
+    kinds = {}
+    if "layer" in da.dims:
+        kinds = {int(v): str(k) for v, k in zip(da["layer"].values, da["layer_kind"].values)}
+    base = {**base, "_kinds": kinds}
+    n_datasets = int(da.sizes.get("dataset", 1))
+    n_seeds = int(da.sizes.get("seed", 1))
+    item = next((d for d in ("image", "class") if d in da.dims), None)
+    n_items = int(da.sizes[item]) if item else 0
+    base.update(n_datasets=n_datasets, n_seeds=n_seeds, n_items=n_items)
+    rows = []
+    pooled_over = [*over, "dataset"]
+    layer_modes = [True, False] if (per_layer and "layer" in da.dims) else [True]
+    with warnings.catch_warnings():
+        # cells with nothing to average (e.g. across-dataset cosines of a single dataset) are NaN by design
+        warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        for by_kind in layer_modes:
+            pooled = summarize(da, over=pooled_over, by_layer_kind=by_kind, n_boot=n_boot)
+            rows += _records(pooled, {**base, "dataset": "all"})
+            if n_datasets > 1:
+                per = summarize(da, over=list(over), by_layer_kind=by_kind, n_boot=n_boot)
+                rows += _records(per, {**base, "n_datasets": 1})
+    return rows
+
+
+def image_accuracy(study: xr.DataTree) -> xr.DataArray:
+    """Per-image correctness (0 or 100) of every traced variant, from the stored logits; NaN for padding.
+
+    Returns
+    -------
+    xarray.DataArray
+        (dataset, seed, variant, image), in %.
+    """
+    logits = study["logits"].to_dataset()
+    scores = logits["logits"].fillna(-np.inf)
+    pred = scores.argmax("class")
+    label = logits["label"]
+    correct = (pred == label).astype(np.float64) * 100.0
+    valid = (label >= 0) & logits["logits"].notnull().any("class")
+    return correct.where(valid).rename("accuracy")
+
+
+def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every statistic of the study on one split's study tree, summarised with bootstrap intervals.
+
+    Vision statistics resample images and seeds (and datasets for the pooled rows); text ones
+    resample class prompts and seeds; ``bias_consistency`` (one value per dataset and seed)
+    resamples seeds (and datasets). Injected and carried layers are separate rows.
+
+    Returns
+    -------
+    (rows, notes)
+        Table rows (:data:`COLUMNS`) and notes on statistics that could not be computed.
+    """
+    from mmlens.stats import (
+        bias_consistency,
+        bias_norm_ratio,
+        foreground_attention,
+        prompt_background_similarity,
+        prompt_mass,
+        text_reliance,
+    )
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    vision_over, text_over = ("image", "seed"), ("class", "seed")
+
+    def base(statistic: str, tower: str) -> dict[str, Any]:
+        return {"statistic": statistic, "tower": tower, "split": split}
+
+    for tower, over in (("vision", vision_over), ("text", text_over)):
+        alpha = prompt_mass(study, tower=tower).sel(variant=["full"]).mean("head")
+        rows += _summaries(alpha, over, n_boot, base("prompt_mass", tower))
+        ratio = bias_norm_ratio(study, tower=tower).sel(variant=["full"])
+        rows += _summaries(ratio, over, n_boot, base("bias_norm_ratio", tower))
+        try:
+            cons = bias_consistency(study, tower=tower).sel(variant=["full"])
+            rows += _summaries(cons, ("seed",), n_boot, base("bias_consistency", tower))
+        except ValueError as err:
+            notes.append(f"bias_consistency ({tower}): {err}")
+
+    vision = study["vision"].to_dataset()
+    has_fg = "foreground" in vision and bool(vision["foreground"].notnull().any())
+    if has_fg:
+        fg = foreground_attention(study).sel(variant=["full", "zeroshot"]).mean("head")
+        fg = _variants_with_diffs(fg, [("full", "zeroshot")])
+        rows += _summaries(fg, vision_over, n_boot, base("foreground_attention", "vision"))
+        sim = prompt_background_similarity(study).sel(variant=["full"]).mean("head", skipna=True)
+        diffs = [
+            (sim.sel(measure=f"{k}_background") - sim.sel(measure=f"{k}_foreground")).expand_dims(
+                measure=[f"{k}_background_minus_foreground"])
+            for k in ("key", "value")
+        ]
+        sim = xr.concat([sim, *diffs], dim="measure", coords="minimal", compat="override", join="outer")
+        rows += _summaries(sim, vision_over, n_boot, base("prompt_background_similarity", "vision"))
+    else:
+        notes.append("foreground_attention, prompt_background_similarity: no foreground masks in these datasets")
+
+    reliance = text_reliance(study).sel(variant=["full", "zeroshot"]).mean("head")
+    reliance = _variants_with_diffs(reliance, [("full", "zeroshot")])
+    rows += _summaries(reliance, text_over, n_boot, base("text_reliance", "text"))
+
+    acc = image_accuracy(study)
+    have = [str(v) for v in acc["variant"].values]
+    parts = [acc]
+    if "full" in have and "zeroshot" in have:
+        mid = (acc.sel(variant="full") + acc.sel(variant="zeroshot")) / 2
+        parts.append((acc.sel(variant="full") - acc.sel(variant="zeroshot")).expand_dims(variant=["full - zeroshot"]))
+        for route in ("bias_only", "redistribution_only", "constant_bias", "drop_prompts"):
+            if route in have:
+                parts.append((acc.sel(variant=route) - mid).expand_dims(variant=[f"{route} - {_MID}"]))
+    acc = xr.concat(parts, dim="variant", coords="minimal", compat="override", join="outer")
+    rows += _summaries(acc, vision_over, n_boot, {**base("accuracy", "logits"), "measure": "top1"})
+    return rows, notes
+
+
+def method_comparison(evaluation: xr.Dataset, method: str, reference: str = "maple", *,
+                      n_boot: int = 1000) -> list[dict[str, Any]]:
+    """Accuracy of ``method`` minus ``reference`` (variant ``full``) per split; bootstrap over seeds and datasets.
+
+    The unit is one (dataset, seed) evaluation; the difference is paired (same dataset and seed).
+    """
+    from mmlens.stats import bootstrap_ci
+
+    acc = evaluation["accuracy"].sel(variant="full")
+    rows = []
+    for split in [str(s) for s in evaluation["split"].values]:
+        a = acc.sel({"method": method, "split": split}, drop=True)
+        b = acc.sel({"method": reference, "split": split}, drop=True)
+        for label, da in ((method, a), (reference, b), (f"{method} - {reference}", a - b)):
+            ci = bootstrap_ci(da.reset_coords(drop=True), dims=("seed", "dataset"), n_boot=n_boot)
+            rows.append({"statistic": "accuracy", "tower": "evaluate", "measure": "top1", "variant": label,
+                         "split": split, "dataset": "all", "layers": "", "layer_kind": "",
+                         "mean": float(ci.sel(estimate="mean")), "low": float(ci.sel(estimate="low")),
+                         "high": float(ci.sel(estimate="high")), "n_datasets": int(acc.sizes["dataset"]),
+                         "n_seeds": int(acc.sizes["seed"]), "n_items": 0})
+    return rows

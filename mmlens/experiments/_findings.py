@@ -1,0 +1,449 @@
+"""The study's claims checked against the measured statistics: verdicts, numbers with intervals, findings.md."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Claim", "evaluate_claims", "findings_markdown", "NON_INFERIORITY_MARGIN", "BIAS_SHARE_THRESHOLD",
+           "MIN_SHIFT"]
+
+#: Bias tuning "works as well as prompts" when its accuracy is at most this many points below MaPLe's
+#: (lower end of the 95% interval of the paired difference).
+NON_INFERIORITY_MARGIN = 2.0
+#: β is "a dataset bias" when its dataset mean explains more than this share of its mean square.
+BIAS_SHARE_THRESHOLD = 0.5
+#: Smallest change of the foreground share of [cls]'s patch attention counted as a shift (1 point of attention).
+MIN_SHIFT = 0.01
+
+HOLDS, PARTLY, FAILS, UNTESTED = "holds", "partly holds", "does not hold", "not tested here"
+
+
+@dataclass
+class Claim:
+    """One claim of the study with its statistic, the numbers measured and the verdict."""
+
+    key: str
+    title: str
+    statistic: str
+    rule: str
+    verdict: str
+    numbers: list[str] = field(default_factory=list)
+    explanation: str = ""
+    headline: str = ""
+
+
+def _rows(table: Any, **sel: Any) -> Any:
+    t = table
+    for k, v in sel.items():
+        t = t[t[k].astype(str) == str(v)]
+    return t
+
+
+def _one(table: Any, **sel: Any) -> dict[str, Any] | None:
+    t = _rows(table, **sel)
+    if len(t) == 0:
+        return None
+    rec = t.iloc[0].to_dict()
+    return rec if not _nan(rec["mean"]) else None
+
+
+def _nan(x: Any) -> bool:
+    try:
+        return x is None or math.isnan(float(x))
+    except (TypeError, ValueError):
+        return True
+
+
+def _ci(rec: dict[str, Any] | None, digits: int = 3, unit: str = "") -> str:
+    if rec is None:
+        return "not available"
+    m, lo, hi = float(rec["mean"]), float(rec["low"]), float(rec["high"])
+    if abs(m) < 10 ** -digits and m != 0:
+        digits = max(digits, 1 - math.floor(math.log10(abs(m))))  # tiny values keep one significant digit
+    if _nan(lo) or (lo == hi == m):
+        runs = int(rec.get("n_datasets", 1) or 1) * int(rec.get("n_seeds", 1) or 1)
+        why = "a single run" if (runs <= 1 and not int(rec.get("n_items", 0) or 0)) else "no spread"
+        return f"{m:.{digits}f}{unit} (no interval: {why})"
+    return f"{m:.{digits}f}{unit} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _has_interval(rec: dict[str, Any] | None) -> bool:
+    return rec is not None and not _nan(rec["low"]) and not (rec["low"] == rec["high"] == rec["mean"])
+
+
+def _layer_rows(table: Any, **sel: Any) -> list[dict[str, Any]]:
+    t = _rows(table, **sel)
+    t = t[t["layers"].astype(str).str.fullmatch(r"\d+")]
+    recs = t.to_dict("records")
+    return sorted(recs, key=lambda r: int(r["layers"]))
+
+
+# ---------------------------------------------------------------------------------------------- claims
+def _dataset_bias(t: Any, split: str) -> Claim:
+    sel = {"statistic": "bias_consistency", "tower": "vision", "variant": "full", "split": split, "dataset": "all"}
+    share = _one(t, **sel, measure="dataset_mean_share", layers="injected")
+    share_c = _one(t, **sel, measure="dataset_mean_share", layers="carried")
+    within = _one(t, **sel, measure="within_class", layers="injected")
+    across_c = _one(t, **sel, measure="across_classes", layers="injected")
+    across_d = _one(t, **sel, measure="across_datasets", layers="injected")
+    text_share = _one(t, **{**sel, "tower": "text"}, measure="dataset_mean_share", layers="injected")
+    c = Claim(
+        "dataset_bias", "Prompts act as a dataset bias",
+        "`bias_consistency` of the vision prompt bias β at `[cls]` (traced test images), injected layers",
+        f"holds when the dataset mean of β explains more than {BIAS_SHARE_THRESHOLD:.0%} of its mean square "
+        "(lower end of the interval) and β is more alike within a dataset than across datasets "
+        "(across-class cosine interval above the across-dataset one)",
+        UNTESTED,
+    )
+    c.numbers = [
+        f"share of β's mean square explained by its dataset mean, injected layers: {_ci(share)}",
+        f"… carried layers (β input dependent by construction): {_ci(share_c)}",
+        f"cosine of β between images of one class: {_ci(within)}; of different classes: {_ci(across_c)}; "
+        f"of different datasets: {_ci(across_d)}",
+        f"text tower (class prompts), share explained by the mean over classes, injected layers: {_ci(text_share)}",
+    ]
+    if share is None:
+        c.explanation = "β vectors were not available."
+    else:
+        bias_like = (share["low"] if _has_interval(share) else share["mean"]) > BIAS_SHARE_THRESHOLD
+        specific = None
+        if across_c is not None and across_d is not None:
+            specific = (across_c["low"] > across_d["high"]) if _has_interval(across_c) else \
+                across_c["mean"] > across_d["mean"]
+        if bias_like and specific is not False:
+            c.verdict = HOLDS
+            c.explanation = ("In injected layers β is close to one vector per dataset"
+                             + (", and that vector differs between datasets." if specific else
+                                "; with a single dataset, whether it differs between datasets is not tested."))
+        elif bias_like:
+            c.verdict = PARTLY
+            c.explanation = ("β is nearly constant within a dataset, but not more alike within a dataset than "
+                             "across datasets: a bias shared by the datasets rather than a per-dataset one.")
+        else:
+            c.verdict = FAILS
+            c.explanation = "β varies from image to image too much to be called a dataset bias."
+    c.headline = f"[{c.verdict}] {c.title}: dataset-mean share of β (vision, injected) {_ci(share)}"
+    return c
+
+
+def _bias_route(t: Any, split: str, other: str) -> Claim:
+    sel = {"statistic": "accuracy", "tower": "logits", "dataset": "all", "layers": ""}
+
+    def acc(variant: str, s: str = split) -> dict[str, Any] | None:
+        return _one(t.fillna({"layers": ""}), **sel, split=s, variant=variant)
+
+    gain, b, r, k, d = (acc("full - zeroshot"), acc("bias_only - midpoint"), acc("redistribution_only - midpoint"),
+                        acc("constant_bias - midpoint"), acc("drop_prompts - midpoint"))
+    c = Claim(
+        "bias_route", "The bias route carries most of the gain",
+        "route ablations on the traced test images (paired, per image): accuracy of `bias_only` (keep β, drop the "
+        "(1-α) scaling), `redistribution_only` (keep (1-α), drop β), `constant_bias` (β replaced by its "
+        "training-set mean) relative to the midpoint between zero-shot and full prompts",
+        "holds when prompts improve accuracy (gain interval above 0), bias_only keeps more than half of the gain "
+        "(interval above the midpoint) and redistribution_only keeps less than half (interval below it)",
+        UNTESTED,
+    )
+
+    def frac(rec: dict[str, Any] | None) -> str:
+        if rec is None or gain is None or abs(gain["mean"]) < 1e-9:
+            return "–"
+        return f"{(rec['mean'] + gain['mean'] / 2) / gain['mean']:.0%} of the gain"
+
+    full, zs = acc("full"), acc("zeroshot")
+    c.numbers = [
+        f"{split}: zero-shot {_ci(zs, 1, '%')}, full prompts {_ci(full, 1, '%')}; gain {_ci(gain, 1, ' points')}",
+        f"bias_only − midpoint: {_ci(b, 1, ' points')} ({frac(b)})",
+        f"redistribution_only − midpoint: {_ci(r, 1, ' points')} ({frac(r)})",
+        f"constant_bias − midpoint: {_ci(k, 1, ' points')} ({frac(k)}); drop_prompts − midpoint: "
+        f"{_ci(d, 1, ' points')} ({frac(d)})",
+    ]
+    g2, b2, r2 = acc("full - zeroshot", other), acc("bias_only - midpoint", other), \
+        acc("redistribution_only - midpoint", other)
+    if g2 is not None:
+        c.numbers.append(f"{other} classes: gain {_ci(g2, 1, ' points')}; bias_only − midpoint {_ci(b2, 1)}; "
+                         f"redistribution_only − midpoint {_ci(r2, 1)}")
+    if gain is None or b is None or r is None:
+        c.explanation = "The route ablations were not traced."
+    elif not (gain["low"] > 0 if _has_interval(gain) else gain["mean"] > 0):
+        c.verdict = UNTESTED
+        c.explanation = (f"The prompts did not improve {split} accuracy measurably here (gain interval reaches 0), "
+                         "so there is no gain to apportion between the routes.")
+    else:
+        keeps = b["low"] > 0 if _has_interval(b) else b["mean"] > 0
+        loses = r["high"] < 0 if _has_interval(r) else r["mean"] < 0
+        if keeps and loses:
+            c.verdict = HOLDS
+            c.explanation = "β alone keeps most of the gain; the attention redistribution alone does not."
+        elif keeps:
+            c.verdict = PARTLY
+            c.explanation = "β alone keeps most of the gain, but so does the redistribution route alone."
+        else:
+            c.verdict = FAILS
+            c.explanation = "β alone does not keep most of the gain" + (
+                "; the redistribution route alone does." if not loses else ".")
+    c.headline = f"[{c.verdict}] {c.title}: bias_only − midpoint {_ci(b, 1, ' points')} (gain {_ci(gain, 1)})"
+    return c
+
+
+def _bias_tuning(t: Any, acc: Any, context: dict[str, Any]) -> Claim:
+    c = Claim(
+        "bias_tuning", "Bias tuning works as well as prompts",
+        "accuracy of bias tuning (a learned vector per block, MATH.md) minus MaPLe, paired by dataset and seed, "
+        "bootstrap over seeds and datasets",
+        f"holds when the lower end of the interval of (bias − MaPLe) is above −{NON_INFERIORITY_MARGIN:g} points "
+        "on both base and novel classes",
+        UNTESTED,
+    )
+    rows = {s: _one(t.fillna({"layers": ""}), statistic="accuracy", tower="evaluate", variant="bias - maple",
+                    split=s, dataset="all") for s in ("base", "novel")}
+    if all(v is None for v in rows.values()):
+        cited = context.get("bias_tuning_table")
+        c.explanation = ("Bias tuning was not trained in this run (add `--methods maple bias`)."
+                         + (f" The training results table `{cited}` compares it with MaPLe." if cited else ""))
+        c.headline = f"[{c.verdict}] {c.title}: not trained in this run"
+        return c
+    if "trainable_parameters" in acc.coords:
+        params = {str(m): int(n) for m, n in zip(acc["method"].values, acc["trainable_parameters"].values)}
+        c.numbers.append("trainable parameters: " + ", ".join(f"{m} {n:,}" for m, n in params.items()))
+    for s, rec in rows.items():
+        m = _one(t.fillna({"layers": ""}), statistic="accuracy", tower="evaluate", variant="maple", split=s,
+                 dataset="all")
+        bb = _one(t.fillna({"layers": ""}), statistic="accuracy", tower="evaluate", variant="bias", split=s,
+                  dataset="all")
+        c.numbers.append(f"{s}: MaPLe {_ci(m, 1, '%')}, bias tuning {_ci(bb, 1, '%')}, difference "
+                         f"{_ci(rec, 1, ' points')}")
+    ok = [rec is not None and (rec["low"] if _has_interval(rec) else rec["mean"]) > -NON_INFERIORITY_MARGIN
+          for rec in rows.values()]
+    c.verdict = HOLDS if all(ok) else (PARTLY if any(ok) else FAILS)
+    c.explanation = {HOLDS: "Bias tuning is within the margin of MaPLe on base and novel classes.",
+                     PARTLY: "Bias tuning is within the margin on one split only.",
+                     FAILS: "Bias tuning falls behind MaPLe by more than the margin."}[c.verdict]
+    c.headline = f"[{c.verdict}] {c.title}: base difference {_ci(rows['base'], 1, ' points')}"
+    return c
+
+
+def _foreground_shift(t: Any, split: str) -> Claim:
+    sel = {"statistic": "foreground_attention", "tower": "vision", "split": split, "dataset": "all",
+           "measure": "share"}
+    diff = _layer_rows(t, **sel, variant="full - zeroshot")
+    c = Claim(
+        "foreground_shift", "[cls] foreground focus shifts through earlier layers",
+        "`foreground_attention` (share of `[cls]`'s patch attention â on foreground, exact toyworld masks), with "
+        "minus without prompts on the same images, per layer",
+        "holds when the first block shows no shift (prompts cannot change â within a block, MATH.md consequence "
+        f"1) and some later block shows a shift of at least {MIN_SHIFT:g} whose interval excludes 0",
+        UNTESTED,
+    )
+    if not diff:
+        c.explanation = "No foreground masks in these datasets."
+        c.headline = f"[{c.verdict}] {c.title}: no masks"
+        return c
+    with_p = {int(r["layers"]): r for r in _layer_rows(t, **sel, variant="full")}
+    without = {int(r["layers"]): r for r in _layer_rows(t, **sel, variant="zeroshot")}
+    first = diff[0]
+    significant = [r for r in diff[1:] if _has_interval(r) and (r["low"] > 0 or r["high"] < 0)
+                   and abs(r["mean"]) >= MIN_SHIFT]
+    biggest = max(diff, key=lambda r: abs(r["mean"]))
+    for r in diff:
+        layer = int(r["layers"])
+        c.numbers.append(f"layer {layer} ({r['layer_kind']}): without {_ci(without.get(layer), 3)}, with "
+                         f"{_ci(with_p.get(layer), 3)}, shift {_ci(r, 4)}")
+    first_zero = abs(first["mean"]) < 1e-4
+    if significant and first_zero:
+        c.verdict = HOLDS
+        signs = {("towards" if r["mean"] > 0 else "away from") for r in significant}
+        c.explanation = (f"No shift in block {first['layers']} (as the decomposition requires); from block "
+                         f"{significant[0]['layers']} on the focus moves {' and '.join(sorted(signs))} the "
+                         f"foreground (largest shift {biggest['mean']:+.3f} in block {biggest['layers']}).")
+    elif first_zero:
+        c.verdict = FAILS
+        c.explanation = (f"No block shows a shift of the foreground focus of at least {MIN_SHIFT:g} whose interval "
+                         f"excludes 0 (largest: {biggest['mean']:+.4f} in block {biggest['layers']}).")
+    else:
+        c.verdict = FAILS
+        c.explanation = (f"Block {first['layers']} already shows a shift ({first['mean']:+.4f}), which the "
+                         "decomposition rules out: check the trace.")
+    c.headline = f"[{c.verdict}] {c.title}: largest shift {_ci(biggest, 4)} (block {biggest['layers']})"
+    return c
+
+
+def _background_prompts(t: Any, split: str) -> Claim:
+    sel = {"statistic": "prompt_background_similarity", "tower": "vision", "split": split, "dataset": "all",
+           "variant": "full"}
+    key = _one(t, **sel, measure="key_background_minus_foreground", layers="injected")
+    value = _one(t, **sel, measure="value_background_minus_foreground", layers="injected")
+    key_c = _one(t, **sel, measure="key_background_minus_foreground", layers="carried")
+    value_c = _one(t, **sel, measure="value_background_minus_foreground", layers="carried")
+    kb, kf = (_one(t, **sel, measure=m, layers="injected") for m in ("key_background", "key_foreground"))
+    c = Claim(
+        "background_prompts", "Vision prompts resemble background",
+        "`prompt_background_similarity`: cosine of the mean prompt key (value) with background patches minus "
+        "with foreground patches, at the block inputs, injected layers",
+        "holds when the key and value differences are both above 0 (lower end of the interval); partly when "
+        "only one is",
+        UNTESTED,
+    )
+    c.numbers = [
+        f"keys: background {_ci(kb)} vs foreground {_ci(kf)}; difference {_ci(key)}",
+        f"values: difference {_ci(value)}",
+        f"carried layers (prompt slots carry earlier outputs): key difference {_ci(key_c)}, value {_ci(value_c)}",
+    ]
+    if key is None or value is None:
+        c.explanation = "No foreground masks in these datasets."
+    else:
+        ok = [(r["low"] if _has_interval(r) else r["mean"]) > 0 for r in (key, value)]
+        c.verdict = HOLDS if all(ok) else (PARTLY if any(ok) else FAILS)
+        c.explanation = {HOLDS: "Prompt keys and values are closer to background patches than to the object.",
+                         PARTLY: "Only one of keys / values is closer to background than to the object.",
+                         FAILS: "Prompt keys and values are not closer to background than to the object."}[c.verdict]
+    c.headline = f"[{c.verdict}] {c.title}: key cosine background − foreground {_ci(key)}"
+    return c
+
+
+def _text_reliance(t: Any, split: str) -> Claim:
+    sel = {"statistic": "text_reliance", "tower": "text", "split": split, "dataset": "all"}
+    # stores with the class-name role separate the class name from the template words
+    cue = "classname" if _layer_rows(t, **sel, measure="classname", variant="full - zeroshot") else "word"
+    what = "class-name tokens" if cue == "classname" else "word tokens (template and class name)"
+    words = _layer_rows(t, **sel, measure=cue, variant="full - zeroshot")
+    prompt = _layer_rows(t, **sel, measure="prompt", variant="full")
+    words_inj = _one(t, **sel, measure=cue, variant="full - zeroshot", layers="injected")
+    c = Claim(
+        "text_reliance", "Text prompts shift reliance to dataset cues",
+        f"`text_reliance`: attention of each class prompt's EOT on the {what} with minus without prompts, and on "
+        "the learned prompt tokens (shared by every class of a dataset)",
+        f"holds when, in the last block (where the text feature is read), EOT attends less to the {what} with "
+        "prompts (difference interval below 0) and attends to the prompt tokens (interval above 0)",
+        UNTESTED,
+    )
+    if not words or not prompt:
+        c.explanation = "The text group was not traced."
+        c.headline = f"[{c.verdict}] {c.title}: not available"
+        return c
+    last_w, last_p = words[-1], prompt[-1]
+    c.numbers = [
+        f"last block ({last_w['layers']}): attention on {what} with − without prompts {_ci(last_w)}; attention "
+        f"on prompt tokens {_ci(last_p)}",
+        f"injected layers (mean): {cue} attention difference {_ci(words_inj)}",
+        f"per block, {cue} difference: " + "; ".join(f"{r['layers']}: {r['mean']:+.3f}" for r in words),
+    ]
+    less = (last_w["high"] < 0) if _has_interval(last_w) else last_w["mean"] < 0
+    on_prompts = (last_p["low"] > 0) if _has_interval(last_p) else last_p["mean"] > 0
+    c.verdict = HOLDS if less and on_prompts else (PARTLY if on_prompts or less else FAILS)
+    c.explanation = {
+        HOLDS: f"With prompts, EOT moves attention from the {what} to the dataset-level prompt tokens.",
+        PARTLY: f"EOT attends to the prompt tokens, but its attention on the {what} does not drop measurably."
+        if on_prompts else f"Attention on the {what} drops, but not towards the prompt tokens.",
+        FAILS: f"EOT's attention does not move from the {what} to the prompt tokens.",
+    }[c.verdict]
+    c.headline = f"[{c.verdict}] {c.title}: {cue} attention change at the readout {_ci(last_w)}"
+    return c
+
+
+def evaluate_claims(table: Any, accuracy: Any, context: dict[str, Any], *, split: str = "base") -> list[Claim]:
+    """Check each claim of the study against the statistics table (``statistics.csv``) and the evaluation.
+
+    Verdicts follow fixed, stated rules (each :class:`Claim` has its ``rule``); the numbers come
+    with 95% bootstrap intervals. Claims are decided on the base classes (where the prompts were
+    trained); novel-class numbers are listed alongside.
+    """
+    other = "novel" if split == "base" else "base"
+    table = table.copy()
+    table["layers"] = table["layers"].fillna("").astype(str)
+    return [
+        _dataset_bias(table, split),
+        _bias_route(table, split, other),
+        _bias_tuning(table, accuracy, context),
+        _foreground_shift(table, split),
+        _background_prompts(table, split),
+        _text_reliance(table, split),
+    ]
+
+
+def _descriptive(table: Any, split: str) -> list[str]:
+    lines = []
+    for tower in ("vision", "text"):
+        for kind in ("injected", "carried"):
+            a = _one(table, statistic="prompt_mass", tower=tower, split=split, dataset="all", variant="full",
+                     measure="readout", layers=kind)
+            r = _one(table, statistic="bias_norm_ratio", tower=tower, split=split, dataset="all", variant="full",
+                     measure="bias_over_original", layers=kind)
+            if a is None and r is None:
+                continue
+            lines.append(f"| {tower} | {kind} | {_ci(a)} | {_ci(r)} |")
+    if not lines:
+        return []
+    return ["| tower | layers | prompt mass α at the readout | ‖β‖ / ‖(a)‖ |", "|---|---|---|---|", *lines]
+
+
+def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any = None) -> str:
+    """The findings page: setting, one section per claim (statistic, rule, numbers, verdict), how to rerun."""
+    ctx = context
+    data = ctx["data"]
+    recipe = ("imported published MaPLe checkpoints" if ctx.get("imported") else
+              f"MaPLe prompts learned on the base classes: {ctx['shots']} shots, {ctx['epochs']} epochs, batch "
+              f"{ctx['batch_size']}, lr {ctx['lr']:g}, depth {ctx['depth']}")
+    limit = f" (at most {ctx['max_images']} per split and dataset)" if ctx.get("max_images") else ""
+    lines = [
+        "# Findings",
+        "",
+        "<!-- Generated by `mmlens reproduce`; do not edit by hand. -->",
+        "",
+        f"What the study's claims look like when measured on **{', '.join(ctx['datasets'])}** with "
+        f"**{ctx['model']}** ({ctx['pretrained']}), seeds {', '.join(map(str, ctx['seeds']))}. Data: {data}. "
+        f"Prompts: {recipe}. Test images of the base and novel classes were traced with and without prompts "
+        f"and under each route ablation{limit}.",
+        "",
+        f"Numbers are means with 95% percentile bootstrap intervals ({ctx['n_boot']} replicates) resampling "
+        "datasets, seeds and images (class prompts for the text tower) — so they describe this toy setting, "
+        "not ViT-B/16 on the eleven datasets. Claims are decided on the **base** classes by the rule stated "
+        "under each; a claim that does not hold here is reported as such. Injected layers receive fresh learned "
+        "prompts, carried layers carry earlier outputs in the prompt slots (MATH.md, consequence 2).",
+        "",
+    ]
+    if ctx.get("quick"):
+        lines += ["> **Quick run** (1 dataset, 1 seed, few images and epochs): a smoke test of the pipeline; the "
+                  "verdicts below are not evidence either way.", ""]
+    lines += ["## Summary", "", "| claim | verdict | headline number |", "|---|---|---|"]
+    for c in claims:
+        number = c.headline.split(": ", 1)[1] if ": " in c.headline else ""
+        lines.append(f"| {c.title} | **{c.verdict}** | {number} |")
+    lines.append("")
+    if table is not None:
+        desc = _descriptive(table, "base")
+        if desc:
+            lines += ["## How much the prompts are used (base classes, full prompts)", "", *desc, ""]
+    for i, c in enumerate(claims, 1):
+        lines += [f"## {i}. {c.title} — {c.verdict}", "", f"- **Statistic**: {c.statistic}.",
+                  f"- **Rule**: {c.rule}.", "- **Measured**:" + ("" if c.numbers else " –")]
+        lines += [f"  - {n}" for n in c.numbers]
+        lines += [f"- **Verdict**: {c.verdict}. {c.explanation}", ""]
+    minutes = ctx.get("compute_seconds", 0) / 60
+    lines += [
+        "## How this page was made",
+        "",
+        "```",
+        ctx.get("command", "mmlens reproduce"),
+        "```",
+        "",
+        f"Compute time of all steps: {minutes:.1f} min on {ctx['device']} (mmlens {ctx['mmlens_version']}, "
+        f"{ctx['date']}). Tables: `results/accuracy.md`, `results/statistics.md` (+ CSV); figures in "
+        "`figures/`; the standalone report `report.html`. Definitions of the statistics: docs/statistics.md; "
+        "the pipeline: docs/reproduce.md.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def find_results_table(repo_root: str | Path, words: tuple[str, ...] = ("bias",)) -> str | None:
+    """A results table in ``docs/results/`` whose name mentions all ``words`` (the training colleague's), or None."""
+    d = Path(repo_root) / "docs" / "results"
+    if not d.is_dir():
+        return None
+    for p in sorted(d.glob("*.md")):
+        if all(w in p.stem.lower() for w in words):
+            return str(p.relative_to(repo_root))
+    return None

@@ -1,0 +1,597 @@
+"""The steps of ``mmlens reproduce``: per (dataset, seed) prompts → evaluation → traces; then the study-wide outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmlens.experiments._ledger import Ledger
+from mmlens.experiments._sources import DataSource, resolve_datasets
+
+__all__ = ["Config", "Result", "run", "layout"]
+
+SUBFOLDERS = ("prompts", "stores", "results", "figures")
+
+
+@dataclass
+class Config:
+    """Settings of a reproduce run (the CLI options, resolved)."""
+
+    out: str
+    datasets: list[str]
+    seeds: list[int]
+    data_root: str | None = None
+    model: str = "mmlens-toy"
+    pretrained: str | None = "toyworld"
+    device: str = "cpu"
+    maple_weights: str | None = None
+    methods: list[str] = field(default_factory=lambda: ["maple"])
+    shots: int = 16
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.014
+    depth: int | None = None
+    max_images: int | None = None
+    ablations: str = "grid"
+    n_boot: int = 1000
+    toy_size: str = "small"
+    threads: int = 2
+    explorer: bool = True
+    restart: bool = False
+    progress: bool = True
+    quick: bool = False
+
+    @classmethod
+    def from_args(cls, args: Any) -> Config:
+        """Resolve CLI arguments: defaults of the model, toyworld vs real data, ``--quick``."""
+        from mmlens.experiments.reproduce import QUICK, TOY_RECIPE
+
+        datasets = resolve_datasets(args.datasets, args.data_root)
+        seeds = list(args.seeds or [1, 2, 3])
+        pretrained = args.pretrained
+        if pretrained is None:
+            pretrained = "toyworld" if args.model == "mmlens-toy" else "openai"
+        if str(pretrained).lower() in ("none", "random", ""):
+            pretrained = None
+        toy = args.model == "mmlens-toy"
+        recipe = dict(TOY_RECIPE) if toy else {"shots": 16, "epochs": 5, "batch_size": 4, "lr": 0.0035}
+        extra: dict[str, Any] = {"max_images": None, "ablations": "grid", "n_boot": 1000}
+        if args.quick:
+            datasets, seeds = datasets[:1], seeds[:1]
+            recipe.update({k: QUICK[k] for k in ("shots", "epochs", "batch_size")})
+            extra.update({k: QUICK[k] for k in ("max_images", "ablations", "n_boot")})
+        for key in ("shots", "epochs", "batch_size", "lr"):
+            if getattr(args, key, None) is not None:
+                recipe[key] = getattr(args, key)
+        for key in ("max_images", "ablations", "n_boot"):
+            if getattr(args, key, None) is not None:
+                extra[key] = getattr(args, key)
+        methods = list(dict.fromkeys(args.methods or ["maple"]))
+        if args.maple_weights and "bias" in methods:
+            raise ValueError("--methods bias trains bias tuning, --maple-weights imports MaPLe prompts: "
+                             "run them into separate --out folders.")
+        if args.maple_weights and not Path(args.maple_weights).expanduser().is_dir():
+            raise FileNotFoundError(f"--maple-weights {args.maple_weights} is not a folder.")
+        return cls(out=str(args.out), datasets=datasets, seeds=seeds, data_root=args.data_root, model=args.model,
+                   pretrained=pretrained, device=args.device, maple_weights=args.maple_weights, methods=methods,
+                   depth=args.depth, toy_size=args.toy_size, threads=args.threads or 2,
+                   explorer=not args.no_explorer, restart=args.restart, progress=not args.no_progress,
+                   quick=bool(args.quick), **recipe, **extra)
+
+    def settings(self) -> dict[str, Any]:
+        """What changes results (a folder made with other settings is refused)."""
+        keep = ("model", "pretrained", "data_root", "maple_weights", "shots", "epochs", "batch_size", "lr",
+                "depth", "max_images", "toy_size")
+        s = {k: getattr(self, k) for k in keep}
+        s["data_root"] = str(Path(self.data_root).expanduser().resolve()) if self.data_root else None
+        s["maple_weights"] = str(Path(self.maple_weights).expanduser().resolve()) if self.maple_weights else None
+        return s
+
+
+@dataclass
+class Result:
+    """What :func:`run` returns: the output folder, its main files, headline numbers and a printable summary."""
+
+    out: Path
+    files: dict[str, Path]
+    seconds: float
+    steps_run: list[str]
+    steps_skipped: list[str]
+    headline: list[str]
+    summary: str
+
+
+def layout(out: Path) -> dict[str, Path]:
+    """The files of an output folder."""
+    return {
+        "steps": out / "steps.json",
+        "accuracy_md": out / "results" / "accuracy.md",
+        "accuracy_csv": out / "results" / "accuracy.csv",
+        "accuracy_nc": out / "results" / "accuracy.nc",
+        "statistics_csv": out / "results" / "statistics.csv",
+        "statistics_md": out / "results" / "statistics.md",
+        "report": out / "report.html",
+        "explorer": out / "explorer.html",
+        "findings": out / "findings.md",
+        "figures": out / "figures",
+    }
+
+
+class _Runner:
+    """Holds the loaded CLIP and per-run caches while the steps run."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self._clip = None
+        self._mean_bias: dict[tuple[str, int], Any] = {}
+        self.steps_run: list[str] = []
+        self.steps_skipped: list[str] = []
+
+    # ------------------------------------------------------------------ shared objects
+    @property
+    def clip(self) -> Any:
+        if self._clip is None:
+            import torch
+
+            from mmlens.models import load_clip
+
+            torch.manual_seed(0)  # random weights (--pretrained none) repeat on a rerun, so resuming matches
+            self._clip = load_clip(self.cfg.model, self.cfg.pretrained, device=self.cfg.device)
+        return self._clip
+
+    @property
+    def size(self) -> tuple[int, int]:
+        from mmlens.train.transforms import input_spec
+
+        return input_spec(self.clip).size
+
+    def depth(self) -> int:
+        n = min(len(self.clip.model.visual.transformer.resblocks), len(self.clip.model.transformer.resblocks))
+        depth = self.cfg.depth or min(9, max(1, n - 1))
+        if not 1 <= depth <= n:
+            raise ValueError(f"--depth {depth}: {self.cfg.model} has {n} blocks; choose 1..{n}.")
+        return depth
+
+    def source(self, dataset: str) -> DataSource:
+        root = Path(self.cfg.data_root).expanduser() if self.cfg.data_root else None
+        return DataSource(dataset, root, self.cfg.toy_size)
+
+    def prompts_path(self, dataset: str, seed: int, method: str) -> Path:
+        return self.out / "prompts" / dataset / f"seed{seed}" / method / "prompts.safetensors"
+
+    def store_path(self, dataset: str, seed: int, split: str) -> Path:
+        return self.out / "stores" / dataset / f"seed{seed}" / f"{split}.zarr"
+
+    def eval_path(self, dataset: str, seed: int, method: str) -> Path:
+        return self.out / "results" / "evaluate" / f"{dataset}_seed{seed}_{method}.nc"
+
+    def model(self, dataset: str, seed: int, method: str, classnames: list[str]) -> Any:
+        from mmlens.models import load_prompts
+
+        model = load_prompts(self.prompts_path(dataset, seed, method), self.clip, classnames=classnames)
+        return model.to(self.cfg.device)
+
+    # ------------------------------------------------------------------ per-run steps
+    def prompts(self, dataset: str, seed: int, method: str) -> dict[str, Any]:
+        """Train prompts (fit resumes by itself) or import a MaPLe checkpoint; write prompts.safetensors."""
+        import torch
+
+        from mmlens.models import PromptedCLIP, load_maple_checkpoint, save_prompts
+
+        cfg = self.cfg
+        path = self.prompts_path(dataset, seed, method)
+        train = self.source(dataset).train(seed=seed, shots=cfg.shots, size=self.size)
+        if cfg.maple_weights:
+            from mmlens.experiments._sources import find_maple_checkpoint, maple_hparams
+
+            ckpt = find_maple_checkpoint(cfg.maple_weights, dataset, seed)
+            state = load_maple_checkpoint(ckpt)
+            model = PromptedCLIP(self.clip, train.classnames, "maple", **maple_hparams(state))
+            model.load_prompt_state(state, source=str(ckpt))
+            save_prompts(model, path, extra={"training": {"dataset": dataset, "seed": seed, "imported_from": str(ckpt),
+                                                          "shots": cfg.shots, "subset": "base"}})
+            return {"prompts": str(path), "imported_from": str(ckpt), "trainable_parameters":
+                    model.trainable_parameter_count()}
+        from mmlens.train import fit
+
+        torch.manual_seed(seed)
+        model = PromptedCLIP(self.clip, train.classnames, method, depth=self.depth(), init_seed=seed)
+        result = fit(model, train, seed=seed, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                     device=cfg.device, checkpoint_dir=path.parent, progress=cfg.progress, name=dataset)
+        last = result.history[-1] if result.history else {}
+        return {"prompts": str(result.prompts_path), "train_loss": last.get("loss"),
+                "train_accuracy": last.get("accuracy"), "images": len(train),
+                "trainable_parameters": result.trainable_parameters}
+
+    def variants(self, method: str) -> list[str]:
+        from mmlens.experiments.reproduce import ROUTES
+        from mmlens.train import ablation_variants
+
+        if method != "maple":
+            return ["full", "zeroshot"]
+        if self.cfg.ablations == "routes":
+            return ["full", "zeroshot", *ROUTES]
+        groups = [f"{r}:both:{g}" for r in ("bias_only", "redistribution_only", "drop_prompts")
+                  for g in ("injected", "carried")]
+        return ablation_variants(ROUTES, ("both", "vision", "text"), ("all",)) + groups
+
+    def evaluate(self, dataset: str, seed: int, method: str) -> dict[str, Any]:
+        from mmlens.train import evaluate
+
+        cfg = self.cfg
+        src = self.source(dataset)
+        train = src.train(seed=seed, shots=cfg.shots, size=self.size)
+        data = {"base": src.test("base", size=self.size, max_images=cfg.max_images),
+                "novel": src.test("novel", size=self.size, max_images=cfg.max_images), "train": train}
+        model = self.model(dataset, seed, method, train.classnames)
+        result = evaluate(model, {dataset: data}, seeds=seed, variants=self.variants(method), device=cfg.device,
+                          progress=cfg.progress)
+        path = self.eval_path(dataset, seed, method)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_netcdf(result, path)
+        acc = result["accuracy"].sel({"dataset": dataset, "seed": seed, "method": method, "variant": "full"})
+        return {"evaluation": str(path), "base": float(acc.sel(split="base")), "novel": float(acc.sel(split="novel"))}
+
+    def mean_bias(self, dataset: str, seed: int, model: Any) -> Any:
+        """Dataset-mean β on the training images (for the ``constant_bias`` ablation), cached per run."""
+        key = (dataset, seed)
+        if key not in self._mean_bias:
+            import torch
+
+            from mmlens.trace.interventions import measure_mean_bias
+            from mmlens.train._data import batches, model_inputs
+            from mmlens.train.transforms import input_spec
+
+            train = self.source(dataset).train(seed=seed, shots=self.cfg.shots, size=self.size)
+            spec = input_spec(model)
+            names = list(model.classnames)
+            model.set_classnames(train.classnames)
+            with torch.no_grad():
+                self._mean_bias[key] = measure_mean_bias(
+                    model, (model_inputs(b["image"], spec, True) for b in batches(train, 64)), device=self.cfg.device)
+            model.set_classnames(names)
+        return self._mean_bias[key]
+
+    def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
+        import torch
+
+        from mmlens.experiments.reproduce import TRACE_VARIANTS
+        from mmlens.trace.tracer import trace_to_store
+        from mmlens.train.transforms import input_spec
+
+        cfg = self.cfg
+        src = self.source(dataset)
+        test = src.test(split, size=self.size, normalize=input_spec(self.clip), max_images=cfg.max_images)
+        model = self.model(dataset, seed, "maple", test.classnames)
+        mean_bias = self.mean_bias(dataset, seed, model)
+        model.set_classnames(test.classnames)
+        path = self.store_path(dataset, seed, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        manifest = src.manifest
+        cuda = str(cfg.device).startswith("cuda")
+        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            trace_to_store(model, test, path, with_reference=True, variants=list(TRACE_VARIANTS),
+                           store_bias_vectors=True, mean_bias=mean_bias, batch_size=32, device=cfg.device,
+                           image_split=split, class_split=[split] * len(test.classnames), progress=cfg.progress,
+                           provenance={"dataset": dataset, "manifest_version": str(manifest.manifest_version),
+                                       "seed": seed})
+        return {"store": str(path), "images": len(test)}
+
+
+def _write_netcdf(ds: Any, path: Path) -> None:
+    """Write a small Dataset as netCDF atomically; strings as variable-length (h5netcdf rejects fixed-width)."""
+    import numpy as np
+
+    ds = ds.copy()
+    for name in list(ds.variables):
+        if ds[name].dtype.kind == "U":
+            ds[name] = ds[name].astype(object)
+    ds.attrs = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in ds.attrs.items()}
+    for name in ds.variables:
+        ds[name].attrs = {k: (v if isinstance(v, (int, float, np.number)) else str(v))
+                          for k, v in ds[name].attrs.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    ds.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, path)
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def run(cfg: Config) -> Result:
+    """Run (or resume) the pipeline; return the outputs and a summary.
+
+    Examples
+    --------
+    >>> from mmlens.experiments._pipeline import Config, run                      # doctest: +SKIP
+    >>> result = run(Config(out="repro", datasets=["ToySketch"], seeds=[1]))       # doctest: +SKIP
+    >>> print(result.summary)                                                      # doctest: +SKIP
+    """
+    import torch
+
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    if cfg.restart:
+        for name in (*SUBFOLDERS, "steps.json", "report.html", "explorer.html", "findings.md"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out, cfg.settings())
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cfg.threads))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runner = _Runner(cfg)
+    files = layout(out)
+
+    per_run: list[tuple[str, Any]] = []
+    for dataset in cfg.datasets:
+        for seed in cfg.seeds:
+            for method in cfg.methods:
+                per_run.append((f"prompts/{dataset}/seed{seed}/{method}",
+                                lambda d=dataset, s=seed, m=method: runner.prompts(d, s, m)))
+                per_run.append((f"evaluate/{dataset}/seed{seed}/{method}",
+                                lambda d=dataset, s=seed, m=method: runner.evaluate(d, s, m)))
+            if "maple" in cfg.methods:
+                for split in ("base", "novel"):
+                    per_run.append((f"trace/{dataset}/seed{seed}/{split}",
+                                    lambda d=dataset, s=seed, p=split: runner.trace(d, s, p)))
+    runs_key = {"datasets": cfg.datasets, "seeds": cfg.seeds, "methods": cfg.methods, "ablations": cfg.ablations,
+                "n_boot": cfg.n_boot}
+    study_steps: list[tuple[str, Any]] = [
+        ("tables", lambda: _tables(runner, files)),
+        ("statistics", lambda: _statistics(runner, files)),
+        ("figures", lambda: _figures(runner, files)),
+        ("findings", lambda: _findings(runner, files, ledger, started)),
+        ("report", lambda: _report(runner, files)),
+    ]
+    if cfg.explorer and "maple" in cfg.methods:
+        study_steps.append(("explorer", lambda: _explorer(runner, files)))
+
+    total = len(per_run) + len(study_steps)
+    per_run_names = {name for name, _ in per_run}
+    try:
+        for i, (name, fn) in enumerate(per_run + study_steps, 1):
+            study_wide = i > len(per_run)
+            inputs = runs_key if study_wide else None
+            # a per-run step that ran in this call may have changed its outputs: redo every study-wide step
+            fresh = study_wide and any(s in per_run_names for s in runner.steps_run)
+            if not fresh and ledger.done(name, inputs):
+                runner.steps_skipped.append(name)
+                print(f"[{i}/{total}] {name}: done before, skipped")
+                continue
+            print(f"[{i}/{total}] {name} ...", flush=True)
+            t0 = time.perf_counter()
+            info = fn() or {}
+            seconds = time.perf_counter() - t0
+            ledger.finish(name, seconds=seconds, inputs=inputs,
+                          outputs={k: v for k, v in info.items() if isinstance(v, str)}, info=info)
+            runner.steps_run.append(name)
+            print(f"[{i}/{total}] {name}: done in {_fmt_seconds(seconds)}", flush=True)
+    finally:
+        torch.set_num_threads(previous_threads)
+    seconds = time.perf_counter() - started
+    headline = json.loads(files["findings"].with_suffix(".json").read_text()).get("headline", []) \
+        if files["findings"].with_suffix(".json").is_file() else []
+    summary = _summary(cfg, files, seconds, runner, headline, ledger)
+    return Result(out=out, files=files, seconds=seconds, steps_run=runner.steps_run,
+                  steps_skipped=runner.steps_skipped, headline=headline, summary=summary)
+
+
+# ---------------------------------------------------------------------------------------------- study-wide steps
+def _evaluations(runner: _Runner) -> Any:
+    import xarray as xr
+
+    from mmlens.train.evaluate import combine
+
+    cfg = runner.cfg
+    parts = []
+    for d in cfg.datasets:
+        for s in cfg.seeds:
+            for m in cfg.methods:
+                with xr.open_dataset(runner.eval_path(d, s, m), engine="h5netcdf") as ds:
+                    parts.append(ds.load())
+    return combine(parts)
+
+
+def _tables(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
+    from mmlens.train import to_csv, to_markdown
+
+    acc = _evaluations(runner)
+    files["accuracy_nc"].parent.mkdir(parents=True, exist_ok=True)
+    _write_netcdf(acc, files["accuracy_nc"])
+    to_csv(acc, files["accuracy_csv"])
+    lines = ["# Accuracy (%): base / novel / HM, mean over seeds", "",
+             f"Datasets: {', '.join(runner.cfg.datasets)}; seeds {runner.cfg.seeds}. Variants are route "
+             "ablations (MATH.md): `route[:branch[:layers]]`.", ""]
+    for method in [str(m) for m in acc["method"].values]:
+        lines += [f"## {method}", "", to_markdown(acc.sel({"method": [method]})), ""]
+    files["accuracy_md"].write_text("\n".join(lines))
+    return {"accuracy_md": str(files["accuracy_md"]), "accuracy_csv": str(files["accuracy_csv"])}
+
+
+def _studies(runner: _Runner) -> dict[str, Any]:
+    from mmlens.experiments._study import stack_runs
+
+    cfg = runner.cfg
+    return {split: stack_runs({(d, s): runner.store_path(d, s, split) for d in cfg.datasets for s in cfg.seeds})
+            for split in ("base", "novel")}
+
+
+def _statistics(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
+    import warnings
+
+    import pandas as pd
+
+    from mmlens.experiments._analysis import COLUMNS, method_comparison, study_statistics
+    from mmlens.store.io import IncompleteStoreWarning
+
+    cfg = runner.cfg
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if "maple" in cfg.methods:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", IncompleteStoreWarning)  # every store must be complete here
+            studies = _studies(runner)
+        for split, study in studies.items():
+            r, n = study_statistics(study, split, n_boot=cfg.n_boot)
+            rows += r
+            notes += [x for x in n if x not in notes]
+    if "bias" in cfg.methods and "maple" in cfg.methods:
+        rows += method_comparison(_evaluations(runner), "bias", "maple", n_boot=cfg.n_boot)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    files["statistics_csv"].parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(files["statistics_csv"], index=False, float_format="%.6g")
+    files["statistics_md"].write_text(_statistics_markdown(table, notes))
+    (files["statistics_csv"].with_name("statistics_notes.json")).write_text(json.dumps(notes, indent=1))
+    return {"statistics_csv": str(files["statistics_csv"]), "rows": len(table), "notes": notes}
+
+
+def _statistics_markdown(table: Any, notes: list[str]) -> str:
+    """The pooled rows by layer kind, one table per statistic (the CSV has per-dataset and per-layer rows)."""
+    lines = ["# Statistics (pooled over datasets; mean [95% bootstrap interval])", "",
+             "Rows by layer kind (injected / carried layers apart, MATH.md consequence 2). Per-dataset and "
+             "per-layer rows are in `statistics.csv`.", ""]
+    pooled = table[(table["dataset"] == "all") & (~table["layers"].str.fullmatch(r"\d+"))]
+    for statistic, part in pooled.groupby("statistic", sort=False):
+        lines += [f"## {statistic}", "", "| tower | split | variant | measure | layers | mean [95% CI] |",
+                  "|---|---|---|---|---|---|"]
+        for rec in part.to_dict("records"):
+            lines.append(f"| {rec['tower']} | {rec['split']} | {rec['variant']} | {rec['measure']} | "
+                         f"{rec['layers'] or '–'} | {_ci(rec)} |")
+        lines.append("")
+    if notes:
+        lines += ["## Not computed", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def _ci(rec: dict[str, Any], digits: int = 3) -> str:
+    import math
+
+    if rec["mean"] is None or math.isnan(rec["mean"]):
+        return "–"
+    if math.isnan(rec["low"]) or rec["low"] == rec["high"] == rec["mean"]:
+        return f"{rec['mean']:.{digits}f}"
+    return f"{rec['mean']:.{digits}f} [{rec['low']:.{digits}f}, {rec['high']:.{digits}f}]"
+
+
+def _figures(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
+    import pandas as pd
+    import xarray as xr
+
+    from mmlens.experiments._figures import all_figures
+
+    table = pd.read_csv(files["statistics_csv"], keep_default_na=True, dtype={"layers": str})
+    with xr.open_dataset(files["accuracy_nc"], engine="h5netcdf") as acc:
+        acc = acc.load()
+    written = all_figures(table, acc, files["figures"])
+    return {"figures": [str(p) for p in written]}
+
+
+def _context(runner: _Runner, ledger: Ledger, started: float) -> dict[str, Any]:
+    import mmlens
+    from mmlens.experiments._findings import find_results_table
+
+    cfg = runner.cfg
+    seconds = sum(float(e.get("seconds", 0)) for e in ledger.steps.values())
+    return {
+        "model": cfg.model, "pretrained": cfg.pretrained or "random weights", "datasets": cfg.datasets,
+        "seeds": cfg.seeds, "methods": cfg.methods, "shots": cfg.shots, "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "depth": runner.depth(), "max_images": cfg.max_images,
+        "imported": bool(cfg.maple_weights), "data": cfg.data_root or f"toyworld generated in memory ({cfg.toy_size})",
+        "quick": cfg.quick, "device": cfg.device, "mmlens_version": mmlens.__version__,
+        "compute_seconds": seconds, "date": time.strftime("%Y-%m-%d"), "n_boot": cfg.n_boot,
+        "command": _command(cfg),
+        "bias_tuning_table": find_results_table(Path(mmlens.__file__).resolve().parent.parent, ("bias",)),
+    }
+
+
+def _command(cfg: Config) -> str:
+    parts = ["mmlens reproduce", f"--out {cfg.out}"]
+    if cfg.quick:
+        parts.append("--quick")
+    if cfg.data_root:
+        parts.append(f"--data-root {cfg.data_root}")
+    if cfg.model != "mmlens-toy":
+        parts.append(f"--model {cfg.model}")
+    parts.append(f"--pretrained {cfg.pretrained or 'none'}")
+    if cfg.maple_weights:
+        parts.append(f"--maple-weights {cfg.maple_weights}")
+    parts.append("--datasets " + " ".join(cfg.datasets))
+    parts.append("--seeds " + " ".join(map(str, cfg.seeds)))
+    if cfg.methods != ["maple"]:
+        parts.append("--methods " + " ".join(cfg.methods))
+    return " ".join(parts)
+
+
+def _findings(runner: _Runner, files: dict[str, Path], ledger: Ledger, started: float) -> dict[str, Any]:
+    import pandas as pd
+    import xarray as xr
+
+    from mmlens.experiments._findings import evaluate_claims, findings_markdown
+
+    table = pd.read_csv(files["statistics_csv"], dtype={"layers": str})
+    with xr.open_dataset(files["accuracy_nc"], engine="h5netcdf") as acc:
+        acc = acc.load()
+    context = _context(runner, ledger, started)
+    claims = evaluate_claims(table, acc, context)
+    text = findings_markdown(claims, context, table)
+    files["findings"].write_text(text)
+    headline = [c.headline for c in claims]
+    files["findings"].with_suffix(".json").write_text(json.dumps(
+        {"context": context, "headline": headline, "claims": [asdict(c) for c in claims]}, indent=1, default=str))
+    return {"findings": str(files["findings"]), "verdicts": {c.key: c.verdict for c in claims}}
+
+
+def _report(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
+    from mmlens.experiments._html import write_html_report
+
+    path = write_html_report(files, title="mmlens reproduce — " + ", ".join(runner.cfg.datasets))
+    return {"report": str(path)}
+
+
+def _explorer(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
+    """The viz colleague's interactive standalone page, on the base-split study (full vs zero-shot)."""
+    import xarray as xr
+
+    from mmlens.viz.report import write_report
+
+    full = _studies(runner)["base"]
+    groups = {name: full[name].to_dataset().sel(variant=["full", "zeroshot"])
+              for name in ("vision", "text", "logits") if name in full.children}
+    study = xr.DataTree.from_dict({"/": xr.Dataset(attrs=dict(full.attrs)), **groups})
+    path = write_report(study, files["explorer"], title="mmlens reproduce: explorer (base classes)", images=2,
+                        max_datasets=len(runner.cfg.datasets), fg_max_images=64)
+    return {"explorer": str(path)}
+
+
+def _summary(cfg: Config, files: dict[str, Path], seconds: float, runner: _Runner, headline: list[str],
+             ledger: Ledger) -> str:
+    compute = sum(float(e.get("seconds", 0)) for e in ledger.steps.values())
+    lines = ["", "=" * 78,
+             f"mmlens reproduce — {len(cfg.datasets)} dataset(s) × {len(cfg.seeds)} seed(s), {cfg.model} "
+             f"({cfg.pretrained or 'random weights'})",
+             f"this call: {_fmt_seconds(seconds)}; {len(runner.steps_run)} step(s) run, "
+             f"{len(runner.steps_skipped)} skipped (done before); all steps together: {_fmt_seconds(compute)}",
+             ""]
+    if headline:
+        lines += ["Findings:"] + [f"  {h}" for h in headline] + [""]
+    lines += [f"folder:    {Path(cfg.out)}",
+              f"findings:  {files['findings']}",
+              f"report:    {files['report']}  (standalone HTML)"]
+    if files["explorer"].is_file():
+        lines.append(f"explorer:  {files['explorer']}")
+    lines += [f"tables:    {files['accuracy_md']}, {files['statistics_md']} (+ .csv)",
+              f"figures:   {files['figures']}/",
+              f"stores:    {Path(cfg.out) / 'stores'}/<dataset>/seed<k>/<base|novel>.zarr (mmlens.open)",
+              "=" * 78]
+    return "\n".join(lines)
