@@ -266,3 +266,17 @@ def test_results_round_trip_through_netcdf(tiny_clip, tmp_path):
     ds.to_netcdf(tmp_path / "r.nc", engine="h5netcdf")
     back = xr.open_dataset(tmp_path / "r.nc", engine="h5netcdf").load()
     xr.testing.assert_identical(back, ds)
+
+
+def test_domain_generalisation_uses_the_targets_present_under_root(tiny_clip, tmp_path):
+    from mmlens.data import build
+    from mmlens.data.fake import make_fake_tree
+
+    make_fake_tree(tmp_path, ["ImageNet-A"], per_class={"train": 0, "val": 0, "test": 1}, image_size=8)
+    model = PromptedCLIP(tiny_clip, ["x"], "coop", init_seed=1)
+    with pytest.warns(UserWarning, match="ImageNet-R, ImageNet-Sketch, ImageNet-V2"):
+        ds = evaluate(model, root=tmp_path, protocol="domain_generalisation", progress=False)
+    assert ds.dataset.values.tolist() == ["ImageNet-A"] and ds.split.values.tolist() == ["all"]
+    assert int(ds.total.squeeze()) == len(build("ImageNet-A", tmp_path, "test")) == 200
+    with pytest.raises(FileNotFoundError, match="cross_dataset targets"):
+        evaluate(model, root=tmp_path, protocol="cross_dataset", progress=False)
