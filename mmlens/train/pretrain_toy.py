@@ -46,17 +46,18 @@ class PretrainConfig:
     during training (logged only; the recipe never selects on it).
     """
 
-    steps: int = 800
+    steps: int = 1200
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup: int = 20
     curriculum: float = 0.25
     warm_radius: tuple[float, float] = (20.0, 28.0)
-    radius: tuple[float, float] = (9.0, 17.0)
+    radius: tuple[float, float] = (12.0, 22.0)
     weight_decay: float = 0.1
     seed: int = 0
     neutral: float = 0.15
+    shape_only: float = 0.25
     threads: int = 1
     eval_every: int = 100
     eval_per_class: int = 1
@@ -137,7 +138,7 @@ def radius_at(step: int, cfg: PretrainConfig) -> tuple[float, float]:
     --------
     >>> cfg = PretrainConfig(steps=100, curriculum=0.5)
     >>> radius_at(0, cfg), radius_at(25, cfg), radius_at(60, cfg)
-    ((20.0, 28.0), (14.5, 22.5), (9.0, 17.0))
+    ((20.0, 28.0), (16.0, 25.0), (12.0, 22.0))
     """
     span = cfg.curriculum * cfg.steps
     t = 1.0 if span <= 0 else min(1.0, step / span)
@@ -221,7 +222,10 @@ def pretrain(
     # each batch depends only on (seed, step), so prefetching does not change the data
     pool = ThreadPoolExecutor(max_workers=1)
     def make(step: int):
-        return pretraining_batch(cfg.batch_size, cfg.seed, step, neutral=cfg.neutral, radius=radius_at(step, cfg))
+        return pretraining_batch(
+            cfg.batch_size, cfg.seed, step, neutral=cfg.neutral, radius=radius_at(step, cfg),
+            shape_only=cfg.shape_only,
+        )
 
     future = pool.submit(make, step=0)
     for step in range(cfg.steps):

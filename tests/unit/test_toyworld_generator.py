@@ -11,7 +11,7 @@ import torch
 from mmlens.data import toyworld
 from mmlens.data.toyworld import domains as D
 from mmlens.data.toyworld import render as R
-from mmlens.data.toyworld.generate import stream
+from mmlens.data.toyworld.generate import _PATTERN_NOUNS, stream
 from mmlens.models import toy
 
 
@@ -74,11 +74,15 @@ def test_mask_is_exactly_the_pixels_of_the_rendered_object(key, monkeypatch):
     img_b, mask_b = _probe(1, key, attrs, monkeypatch, shift=True)
     assert (mask_a == mask_b).all()
     changed = (img_a != img_b).any(axis=-1)
+    # pixels clipped to 0/255 in every channel in both renders cannot show a difference (dark low-light
+    # outlines under noise); there must be few of them
+    saturated = np.isin(img_a, (0, 255)).all(-1) & np.isin(img_b, (0, 255)).all(-1)
+    assert (saturated & mask_a).sum() <= 0.1 * mask_a.sum()
+    assert not (changed & ~mask_a).any()  # nothing outside the mask belongs to the object
     if key == "sketch":  # line art: the pen strokes lie inside the silhouette, its inside shows paper
-        assert not (changed & ~mask_a).any()
-        assert (changed >= (mask_a & ~R.erode(mask_a, 1))).all()
+        assert (changed | saturated)[mask_a & ~R.erode(mask_a, 1)].all()
     else:
-        assert (changed == mask_a).all()
+        assert (changed | saturated)[mask_a].all()  # every mask pixel shows the object
 
 
 def test_class_lists_base_and_novel_cover_every_attribute():
@@ -116,8 +120,15 @@ def test_caption_match_marks_every_consistent_pair():
             said = {k: b.mentioned[k][j] for k in b.mentioned if b.mentioned[k][j]}
             agrees = all(str(b.attrs[k][i]) == v for k, v in said.items())
             assert b.match[i, j] == agrees
-            if agrees:  # the caption's words are then true of image i
-                assert said["colour"] in b.captions[j] and said["shape"] in b.captions[j]
+            assert said["shape"] in b.captions[j]  # the shape is always named
+            for k, v in said.items():  # every mentioned value is in the words of the caption
+                words = b.captions[j].replace(".", " ").replace(",", " ").split()
+                assert v in words or (k == "pattern" and _PATTERN_NOUNS[v] in words), (k, v)
+    no_colour = [j for j in range(48) if not b.mentioned["colour"][j]]
+    assert 0 < len(no_colour) < 48  # some captions name the shape without a colour ...
+    only_shape = [j for j in no_colour if not any(b.mentioned[k][j] for k in b.mentioned if k != "shape")]
+    for j in only_shape:  # ... and those match every image of that shape, whatever its colour
+        assert (b.match[:, j] == (b.attrs["shape"] == b.mentioned["shape"][j])).all()
 
 
 def test_in_memory_dataset_matches_generate_and_protocol():

@@ -165,8 +165,13 @@ def _draw_object(
     period=(4.5, 7.0),
     ink_dark: float = 0.35,
     wobble: float = 0.0,
+    outline: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Paint solid or patterned objects onto ``img``; return the new image and the object masks."""
+    """Paint solid or patterned objects onto ``img``; return the new image and the object masks.
+
+    Pattern ink is a light tint or a dark shade of the object colour; ``outline`` > 0 draws a dark
+    border of that many pixels just inside the silhouette (clip-art style).
+    """
     n = img.shape[0]
     yy, xx = R.pixel_grid(n)
     u, v = R.object_coords(xx, yy, cx, cy, radius, angle)
@@ -181,8 +186,11 @@ def _draw_object(
     pu, pv = R.object_coords(xx, yy, cx, cy, np.ones(n, np.float32), pa)
     ink = R.by_group(pattern, R.pattern_mask, pu + ph[0], pv + ph[1], per, out_shape=(n, H, H))
     light = rng.random(n) < 0.5
-    ink_colour = np.where(light[:, None], np.float32(238.0), colour * ink_dark).astype(np.float32)
+    ink_colour = np.where(light[:, None], colour * 0.35 + 160.0, colour * ink_dark).astype(np.float32)
     layer = np.where(ink[..., None], ink_colour[:, None, None, :], colour[:, None, None, :])
+    if outline:
+        edge = mask & ~R.erode(mask, outline)
+        layer = np.where(edge[..., None], (colour * 0.3)[:, None, None, :], layer)
     return R.composite(img, mask, layer), mask
 
 
@@ -205,7 +213,8 @@ def photo_scene(
     attrs: dict[str, np.ndarray],
     *,
     neutral: float = 0.0,
-    radius: tuple[float, float] = (9.0, 17.0),
+    radius: tuple[float, float] = (12.0, 22.0),
+    outline: int = 1,
 ):
     """The photo domain: one solid or patterned object, 18-34 px, on a muted, gently shaded background.
 
@@ -227,7 +236,9 @@ def photo_scene(
     cy = rng.uniform(radius + 1, H - radius - 1).astype(np.float32)
     angle = rng.uniform(-0.35, 0.35, n).astype(np.float32)
     attrs.update(radius=radius, cx=cx, cy=cy)
-    img, mask = _draw_object(rng, img, colour, attrs["shape"], attrs["pattern"], cx, cy, radius, angle)
+    img, mask = _draw_object(
+        rng, img, colour, attrs["shape"], attrs["pattern"], cx, cy, radius, angle, outline=outline
+    )
     img = img * rng.uniform(0.92, 1.06, (n, 1, 1, 1)).astype(np.float32)
     return _noise(rng, img, 2.5), mask
 

@@ -114,7 +114,7 @@ CAPTION_ATTRIBUTES = ("colour", "shape", "pattern", "size", "background", "posit
 
 
 def _size_word(radius: np.ndarray) -> np.ndarray:
-    return np.where(radius < 12.0, "small", np.where(radius > 14.5, "large", ""))
+    return np.where(radius < 15.0, "small", np.where(radius > 19.0, "large", ""))
 
 
 def _position_word(cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
@@ -127,10 +127,13 @@ def _position_word(cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
     return out.astype(str)
 
 
-def make_captions(attrs: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[list[str], dict]:
+def make_captions(
+    attrs: dict[str, np.ndarray], rng: np.random.Generator, shape_only: float = 0.0
+) -> tuple[list[str], dict]:
     """One templated caption per image and what each caption mentions (``""`` = not mentioned).
 
-    Colour and shape are always named; pattern (half the time), size, background and position sometimes.
+    The shape is always named, the colour too except in a fraction ``shape_only`` of the captions;
+    pattern (half the time), size, background and position sometimes.
 
     Examples
     --------
@@ -150,6 +153,8 @@ def make_captions(attrs: dict[str, np.ndarray], rng: np.random.Generator) -> tup
     captions = []
     for i in range(n):
         colour, shape, pattern = str(attrs["colour"][i]), str(attrs["shape"][i]), str(attrs["pattern"][i])
+        if u[5, i] < shape_only:  # "a photo of a star.": matches every star in the batch, whatever its colour
+            colour = ""
         mention["colour"][i], mention["shape"][i] = colour, shape
         say_pattern = u[0, i] < 0.5
         as_clause = say_pattern and pattern != "plain" and u[1, i] < 0.4
@@ -210,14 +215,21 @@ class PretrainBatch(NamedTuple):
 
 
 def pretraining_batch(
-    n: int, seed: int, step: int, neutral: float = 0.15, radius: tuple[float, float] = (9.0, 17.0)
+    n: int,
+    seed: int,
+    step: int,
+    neutral: float = 0.15,
+    radius: tuple[float, float] = (12.0, 22.0),
+    shape_only: float = 0.25,
 ) -> PretrainBatch:
     """Photo-domain images of random objects with templated captions, for contrastive pre-training.
 
     Colours are the eight hues plus, with probability ``neutral``, white / gray / black / brown; shapes
-    uniform; patterns ``plain`` 40 %, the others 12 % each. The stream ``(seed, "pretrain", step)`` is
+    uniform; patterns ``plain`` 50 %, the others 10 % each. The stream ``(seed, "pretrain", step)`` is
     disjoint from every dataset split. ``radius`` (px) is the object size range (the photo domain's by
-    default; the recipe's warm-up phase uses larger objects).
+    default; the recipe's warm-up phase uses larger objects). A fraction ``shape_only`` of the captions
+    names the shape without the colour (``"a photo of a star."``), which makes shape alone worth
+    learning: colour is learnt first and otherwise explains most of the loss.
 
     Examples
     --------
@@ -230,12 +242,12 @@ def pretraining_batch(
         "colour": np.array(HUES)[rng.integers(0, len(HUES), n)],
         "shape": np.array(R.SHAPES)[rng.integers(0, len(R.SHAPES), n)],
         "pattern": np.array(R.PATTERNS)[
-            rng.choice(len(R.PATTERNS), size=n, p=[0.4] + [0.12] * (len(R.PATTERNS) - 1))
+            rng.choice(len(R.PATTERNS), size=n, p=[0.5] + [0.1] * (len(R.PATTERNS) - 1))
         ],
     }
     img, mask = photo_scene(rng, attrs, neutral=neutral, radius=radius)
     attrs["size"] = _size_word(attrs["radius"])
     attrs["position"] = _position_word(attrs["cx"], attrs["cy"])
-    captions, mentioned = make_captions(attrs, rng)
+    captions, mentioned = make_captions(attrs, rng, shape_only=shape_only)
     match = caption_match({k: attrs[k] for k in CAPTION_ATTRIBUTES}, mentioned)
     return PretrainBatch(R.to_uint8(img), mask, attrs, captions, mentioned, match)
