@@ -191,3 +191,26 @@ def test_packaged_manifests_are_current_and_valid():
     assert cross_dataset_source("toyworld") == "ToyPhoto"
     assert sorted(cross_dataset_targets("ToyPhoto")) == sorted(toyworld.get_domain(k).name for k in toyworld.DOWNSTREAM)
     assert len(base_to_novel_datasets("toyworld")) == 7
+
+
+def test_written_files_are_byte_identical_for_the_same_seed(tmp_path):
+    from mmlens.data.toyworld.export import write_domain
+
+    for out in ("a", "b"):
+        write_domain("satellite", tmp_path / out, seed=7, per_class={"train": 1, "val": 1, "test": 1})
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) == 2 * 96 + 2
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_cli_writes_a_domain(tmp_path, capsys):
+    import json
+
+    from mmlens.cli import main
+
+    assert main(["data", "toyworld", "--out", str(tmp_path), "--size", "small", "--domain", "satellite"]) == 0
+    split = json.loads((tmp_path / "toy_satellite" / "split_zhou_ToySatellite.json").read_text())
+    assert {k: len(v) for k, v in split.items()} == {"train": 16 * 32, "val": 4 * 32, "test": 8 * 32}
+    assert "ToySatellite" in capsys.readouterr().out
