@@ -47,16 +47,17 @@ def ablation_grid() -> list[str]:
 
 # ------------------------------------------------------------------------------------------ data
 def ensure_data(root: Path, datasets: list[str], size: str, data_seed: int) -> float:
-    """Generate the toyworld datasets that are missing (or of another size/seed) under ``root``."""
+    """Generate the toyworld datasets that are missing (or of another size, seed, generator) under ``root``."""
     from mmlens.data import get_manifest
-    from mmlens.data.toyworld.export import write_domain
+    from mmlens.data.toyworld.export import GENERATOR_VERSION, write_domain
 
     started = time.perf_counter()
     for name in datasets:
         info_file = get_manifest(name).dataset_dir(root) / "toyworld.json"
         if info_file.is_file():
             info = json.loads(info_file.read_text())
-            if info.get("size") == size and info.get("seed") == data_seed:
+            wanted = {"size": size, "seed": data_seed, "generator_version": GENERATOR_VERSION}
+            if all(info.get(k) == v for k, v in wanted.items()):
                 continue
         print(f"generating {name} ({size}, seed {data_seed}) under {root}", flush=True)
         write_domain(name, root, seed=data_seed, size=size)
