@@ -57,11 +57,29 @@ def ensure_data(root: Path, datasets: list[str], size: str, data_seed: int) -> f
         if info_file.is_file():
             info = json.loads(info_file.read_text())
             wanted = {"size": size, "seed": data_seed, "generator_version": GENERATOR_VERSION}
-            if all(info.get(k) == v for k, v in wanted.items()):
+            if all(info.get(k) == v for k, v in wanted.items()) and _same_pixels(name, root, size, data_seed):
                 continue
         print(f"generating {name} ({size}, seed {data_seed}) under {root}", flush=True)
         write_domain(name, root, seed=data_seed, size=size)
     return time.perf_counter() - started
+
+
+def _same_pixels(name: str, root: Path, size: str, data_seed: int) -> bool:
+    """Whether the first test image on disk is what the current generator draws (catches generator edits)."""
+    import numpy as np
+    from PIL import Image
+
+    from mmlens.data import get_manifest
+    from mmlens.data.toyworld import SIZES, generate
+    from mmlens.data.toyworld.export import IMAGE_DIR, split_items
+
+    rel = split_items(name, "test", SIZES[size]["test"])[0][0]
+    path = get_manifest(name).dataset_dir(root) / IMAGE_DIR / rel
+    if not path.is_file():
+        return False
+    fresh = generate(name, SIZES[size]["test"], seed=data_seed, split="test").images[0]
+    with Image.open(path) as im:
+        return bool(np.array_equal(np.asarray(im.convert("RGB")), fresh))
 
 
 # ------------------------------------------------------------------------------------------ jobs
