@@ -165,6 +165,9 @@ class Explorer:
         ``[3, H, W]`` tensor or an ``H x W x 3`` array; a sample whose ``"path"`` differs from the
         store's is not shown), ``{dataset: such a sequence}`` for a study, or a callable
         ``(dataset, image, path) -> array or None``.
+    evaluation
+        Accuracy of every route ablation from :func:`mmlens.train.evaluate` (its ``xarray.Dataset``
+        or the path of its netCDF file), shown next to the table computed from the stored logits.
     fg_max_images
         Images averaged by foreground-attention heatmaps/curves (see :class:`StudyView`).
     **selection
@@ -177,6 +180,7 @@ class Explorer:
         *,
         data_root: str | os.PathLike | None = None,
         pictures: Any = None,
+        evaluation: Any = None,
         fg_max_images: int | None = 256,
         **selection: Any,
     ) -> None:
@@ -184,6 +188,7 @@ class Explorer:
         self.state = ExplorerState(self.views, **selection)
         self.data_root = Path(data_root) if data_root is not None else None
         self.pictures = pictures
+        self.evaluation = evaluation
         self._layout: Any = None
         self._pictures: dict[tuple[str | None, str], np.ndarray | None] = {}
         # the live streams of the built layout, by (tower, measure): for tests and notebooks
@@ -213,6 +218,19 @@ class Explorer:
         """EOT attention per key role, dims ``(variant, class, key_role)``, at the selected layer/head."""
         s = self.state
         return self.view.text_roles(s.dataset, s.seed, s.layer, s.head)
+
+    def evaluation_markdown(self) -> str | None:
+        """The ``evaluation`` table (``mmlens.train.to_markdown``), or ``None`` without one."""
+        if self.evaluation is None:
+            return None
+        import xarray as xr
+
+        from mmlens.train import to_markdown
+
+        ds = self.evaluation
+        if not isinstance(ds, xr.Dataset):
+            ds = xr.load_dataset(ds)
+        return to_markdown(ds)
 
     def accuracy_data(self):
         """Accuracy table (pandas) of the selected dataset and seed: one row per variant."""
@@ -653,12 +671,19 @@ def _build_layout(app: Explorer):
             return pn.pane.Markdown(f"*accuracy: {err}*")
         full = app.view.accuracy()
         summary = full.groupby("variant", sort=False)[["base", "novel", "HM", "all"]].mean().round(2)
-        return pn.Row(
+        row = pn.Row(
             pn.Column(pn.pane.Markdown(f"**accuracy (%) on {dataset}, seed {seed}**; route ablations are variants"),
                       pn.pane.DataFrame(table.drop(columns=["dataset", "seed"]).round(2), index=False)),
             pn.Column(pn.pane.Markdown(f"**mean over {full['dataset'].nunique()} dataset(s) and their seeds**"),
                       pn.pane.DataFrame(summary)),
         )
+        return row
+
+    def evaluation(_method: str):
+        text = app.evaluation_markdown()
+        if text is None:
+            return pn.pane.Markdown("")
+        return pn.pane.Markdown("**evaluation (mmlens.train.evaluate), every route ablation:**\n\n" + text)
 
     def header(method: str, dataset: str, seed: int):
         a = app.view.attrs
@@ -694,5 +719,6 @@ def _build_layout(app: Explorer):
         pn.bind(text_row, p.method),
         pn.pane.Markdown("#### Accuracy and route ablations (from the stored logits)"),
         pn.bind(tables, p.method, p.dataset, p.seed),
+        pn.bind(evaluation, p.method),
     )
     return pn.Row(widgets, main, name="mmlens-explorer")

@@ -160,3 +160,15 @@ def test_trace_image_on_demand_opens_in_the_explorer(tiny_clip):
     assert sl.foreground_attention["full"] == pytest.approx(float(sl.attention["full"][0, 0]))
     with pytest.raises(ValueError, match="expected one image"):
         trace_image(model, torch.randn(2, 3, 32, 32))
+
+
+def test_evaluation_table_from_mmlens_train(study, tmp_path):
+    acc = np.array([[[[[80.0, 60.0], [70.0, 65.0]]]]])
+    ds = xr.Dataset({"accuracy": (("dataset", "seed", "method", "variant", "split"), acc)},
+                    coords={"dataset": ["a"], "seed": [1], "method": ["maple"], "variant": ["full", "bias_only"],
+                            "split": ["base", "novel"]})
+    assert Explorer(study).evaluation_markdown() is None
+    text = Explorer(study, evaluation=ds).evaluation_markdown()
+    assert "bias_only" in text and "80.0" in text and "68.6" in text  # HM of 80 and 60
+    ds.to_netcdf(tmp_path / "accuracy.nc")
+    assert Explorer(study, evaluation=tmp_path / "accuracy.nc").evaluation_markdown() == text
