@@ -438,12 +438,15 @@ def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any =
     return "\n".join(lines)
 
 
-def find_results_table(repo_root: str | Path, words: tuple[str, ...] = ("bias",)) -> str | None:
-    """A results table in ``docs/results/`` whose name mentions all ``words`` (the training colleague's), or None."""
+def find_results_table(repo_root: str | Path, row: str = "bias") -> str | None:
+    """A results table in ``docs/results/`` with a row for method ``row`` (the training colleague's), or None."""
+    import re
+
     d = Path(repo_root) / "docs" / "results"
     if not d.is_dir():
         return None
+    pattern = re.compile(rf"^\|\s*{re.escape(row)}\b[^_]", re.MULTILINE)
     for p in sorted(d.glob("*.md")):
-        if all(w in p.stem.lower() for w in words):
+        if pattern.search(p.read_text(errors="replace")):
             return str(p.relative_to(repo_root))
     return None

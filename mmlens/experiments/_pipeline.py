@@ -31,13 +31,13 @@ class Config:
     device: str = "cpu"
     maple_weights: str | None = None
     methods: list[str] = field(default_factory=lambda: ["maple"])
-    shots: int = 16
+    shots: int = 4
     epochs: int = 5
-    batch_size: int = 16
-    lr: float = 0.014
-    depth: int | None = None
+    batch_size: int = 4
+    lr: float = 0.0035
+    depth: int | None = 4
     max_images: int | None = None
-    ablations: str = "grid"
+    ablations: str = "branches"
     n_boot: int = 1000
     toy_size: str = "small"
     threads: int = 2
@@ -49,7 +49,7 @@ class Config:
     @classmethod
     def from_args(cls, args: Any) -> Config:
         """Resolve CLI arguments: defaults of the model, toyworld vs real data, ``--quick``."""
-        from mmlens.experiments.reproduce import QUICK, TOY_RECIPE
+        from mmlens.experiments.reproduce import MAPLE_RECIPE, QUICK, TOY_RECIPE
 
         datasets = resolve_datasets(args.datasets, args.data_root)
         seeds = list(args.seeds or [1, 2, 3])
@@ -59,13 +59,13 @@ class Config:
         if str(pretrained).lower() in ("none", "random", ""):
             pretrained = None
         toy = args.model == "mmlens-toy"
-        recipe = dict(TOY_RECIPE) if toy else {"shots": 16, "epochs": 5, "batch_size": 4, "lr": 0.0035}
-        extra: dict[str, Any] = {"max_images": None, "ablations": "grid", "n_boot": 1000}
+        recipe = dict(TOY_RECIPE if toy else MAPLE_RECIPE)
+        extra: dict[str, Any] = {"max_images": None, "ablations": "branches", "n_boot": 1000}
         if args.quick:
             datasets, seeds = datasets[:1], seeds[:1]
             recipe.update({k: QUICK[k] for k in ("shots", "epochs", "batch_size")})
             extra.update({k: QUICK[k] for k in ("max_images", "ablations", "n_boot")})
-        for key in ("shots", "epochs", "batch_size", "lr"):
+        for key in ("shots", "epochs", "batch_size", "lr", "depth"):
             if getattr(args, key, None) is not None:
                 recipe[key] = getattr(args, key)
         for key in ("max_images", "ablations", "n_boot"):
@@ -79,7 +79,7 @@ class Config:
             raise FileNotFoundError(f"--maple-weights {args.maple_weights} is not a folder.")
         return cls(out=str(args.out), datasets=datasets, seeds=seeds, data_root=args.data_root, model=args.model,
                    pretrained=pretrained, device=args.device, maple_weights=args.maple_weights, methods=methods,
-                   depth=args.depth, toy_size=args.toy_size, threads=args.threads or 2,
+                   toy_size=args.toy_size, threads=args.threads or 2,
                    explorer=not args.no_explorer, restart=args.restart, progress=not args.no_progress,
                    quick=bool(args.quick), **recipe, **extra)
 
@@ -154,6 +154,8 @@ class _Runner:
     def depth(self) -> int:
         n = min(len(self.clip.model.visual.transformer.resblocks), len(self.clip.model.transformer.resblocks))
         depth = self.cfg.depth or min(9, max(1, n - 1))
+        if self.cfg.maple_weights:
+            return depth  # imported checkpoints carry their own depth
         if not 1 <= depth <= n:
             raise ValueError(f"--depth {depth}: {self.cfg.model} has {n} blocks; choose 1..{n}.")
         return depth
@@ -210,16 +212,19 @@ class _Runner:
                 "trainable_parameters": result.trainable_parameters}
 
     def variants(self, method: str) -> list[str]:
+        """Evaluated variants: full, zeroshot and route ablations per ``--ablations`` (MaPLe only)."""
         from mmlens.experiments.reproduce import ROUTES
         from mmlens.train import ablation_variants
 
         if method != "maple":
             return ["full", "zeroshot"]
-        if self.cfg.ablations == "routes":
-            return ["full", "zeroshot", *ROUTES]
-        groups = [f"{r}:both:{g}" for r in ("bias_only", "redistribution_only", "drop_prompts")
-                  for g in ("injected", "carried")]
-        return ablation_variants(ROUTES, ("both", "vision", "text"), ("all",)) + groups
+        out = ["full", "zeroshot"]
+        for route in ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
+            branches = ["both"] if self.cfg.ablations == "routes" else ["both", "vision", "text"]
+            out += ablation_variants([route], branches, ["all"], reference=False)
+            if self.cfg.ablations == "grid":
+                out += ablation_variants([route], ["both"], ["injected", "carried"], reference=False)
+        return out
 
     def evaluate(self, dataset: str, seed: int, method: str) -> dict[str, Any]:
         from mmlens.train import evaluate
@@ -511,7 +516,7 @@ def _context(runner: _Runner, ledger: Ledger, started: float) -> dict[str, Any]:
         "quick": cfg.quick, "device": cfg.device, "mmlens_version": mmlens.__version__,
         "compute_seconds": seconds, "date": time.strftime("%Y-%m-%d"), "n_boot": cfg.n_boot,
         "command": _command(cfg),
-        "bias_tuning_table": find_results_table(Path(mmlens.__file__).resolve().parent.parent, ("bias",)),
+        "bias_tuning_table": find_results_table(Path(mmlens.__file__).resolve().parent.parent, "bias"),
     }
 
 

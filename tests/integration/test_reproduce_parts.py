@@ -1,0 +1,169 @@
+"""The parts of `mmlens reproduce` on hand-built inputs with known answers (fast, no model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from mmlens.experiments._findings import evaluate_claims, find_results_table
+from mmlens.experiments._ledger import Ledger, SettingsMismatch
+from mmlens.experiments._sources import balanced_subset, find_maple_checkpoint, maple_hparams, resolve_datasets
+from mmlens.experiments._study import stack_runs
+from mmlens.store.synthetic import example_tree
+
+
+# ---------------------------------------------------------------------------------------------- study
+def test_stack_runs_pads_and_validates():
+    from mmlens.stats import bias_consistency
+    from mmlens.store import validate
+
+    a, b = example_tree(n_images=5, seed=1), example_tree(n_images=3, n_classes=4, seed=2)
+    study = stack_runs({("a", 1): a, ("a", 2): a, ("b", 1): b})
+    validate(study)
+    v = study["vision"].to_dataset()
+    assert v["prompt_mass"].dims[:2] == ("dataset", "seed")
+    assert v["label"].dims == ("dataset", "image")
+    assert v["label"].sel(dataset="b").values.tolist()[3:] == [-1, -1]  # padding
+    assert np.isnan(v["prompt_mass"].sel(dataset="b", seed=1, image=4)).all()
+    assert np.isnan(v["prompt_mass"].sel(dataset="b", seed=2)).all()  # b has no seed 2
+    np.testing.assert_array_equal(v["prompt_mass"].sel(dataset="a", seed=2).values,
+                                  a["vision"]["prompt_mass"].values)  # the data is carried unchanged
+    np.testing.assert_array_equal(v["foreground"].sel(dataset="a").values, a["vision"]["foreground"].values)
+    t = study["text"].to_dataset()
+    assert t["classname"].sel(dataset="b").values.tolist()[4:] == ["", ""]
+    assert json.loads(study.attrs["runs"]) == [["a", 1], ["a", 2], ["b", 1]]
+    cons = bias_consistency(study).sel(variant="full", measure="across_datasets")
+    assert np.isfinite(cons.sel(dataset="a", seed=1)).all()  # two datasets: across-dataset cosines exist
+
+
+def test_stack_runs_refuses_different_images_per_seed():
+    a = example_tree(n_images=4)
+    b = a.copy()
+    paths = b["vision"].to_dataset()["path"].values.copy()
+    paths[0] = "elsewhere.png"
+    b["vision"] = xr.DataTree(b["vision"].to_dataset().assign_coords(path=("image", paths)))
+    with pytest.raises(ValueError, match="same images"):
+        stack_runs({("a", 1): a, ("a", 2): b})
+
+
+def test_stack_runs_fills_missing_foreground():
+    a = example_tree(n_images=3)
+    b = example_tree(n_images=3, seed=3)
+    b["vision"] = xr.DataTree(b["vision"].to_dataset().drop_vars("foreground"))
+    v = stack_runs({("a", 1): a, ("b", 1): b})["vision"].to_dataset()
+    assert np.isnan(v["foreground"].sel(dataset="b")).all()
+    assert np.isfinite(v["foreground"].sel(dataset="a")).all()
+
+
+# ---------------------------------------------------------------------------------------------- ledger
+def test_ledger_refuses_other_settings(tmp_path):
+    led = Ledger(tmp_path, {"epochs": 5, "model": "m"})
+    led.finish("a", seconds=1.5, outputs={"x": "y"}, inputs={"datasets": ["A"]})
+    again = Ledger(tmp_path, {"epochs": 5, "model": "m"})
+    assert again.done("a") and again.done("a", {"datasets": ["A"]}) and not again.done("a", {"datasets": ["B"]})
+    with pytest.raises(SettingsMismatch, match="epochs: folder 5, this run 3"):
+        Ledger(tmp_path, {"epochs": 3, "model": "m"})
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------- sources
+def test_resolve_datasets():
+    assert resolve_datasets(None, None) == ["ToySatellite", "ToySketch", "ToyTexture", "ToyLowLight",
+                                            "ToyFineGrained", "ToyClutter"]
+    with pytest.raises(ValueError, match="--data-root"):
+        resolve_datasets(["EuroSAT"], None)
+
+
+def test_find_maple_checkpoint_layout(tmp_path):
+    for epoch in (2, 5):
+        p = tmp_path / "OXFORD_PETS" / "base" / "seed2" / "MultiModalPromptLearner" / f"model.pth.tar-{epoch}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    found = find_maple_checkpoint(tmp_path, "OxfordPets", 2)
+    assert found.name == "model.pth.tar-5" and found.parts[-5] == "OXFORD_PETS"
+    with pytest.raises(FileNotFoundError, match="seed1"):
+        find_maple_checkpoint(tmp_path, "OxfordPets", 1)
+    with pytest.raises(FileNotFoundError, match="eurosat"):
+        find_maple_checkpoint(tmp_path, "EuroSAT", 2)
+
+
+def test_maple_hparams_from_published_shapes():
+    state = {"ctx": torch.zeros(2, 512), **{f"compound_prompts_text.{k}": torch.zeros(2, 512) for k in range(8)}}
+    assert maple_hparams(state) == {"n_ctx": 2, "depth": 9}
+    with pytest.raises(ValueError, match="ctx"):
+        maple_hparams({"visual_ctx": torch.zeros(2, 8)})
+
+
+def test_balanced_subset_takes_classes_in_turn():
+    from mmlens.data.toyworld import build_in_memory
+
+    ds = build_in_memory("satellite", "test", subset="base")  # 16 classes x 8 images
+    sub = balanced_subset(ds, 20)
+    labels = [sub[i]["label"] for i in range(len(sub))]
+    assert len(sub) == 20 and sorted(set(labels)) == list(range(16))
+    assert max(np.bincount(labels)) == 2 and sub.classnames == ds.classnames
+    assert balanced_subset(ds, None) is ds
+
+
+# ---------------------------------------------------------------------------------------------- claims
+def _row(statistic, tower, measure, variant, layers, mean, low, high, split="base", kind=None):
+    return {"statistic": statistic, "tower": tower, "measure": measure, "variant": variant, "split": split,
+            "dataset": "all", "layers": layers, "layer_kind": kind or layers, "mean": mean, "low": low,
+            "high": high, "n_datasets": 3, "n_seeds": 3, "n_items": 100}
+
+
+def _table(share=0.9, gain=(10, 8, 12), bias_mid=(3, 1, 5), redis_mid=(-3, -5, -1), bg=(0.1, 0.05, 0.15),
+           shifts=((0.0, 0.0, 0.0), (0.02, 0.01, 0.03)), words=(-0.1, -0.15, -0.05)):
+    rows = [
+        _row("bias_consistency", "vision", "dataset_mean_share", "full", "injected", share, share - 0.05,
+             share + 0.05),
+        _row("bias_consistency", "vision", "across_classes", "full", "injected", 0.8, 0.75, 0.85),
+        _row("bias_consistency", "vision", "across_datasets", "full", "injected", 0.2, 0.1, 0.3),
+        _row("accuracy", "logits", "top1", "full - zeroshot", "", *gain, kind=""),
+        _row("accuracy", "logits", "top1", "bias_only - midpoint", "", *bias_mid, kind=""),
+        _row("accuracy", "logits", "top1", "redistribution_only - midpoint", "", *redis_mid, kind=""),
+        _row("prompt_background_similarity", "vision", "key_background_minus_foreground", "full", "injected", *bg),
+        _row("prompt_background_similarity", "vision", "value_background_minus_foreground", "full", "injected",
+             *bg),
+        _row("text_reliance", "text", "classname", "full - zeroshot", "5", *words, kind="carried"),
+        _row("text_reliance", "text", "prompt", "full", "5", 0.3, 0.25, 0.35, kind="carried"),
+    ]
+    for layer, s in enumerate(shifts):
+        rows.append(_row("foreground_attention", "vision", "share", "full - zeroshot", str(layer), *s,
+                         kind="injected"))
+    return pd.DataFrame(rows)
+
+
+def _verdicts(table):
+    acc = xr.Dataset(coords={"method": ["maple"]})
+    return {c.key: c.verdict for c in evaluate_claims(table, acc, {"bias_tuning_table": None})}
+
+
+def test_claims_hold_on_a_table_built_to_satisfy_them():
+    assert _verdicts(_table()) == {"dataset_bias": "holds", "bias_route": "holds", "bias_tuning": "not tested here",
+                                   "foreground_shift": "holds", "background_prompts": "holds",
+                                   "text_reliance": "holds"}
+
+
+def test_claims_fail_when_the_numbers_say_so():
+    v = _verdicts(_table(share=0.3, bias_mid=(-3, -5, -1), bg=(-0.1, -0.15, -0.05),
+                         shifts=((0.0, 0.0, 0.0), (0.005, 0.001, 0.009)), words=(0.1, 0.05, 0.15)))
+    assert v["dataset_bias"] == "does not hold"
+    assert v["bias_route"] == "does not hold"
+    assert v["background_prompts"] == "does not hold"
+    assert v["foreground_shift"] == "does not hold"  # significant but below the 0.01 minimum shift
+    assert v["text_reliance"] == "partly holds"  # attends to prompts, but not less to the class names
+    assert _verdicts(_table(gain=(1, -2, 4)))["bias_route"] == "not tested here"  # no gain to apportion
+
+
+def test_find_results_table(tmp_path):
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "a.md").write_text("| method |\n|---|\n| bias_coupled |\n")
+    assert find_results_table(tmp_path) is None
+    (tmp_path / "docs" / "results" / "b.md").write_text("| method |\n|---|\n| bias | 1 |\n")
+    assert find_results_table(tmp_path) == "docs/results/b.md"
