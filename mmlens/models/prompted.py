@@ -86,7 +86,8 @@ def block_forward(
 def _unwrap(clip: Any) -> tuple[nn.Module, Callable | None, dict]:
     """Accept a LoadedCLIP or a bare open_clip CLIP."""
     if hasattr(clip, "model") and hasattr(clip, "tokenizer"):
-        return clip.model, clip.tokenizer, {"name": clip.name, "pretrained": dict(clip.pretrained)}
+        # the same dict as the LoadedCLIP's, so a weights hash computed once is shared
+        return clip.model, clip.tokenizer, {"name": clip.name, "pretrained": clip.pretrained}
     return clip, None, {}
 
 

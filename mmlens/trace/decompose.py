@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["AttentionSplit", "CompletenessError", "check_completeness", "head_outputs", "merged_output",
-           "split_attention"]
+           "attention_output", "split_attention"]
 
 
 class CompletenessError(AssertionError):
@@ -90,15 +90,15 @@ def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Te
         scores = scores + (mask if mask.dim() == 2 else mask.reshape(batch, heads, tokens, tokens))
     is_prompt = _key_mask(prompt_keys.to(z.device), batch)
     attn = scores.softmax(dim=-1)
-    prompt_mass = (attn * is_prompt).sum(-1)
-    original_mass = (attn * ~is_prompt).sum(-1)
-    neg_inf = torch.finfo(scores.dtype).min
-    attn_original = scores.masked_fill(is_prompt, float("-inf")).softmax(dim=-1)
-    # Queries that see no prompt key (a block without prompts, causal text queries before the
-    # prompt slots) have an empty prompt softmax; their α is 0, so their prompt context is 0.
-    prompt_scores = scores.masked_fill(~is_prompt, neg_inf)
-    sees_prompt = (is_prompt & torch.isfinite(scores)).any(-1, keepdim=True)
-    attn_prompt = torch.where(sees_prompt, prompt_scores.softmax(dim=-1), torch.zeros_like(scores))
+    on_prompts = attn * is_prompt
+    on_originals = attn - on_prompts
+    prompt_mass = on_prompts.sum(-1)
+    original_mass = on_originals.sum(-1)
+    # â and ã are the softmax restricted to O and to P: the same as a renormalised over each set
+    # (one softmax instead of three). Where a query sees no prompt key, α = 0 and ã is 0 by convention.
+    attn_original = on_originals / original_mass[..., None]
+    attn_prompt = torch.where(prompt_mass[..., None] > 0, on_prompts / prompt_mass.clamp_min(1e-38)[..., None],
+                              torch.zeros((), device=z.device))
     return AttentionSplit(
         q=q, k=k, v=v, attn=attn, prompt_mass=prompt_mass, original_mass=original_mass,
         attn_original=attn_original,
@@ -122,28 +122,35 @@ def merged_output(split: AttentionSplit, context: torch.Tensor) -> torch.Tensor:
     return context.transpose(1, 2).reshape(batch, tokens, heads * head_dim) @ split.out_weight.T
 
 
+def attention_output(split: AttentionSplit) -> torch.Tensor:
+    """(a)+(b)+(c) summed over heads, all queries: the block's attention output rebuilt from the split."""
+    context = split.original_mass[..., None] * split.context_original + split.prompt_mass[..., None] * split.context_prompt
+    return merged_output(split, context) + split.out_bias
+
+
 @torch.no_grad()
 def check_completeness(split: AttentionSplit, module_output: torch.Tensor, *, branch: str, layer: int,
-                       rtol: float) -> float:
+                       rtol: float, rebuilt: torch.Tensor | None = None) -> float:
     """Raise :class:`CompletenessError` unless (a)+(b)+(c) equals the module's attention output.
 
-    Two identities are checked: per head, (a)_h + (b)_h equals the unsplit head output
-    a·v·W_O^h (names the head when it fails); summed, (a)+(b)+(c) equals the block's own output.
-    Returns the relative error of the sum.
+    Two identities are checked: per head, (1-α)Σâv + αΣãv equals the unsplit head context a·v
+    (before W_O^h, which is linear; names the head when it fails); summed over heads and projected,
+    (a)+(b)+(c) equals the block's own output. ``rebuilt`` is :func:`attention_output` when the
+    caller has it already. Returns the relative error of the sum.
     """
-    original = head_outputs(split, split.original_mass[..., None] * split.context_original)
-    bias = head_outputs(split, split.prompt_mass[..., None] * split.context_prompt)
-    unsplit = head_outputs(split, split.attn @ split.v)
-    per_head = (original + bias - unsplit).abs().amax(dim=(0, 2, 3)) / unsplit.abs().amax().clamp_min(1e-30)
+    split_context = split.original_mass[..., None] * split.context_original + \
+        split.prompt_mass[..., None] * split.context_prompt
+    unsplit = split.attn @ split.v
+    per_head = (split_context - unsplit).abs().amax(dim=(0, 2, 3)) / unsplit.abs().amax().clamp_min(1e-30)
     worst = int(per_head.argmax())
     if per_head[worst] > rtol:
         raise CompletenessError(
             f"Completeness failed in the {branch} tower, layer {layer}, head {worst}: (a)+(b) differs from the "
             f"head's attention output by {float(per_head[worst]):.2e} relative (tolerance {rtol:.0e})."
         )
-    total = original.sum(1) + bias.sum(1) + split.out_bias
+    total = rebuilt if rebuilt is not None else attention_output(split)
     ref = module_output.float()
-    err = float((total - ref).abs().amax() / ref.abs().amax().clamp_min(1e-30))
+    err = float((total.float() - ref).abs().amax() / ref.abs().amax().clamp_min(1e-30))
     if err > rtol:
         raise CompletenessError(
             f"Completeness failed in the {branch} tower, layer {layer} (all heads): (a)+(b)+(c) differs from the "

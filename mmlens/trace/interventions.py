@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from mmlens.models.prompted import ROLE_CODES, BlockCall, block_forward
-from mmlens.trace.decompose import AttentionSplit, merged_output, split_attention
+from mmlens.trace.decompose import AttentionSplit, attention_output, merged_output, split_attention
 
 __all__ = ["VARIANTS", "Route", "ROUTES", "SplitHook", "intervene", "measure_mean_bias"]
 
@@ -53,7 +53,9 @@ ROUTES = {
     "drop_prompts": Route("one", "none"),
 }
 
-Recorder = Callable[[BlockCall, AttentionSplit, torch.Tensor], None]
+# recorder(call, split, z, rebuilt): z = ln_1(x); rebuilt = (a)+(b)+(c), the attention output the
+# stream continues with while recording (equal to the module's own output to float tolerance).
+Recorder = Callable[[BlockCall, AttentionSplit, torch.Tensor, torch.Tensor], None]
 
 
 class SplitHook:
@@ -73,7 +75,7 @@ class SplitHook:
         self.capture_bias = capture_bias
 
     def __call__(self, call: BlockCall) -> torch.Tensor:
-        if not torch.isfinite(call.x).all():
+        if not torch.isfinite(call.x.float().sum()):  # one reduction: any NaN/Inf makes the sum non-finite
             raise FloatingPointError(
                 f"NaN/Inf in the residual stream entering the {call.branch} tower, layer {call.layer}. "
                 "Check the input images and the prompts (a diverged training run?)."
@@ -87,8 +89,11 @@ class SplitHook:
 
         z = call.block.ln_1(call.x)
         split = split_attention(call.block, z, call.attn_mask, call.roles == ROLE_CODES["prompt"])
+        rebuilt = None
         if recording:
-            self.recorder(call, split, z)
+            # the stream continues with the split's own sum, so the module's attention is not computed twice
+            rebuilt = attention_output(split)
+            self.recorder(call, split, z, rebuilt)
         if self.capture_bias is not None:
             beta = merged_output(split, split.prompt_mass[..., None] * split.context_prompt)
             if call.post_attn_bias is not None:
@@ -96,10 +101,10 @@ class SplitHook:
             self.capture_bias(call, beta)
         post_bias = call.post_attn_bias
         if route is None or route == ROUTES["full"]:
-            if not recording:
+            if rebuilt is None:
                 return block_forward(call.block, call.x, call.attn_mask, post_attn_bias=post_bias)
-            # recording only: the block's own attention keeps the stream bit-identical to an untraced run
-            attention = None
+            result = rebuilt.to(call.x.dtype)
+            attention = lambda _z: result  # noqa: E731
         else:
             attention, post_bias = self._rebuild(call, split, route)
         return block_forward(call.block, call.x, call.attn_mask, attention=attention, post_attn_bias=post_bias)

@@ -42,10 +42,11 @@ class _Collector:
         self.query_roles: np.ndarray | None = None
         self.max_completeness_error = 0.0
 
-    def __call__(self, call: BlockCall, split: AttentionSplit, z: torch.Tensor) -> None:
+    def __call__(self, call: BlockCall, split: AttentionSplit, z: torch.Tensor, rebuilt: torch.Tensor) -> None:
         if self.check:
             ref = call.block.attention(z, attn_mask=call.attn_mask)
-            err = check_completeness(split, ref, branch=call.branch, layer=call.layer, rtol=self.rtol)
+            err = check_completeness(split, ref, branch=call.branch, layer=call.layer, rtol=self.rtol,
+                                     rebuilt=rebuilt)
             self.max_completeness_error = max(self.max_completeness_error, err)
         batch, tokens = call.x.shape[:2]
         roles = call.roles if call.roles.dim() == 2 else call.roles.expand(batch, -1)
@@ -199,7 +200,9 @@ def _provenance(model, extra: dict | None, device: torch.device, dtype: torch.dt
     if not fields["weights_sha256"] and hasattr(model.clip, "state_dict"):
         from mmlens.models.loading import state_dict_sha256
 
-        fields["weights_sha256"] = state_dict_sha256(model.clip)
+        # hashing a ViT-B takes seconds: cache it where the loaded model's record lives
+        fields["weights_sha256"] = pretrained["sha256"] = state_dict_sha256(model.clip)
+        source["pretrained"] = pretrained
     fields.update(extra or {})
     return schema.provenance_attrs(**fields)
 

@@ -79,7 +79,7 @@ def _perturb(model, scale=0.5):
 def _check_every_block(model, images, rtol=1e-5):
     errors = {}
 
-    def recorder(call, split, z):
+    def recorder(call, split, z, rebuilt):
         ref = call.block.attention(z, attn_mask=call.attn_mask)
         errors[(call.branch, call.layer)] = check_completeness(split, ref, branch=call.branch, layer=call.layer,
                                                                rtol=rtol)
@@ -115,7 +115,7 @@ def test_completeness_vit_b16_random(vit_b16, method):
 def test_completeness_error_names_branch_layer_and_head(tiny_clip):
     model = PromptedCLIP(tiny_clip, CLASSES, method="maple", depth=2, init_seed=0)
 
-    def broken(call, split, z):
+    def broken(call, split, z, rebuilt):
         split.context_prompt[:, 1] += 1.0  # corrupt head 1
         check_completeness(split, call.block.attention(z, attn_mask=call.attn_mask), branch=call.branch,
                            layer=call.layer, rtol=1e-5)
@@ -131,7 +131,7 @@ def test_petrov_identity_renormalised_attention_is_prompt_free_attention(tiny_cl
     model = _perturb(PromptedCLIP(tiny_clip, CLASSES, method="maple", depth=2, init_seed=0))
     seen = []
 
-    def recorder(call, split, z):
+    def recorder(call, split, z, rebuilt):
         if call.branch != "vision":
             return
         originals = call.roles != ROLE_CODES["prompt"]
