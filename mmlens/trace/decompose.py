@@ -124,7 +124,8 @@ def merged_output(split: AttentionSplit, context: torch.Tensor) -> torch.Tensor:
 
 def attention_output(split: AttentionSplit) -> torch.Tensor:
     """(a)+(b)+(c) summed over heads, all queries: the block's attention output rebuilt from the split."""
-    context = split.original_mass[..., None] * split.context_original + split.prompt_mass[..., None] * split.context_prompt
+    context = (split.original_mass[..., None] * split.context_original
+               + split.prompt_mass[..., None] * split.context_prompt)
     return merged_output(split, context) + split.out_bias
 
 
