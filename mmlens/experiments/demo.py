@@ -53,7 +53,13 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    clip = mmlens.load_clip("mmlens-toy", pretrained="toyworld", device=device)
+    from mmlens.models import toy
+
+    pretrained = "toyworld" if toy.WEIGHTS_FILE.is_file() else None
+    if pretrained is None:
+        print(f"NOTE: this build of mmlens has no shipped toyworld weights ({toy.WEIGHTS_FILE}); the demo runs on "
+              "random toy weights, so its numbers are not meaningful. Create weights with `mmlens toy pretrain`.")
+    clip = mmlens.load_clip("mmlens-toy", pretrained=pretrained, device=device)
     n_layers = len(clip.model.visual.transformer.resblocks)
     depth = depth or max(1, n_layers - 1)
     train = build_in_memory(dataset, "train", shots=shots, seed=seed, subset="base")
