@@ -277,10 +277,12 @@ def mask_contour(foreground: np.ndarray | None, shape: tuple[int, int] | None = 
 
 def role_bars(roles: xr.DataArray, *, title: str = "") -> hv.Bars:
     """Grouped bars of attention per key role, one bar per variant (dims ``(variant, key_role)``)."""
+    # variant-major rows: HoloViews (1.23) sorts grouped bars this way but computes the colour
+    # column in input order, so any other order would colour bars with the wrong variant
     rows = [
         (str(role), str(variant), float(roles.sel(variant=variant, key_role=role)))
-        for role in roles["key_role"].values
         for variant in roles["variant"].values
+        for role in roles["key_role"].values
     ]
     return hv.Bars(rows, kdims=["key_role", "variant"], vdims=[hv.Dimension("attention", range=(0, 1))]).opts(
         title=title, width=440, height=260, tools=["hover"], toolbar=None, multi_level=False,

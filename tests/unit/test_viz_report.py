@@ -77,3 +77,18 @@ def test_report_of_a_partial_store(tmp_path):
     html = out.read_text(encoding="utf-8")
     assert re.search(r"no \S{0,12}text\S{0,12} group", html)
     assert "not in this store" in html
+
+
+def test_role_bars_colour_each_bar_by_its_variant():
+    import holoviews as hv
+
+    from mmlens.viz import plots
+
+    roles = xr.DataArray([[0.1, 0.5, 0.4], [0.6, 0.0, 0.4]], dims=("variant", "key_role"),
+                         coords={"variant": ["full", "zeroshot"], "key_role": ["sot", "prompt", "word"]})
+    fig = hv.render(plots.role_bars(roles), backend="bokeh")
+    data = [r for r in fig.renderers if "attention" in r.data_source.data][0].data_source.data
+    colour = {"full": "#1f77b4", "zeroshot": "#7f7f7f"}
+    for (role, variant), value, c in zip(data["xoffsets"], data["attention"], data["color"]):
+        assert c == colour[variant]
+        assert value == pytest.approx(float(roles.sel(variant=variant, key_role=role)))
