@@ -61,7 +61,7 @@ def _ci(rec: dict[str, Any] | None, digits: int = 3, unit: str = "") -> str:
     if rec is None:
         return "not available"
     m, lo, hi = float(rec["mean"]), float(rec["low"]), float(rec["high"])
-    if abs(m) < 10 ** -digits and m != 0:
+    if digits >= 3 and abs(m) < 10 ** -digits and m != 0:
         digits = max(digits, 1 - math.floor(math.log10(abs(m))))  # tiny values keep one significant digit
     if _nan(lo) or (lo == hi == m):
         runs = int(rec.get("n_datasets", 1) or 1) * int(rec.get("n_seeds", 1) or 1)
@@ -148,8 +148,8 @@ def _bias_route(t: Any, split: str, other: str) -> Claim:
     )
 
     def frac(rec: dict[str, Any] | None) -> str:
-        if rec is None or gain is None or abs(gain["mean"]) < 1e-9:
-            return "–"
+        if rec is None or gain is None or not (gain["low"] > 0 if _has_interval(gain) else gain["mean"] > 0):
+            return "no gain to apportion"
         return f"{(rec['mean'] + gain['mean'] / 2) / gain['mean']:.0%} of the gain"
 
     full, zs = acc("full"), acc("zeroshot")
@@ -422,6 +422,13 @@ def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any =
         lines += [f"  - {n}" for n in c.numbers]
         lines += [f"- **Verdict**: {c.verdict}. {c.explanation}", ""]
     minutes = ctx.get("compute_seconds", 0) / 60
+    cpu = ctx.get("cpu_seconds")
+    where = f"{ctx['device']}"
+    if ctx.get("cores"):
+        threads = int(ctx.get("threads") or 1)
+        where += f", {threads} torch thread{'s' if threads > 1 else ''} on a {ctx['cores']}-core machine"
+    load = f", load average {ctx['load_average']} at the end" if ctx.get("load_average") is not None else ""
+    cpu_text = f", {cpu / 60:.1f} min of CPU time" if cpu else ""
     lines += [
         "## How this page was made",
         "",
@@ -429,10 +436,10 @@ def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any =
         ctx.get("command", "mmlens reproduce"),
         "```",
         "",
-        f"Compute time of all steps: {minutes:.1f} min on {ctx['device']} (mmlens {ctx['mmlens_version']}, "
-        f"{ctx['date']}). Tables: `results/accuracy.md`, `results/statistics.md` (+ CSV); figures in "
-        "`figures/`; the standalone report `report.html`. Definitions of the statistics: docs/statistics.md; "
-        "the pipeline: docs/reproduce.md.",
+        f"Time of all steps: {minutes:.1f} min wall{cpu_text} ({where}{load}; mmlens {ctx['mmlens_version']}, "
+        f"{ctx['date']}). In the output folder: tables `results/accuracy.md`, `results/statistics.md` (+ CSV), "
+        "figures in `figures/`, the standalone report `report.html`, the stores under `stores/`. Definitions "
+        "of the statistics: docs/statistics.md; the pipeline: docs/reproduce.md.",
         "",
     ]
     return "\n".join(lines)

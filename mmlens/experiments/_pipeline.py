@@ -30,7 +30,7 @@ class Config:
     pretrained: str | None = "toyworld"
     device: str = "cpu"
     maple_weights: str | None = None
-    methods: list[str] = field(default_factory=lambda: ["maple"])
+    methods: list[str] = field(default_factory=lambda: ["maple", "bias"])
     shots: int = 4
     epochs: int = 5
     batch_size: int = 4
@@ -40,7 +40,7 @@ class Config:
     ablations: str = "branches"
     n_boot: int = 1000
     toy_size: str = "small"
-    threads: int = 2
+    threads: int = 1
     explorer: bool = True
     restart: bool = False
     progress: bool = True
@@ -71,7 +71,8 @@ class Config:
         for key in ("max_images", "ablations", "n_boot"):
             if getattr(args, key, None) is not None:
                 extra[key] = getattr(args, key)
-        methods = list(dict.fromkeys(args.methods or ["maple"]))
+        default_methods = ["maple"] if args.maple_weights else ["maple", "bias"]
+        methods = list(dict.fromkeys(args.methods or default_methods))
         if args.maple_weights and "bias" in methods:
             raise ValueError("--methods bias trains bias tuning, --maple-weights imports MaPLe prompts: "
                              "run them into separate --out folders.")
@@ -79,7 +80,7 @@ class Config:
             raise FileNotFoundError(f"--maple-weights {args.maple_weights} is not a folder.")
         return cls(out=str(args.out), datasets=datasets, seeds=seeds, data_root=args.data_root, model=args.model,
                    pretrained=pretrained, device=args.device, maple_weights=args.maple_weights, methods=methods,
-                   toy_size=args.toy_size, threads=args.threads or 2,
+                   toy_size=args.toy_size, threads=args.threads or 1,
                    explorer=not args.no_explorer, restart=args.restart, progress=not args.no_progress,
                    quick=bool(args.quick), **recipe, **extra)
 
@@ -375,9 +376,10 @@ def run(cfg: Config) -> Result:
                 print(f"[{i}/{total}] {name}: done before, skipped")
                 continue
             print(f"[{i}/{total}] {name} ...", flush=True)
-            t0 = time.perf_counter()
-            info = fn() or {}
+            t0, c0 = time.perf_counter(), time.process_time()
+            info = dict(fn() or {})
             seconds = time.perf_counter() - t0
+            info["cpu_seconds"] = round(time.process_time() - c0, 2)
             ledger.finish(name, seconds=seconds, inputs=inputs,
                           outputs={k: v for k, v in info.items() if isinstance(v, str)}, info=info)
             runner.steps_run.append(name)
@@ -508,13 +510,16 @@ def _context(runner: _Runner, ledger: Ledger, started: float) -> dict[str, Any]:
 
     cfg = runner.cfg
     seconds = sum(float(e.get("seconds", 0)) for e in ledger.steps.values())
+    cpu = sum(float((e.get("info") or {}).get("cpu_seconds", 0)) for e in ledger.steps.values())
     return {
         "model": cfg.model, "pretrained": cfg.pretrained or "random weights", "datasets": cfg.datasets,
         "seeds": cfg.seeds, "methods": cfg.methods, "shots": cfg.shots, "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "depth": runner.depth(), "max_images": cfg.max_images,
         "imported": bool(cfg.maple_weights), "data": cfg.data_root or f"toyworld generated in memory ({cfg.toy_size})",
         "quick": cfg.quick, "device": cfg.device, "mmlens_version": mmlens.__version__,
-        "compute_seconds": seconds, "date": time.strftime("%Y-%m-%d"), "n_boot": cfg.n_boot,
+        "compute_seconds": seconds, "cpu_seconds": cpu, "threads": cfg.threads, "cores": os.cpu_count(),
+        "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
+        "date": time.strftime("%Y-%m-%d"), "n_boot": cfg.n_boot,
         "command": _command(cfg),
         "bias_tuning_table": find_results_table(Path(mmlens.__file__).resolve().parent.parent, "bias"),
     }
@@ -533,7 +538,7 @@ def _command(cfg: Config) -> str:
         parts.append(f"--maple-weights {cfg.maple_weights}")
     parts.append("--datasets " + " ".join(cfg.datasets))
     parts.append("--seeds " + " ".join(map(str, cfg.seeds)))
-    if cfg.methods != ["maple"]:
+    if cfg.methods != ["maple", "bias"] and not cfg.maple_weights:
         parts.append("--methods " + " ".join(cfg.methods))
     return " ".join(parts)
 

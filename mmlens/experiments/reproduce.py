@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a small run: first dataset, first seed, few shots/epochs/images (minutes)")
     parser.add_argument("--methods", nargs="+", default=None, choices=["maple", "bias"],
-                        help="methods to train and evaluate (default: maple; add 'bias' to measure bias tuning)")
+                        help="methods to train and evaluate (default: maple and bias tuning; with --maple-weights: "
+                             "maple)")
     parser.add_argument("--shots", type=int, default=None,
                         help="training images per base class (toyworld 4, real data 16)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (5)")
@@ -67,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates (default 1000)")
     parser.add_argument("--toy-size", choices=["small", "full"], default="small",
                         help="toyworld images per class generated in memory (small: 16 train / 8 test)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1; more only help on an idle machine)")
     parser.add_argument("--no-explorer", action="store_true",
                         help="skip the interactive explorer page (mmlens.viz.report) of the study")
     parser.add_argument("--restart", action="store_true",

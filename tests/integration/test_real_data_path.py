@@ -68,7 +68,7 @@ def real_path_run(tmp_path_factory):
     out = base / "out"
     code = main(["reproduce", "--data-root", str(root), "--model", "ViT-B-16", "--pretrained", "none",
                  "--maple-weights", str(weights), "--datasets", *DATASETS, "--seeds", "1", "--max-images", "2",
-                 "--ablations", "routes", "--n-boot", "100", "--threads", "2", "--no-explorer", "--no-progress",
+                 "--ablations", "routes", "--n-boot", "100", "--no-explorer", "--no-progress",
                  "--out", str(out)])
     return {"code": code, "out": out, "learned": learned, "fake": fake}
 

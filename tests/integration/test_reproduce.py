@@ -58,7 +58,7 @@ def test_interrupt_keeps_finished_steps_and_resume_completes(quick_run, capsys):
     assert first == 130 and second == 0
     done = set(quick_run["interrupted"])
     assert done == {f"prompts/{DATASET}/seed1/maple", f"evaluate/{DATASET}/seed1/maple",
-                    f"trace/{DATASET}/seed1/base"}
+                    f"prompts/{DATASET}/seed1/bias", f"evaluate/{DATASET}/seed1/bias", f"trace/{DATASET}/seed1/base"}
     for name in done:  # the resumed run did not redo them: same record, same finish time
         assert quick_run["resumed"][name] == quick_run["interrupted"][name]
     assert {f"trace/{DATASET}/seed1/novel", "statistics", "figures", "findings", "report"} <= set(quick_run["resumed"])
@@ -150,7 +150,8 @@ def test_tables_figures_report_findings(quick_run):
     for variant in ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts"):
         assert f"maple / {variant} |" in md
     csv = pd.read_csv(out / "results" / "accuracy.csv")
-    assert len(csv) == 6 * 2 and set(csv["split"]) == {"base", "novel"}
+    assert len(csv) == (6 + 2) * 2 and set(csv["split"]) == {"base", "novel"}  # maple: 6 variants, bias: 2
+    assert "bias / full |" in md and "bias / zeroshot |" in md
     assert "## prompt_mass" in (out / "results" / "statistics.md").read_text()
 
     for name in FIGURES:
@@ -174,6 +175,9 @@ def test_tables_figures_report_findings(quick_run):
         assert c["verdict"] in ("holds", "partly holds", "does not hold", "not tested here")
         assert c["title"] in findings and c["rule"] in findings
     assert "Quick run" in findings
+    # bias tuning was trained too: its claim is decided from the paired evaluation
+    tuning = next(c for c in claims if c["key"] == "bias_tuning")
+    assert tuning["verdict"] != "not tested here" and "trainable parameters" in tuning["numbers"][0]
     # every number printed for a claim that was measured comes from the table: spot-check one
     table = pd.read_csv(out / "results" / "statistics.csv", dtype={"layers": str})
     share = table[(table.statistic == "bias_consistency") & (table.tower == "vision")
