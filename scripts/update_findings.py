@@ -2,7 +2,7 @@
 
 Usage: ``python scripts/update_findings.py [--out DIR] [--skip-run] [reproduce options ...]``
 
-Without ``--skip-run`` this runs ``mmlens reproduce --out DIR`` (default ``runs/reproduce``: the six
+Without ``--skip-run`` this runs ``mmlens reproduce --out DIR`` (default ``out/reproduce``, git-ignored: the six
 toyworld datasets, seeds 1 2 3, the shipped toy CLIP; resumes if the folder exists), then copies
 ``DIR/findings.md`` to ``docs/findings.md``. Extra arguments are passed to ``mmlens reproduce``.
 """
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(REPO / "runs" / "reproduce"), help="reproduce output folder")
+    ap.add_argument("--out", default=str(REPO / "out" / "reproduce"), help="reproduce output folder")
     ap.add_argument("--skip-run", action="store_true", help="only copy DIR/findings.md")
     ap.add_argument("--target", default=str(REPO / "docs" / "findings.md"))
     args, rest = ap.parse_known_args(argv)

@@ -74,6 +74,14 @@ def _has_interval(rec: dict[str, Any] | None) -> bool:
     return rec is not None and not _nan(rec["low"]) and not (rec["low"] == rec["high"] == rec["mean"])
 
 
+def _per_dataset(table: Any, digits: int = 3, **sel: Any) -> str:
+    """``name: mean [low, high]`` for each dataset's own row (empty with a single dataset)."""
+    t = _rows(table, **sel)
+    t = t[t["dataset"].astype(str) != "all"]
+    parts = [f"{rec['dataset']} {_ci(rec, digits)}" for rec in t.to_dict("records") if not _nan(rec["mean"])]
+    return "; ".join(parts)
+
+
 def _layer_rows(table: Any, **sel: Any) -> list[dict[str, Any]]:
     t = _rows(table, **sel)
     t = t[t["layers"].astype(str).str.fullmatch(r"\d+")]
@@ -105,6 +113,10 @@ def _dataset_bias(t: Any, split: str) -> Claim:
         f"of different datasets: {_ci(across_d)}",
         f"text tower (class prompts), share explained by the mean over classes, injected layers: {_ci(text_share)}",
     ]
+    per = _per_dataset(t, **{k: v for k, v in sel.items() if k != "dataset"}, measure="dataset_mean_share",
+                       layers="injected")
+    if per:
+        c.numbers.append(f"per dataset, share (injected): {per}")
     if share is None:
         c.explanation = "β vectors were not available."
     else:
@@ -160,6 +172,11 @@ def _bias_route(t: Any, split: str, other: str) -> Claim:
         f"constant_bias − midpoint: {_ci(k, 1, ' points')} ({frac(k)}); drop_prompts − midpoint: "
         f"{_ci(d, 1, ' points')} ({frac(d)})",
     ]
+    for variant, label in (("full - zeroshot", "gain"), ("bias_only - midpoint", "bias_only − midpoint")):
+        per = _per_dataset(t.fillna({"layers": ""}), 1, statistic="accuracy", tower="logits", layers="", split=split,
+                           variant=variant)
+        if per:
+            c.numbers.append(f"per dataset, {label}: {per}")
     g2, b2, r2 = acc("full - zeroshot", other), acc("bias_only - midpoint", other), \
         acc("redistribution_only - midpoint", other)
     if g2 is not None:
@@ -291,6 +308,10 @@ def _background_prompts(t: Any, split: str) -> Claim:
         f"values: difference {_ci(value)}",
         f"carried layers (prompt slots carry earlier outputs): key difference {_ci(key_c)}, value {_ci(value_c)}",
     ]
+    per = _per_dataset(t, **{k: v for k, v in sel.items() if k != "dataset"},
+                       measure="key_background_minus_foreground", layers="injected")
+    if per:
+        c.numbers.append(f"per dataset, key difference (injected): {per}")
     if key is None or value is None:
         c.explanation = "No foreground masks in these datasets."
     else:
@@ -330,6 +351,10 @@ def _text_reliance(t: Any, split: str) -> Claim:
         f"injected layers (mean): {cue} attention difference {_ci(words_inj)}",
         f"per block, {cue} difference: " + "; ".join(f"{r['layers']}: {r['mean']:+.3f}" for r in words),
     ]
+    per = _per_dataset(t, **{k: v for k, v in sel.items() if k != "dataset"}, measure=cue,
+                       variant="full - zeroshot", layers=last_w["layers"])
+    if per:
+        c.numbers.append(f"per dataset, {cue} difference in the last block: {per}")
     less = (last_w["high"] < 0) if _has_interval(last_w) else last_w["mean"] < 0
     on_prompts = (last_p["low"] > 0) if _has_interval(last_p) else last_p["mean"] > 0
     c.verdict = HOLDS if less and on_prompts else (PARTLY if on_prompts or less else FAILS)
