@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["frame_switcher", "frame_key"]
+__all__ = ["frame_switcher", "frame_key", "inline_panel_stylesheets", "panel_dist_data_uri"]
+
+_MIME = {"css": "text/css", "png": "image/png", "ico": "image/x-icon", "svg": "image/svg+xml", "woff": "font/woff",
+         "woff2": "font/woff2"}
 
 # Runs in the browser: picks the frame of the widgets' current values and swaps it into each plot.
 _SWITCH_JS = """
@@ -27,6 +33,37 @@ for (let i = 0; i < targets.length; i++) {
   if (targets[i].title !== null && title !== null) { targets[i].title.text = title; }
 }
 """
+
+
+@functools.lru_cache(maxsize=128)
+def panel_dist_data_uri(relative: str) -> str | None:
+    """A ``data:`` URI of a file shipped in ``panel/dist`` (``"css/markdown.css"``), or ``None``."""
+    import panel
+
+    path = Path(panel.__file__).parent / "dist" / relative.split("?")[0]
+    kind = _MIME.get(path.suffix.lstrip("."))
+    if kind is None or not path.is_file():
+        return None
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def inline_panel_stylesheets(viewable: Any, root: Any, *_: Any) -> None:
+    """A Panel preprocessing hook: point stylesheets that Panel links from its CDN at inlined copies.
+
+    In a notebook, ``pn.extension(inline=True)`` inlines the JavaScript and most stylesheets, but
+    some (theme, markdown, loading spinner) stay ``ImportedStyleSheet`` links to ``cdn.holoviz.org``
+    (holoviz/panel#6759), which fail offline. The hook runs on the first render and on every
+    update, so panes created later are covered too.
+    """
+    from bokeh.models import ImportedStyleSheet
+    from panel.io.resources import CDN_DIST
+
+    for sheet in root.select({"type": ImportedStyleSheet}):
+        url = sheet.url or ""
+        if url.startswith(CDN_DIST):
+            inlined = panel_dist_data_uri(url[len(CDN_DIST):])
+            if inlined is not None:
+                sheet.url = inlined
 
 
 def frame_key(values: Sequence[Any]) -> str:

@@ -496,15 +496,25 @@ _EXTENSIONS_LOADED = False
 
 
 def load_extensions() -> None:
-    """Load HoloViews (bokeh) and Panel with resources inlined, so outputs render offline."""
+    """Load HoloViews (bokeh) and Panel with resources inlined, so outputs render offline.
+
+    Also makes Panel inline the few stylesheets it would still fetch from its CDN.
+    """
     global _EXTENSIONS_LOADED
     if _EXTENSIONS_LOADED:
         return
     import holoviews as hv
     import panel as pn
+    from panel.viewable import Viewable
+
+    from mmlens.viz._static import inline_panel_stylesheets
 
     hv.extension("bokeh", inline=True, logo=False)
     pn.extension(inline=True)
+    # every Panel object of the session, also wrappers Panel puts around ours in a notebook: the
+    # stylesheets Panel still links from its CDN (holoviz/panel#6759) are inlined as well
+    if inline_panel_stylesheets not in Viewable._preprocessing_hooks:
+        Viewable._preprocessing_hooks.append(inline_panel_stylesheets)
     _EXTENSIONS_LOADED = True
 
 
@@ -604,7 +614,7 @@ def _build_layout(app: Explorer):
                     panes.append(heatmap(tower, measure))
                 else:
                     missing.append(f"{label} (needs {', '.join(needed)})")
-            row = pn.Column(pn.Row(*panes))
+            row = pn.Column(pn.FlexBox(*panes))
             if missing:
                 row.append(pn.pane.Markdown(f"*{tower}: not in this store: {'; '.join(missing)}*"))
             rows.append(row)
@@ -617,7 +627,7 @@ def _build_layout(app: Explorer):
                 continue
             line = dmap(lambda tower=tower: app.plot_curves(tower), ["method", "curve_measure", "layer"])
             panes.append(pn.pane.HoloViews(line, backend="bokeh", linked_axes=False))
-        return pn.Row(*panes) if panes else pn.pane.Markdown("*no vision or text group: no curves*")
+        return pn.FlexBox(*panes) if panes else pn.pane.Markdown("*no vision or text group: no curves*")
 
     def image_row(_method: str):
         slots = app.image_slots()
@@ -631,7 +641,7 @@ def _build_layout(app: Explorer):
             grid = dmap(lambda slot=slot: app.plot_image_slot(slot), params)
             panes.append(pn.pane.HoloViews(picture * grid * contour, backend="bokeh", linked_axes=False,
                                            css_classes=[f"mmlens-image-{slot.replace(':', '-')}"]))
-        return pn.Row(*panes)
+        return pn.FlexBox(*panes)
 
     def image_info(method, dataset, seed, image, layer, head) -> str:
         sl = app.image_data()
@@ -661,8 +671,8 @@ def _build_layout(app: Explorer):
             return pn.pane.Markdown("*this store has no 'text' group*")
         bars = dmap(app.plot_roles, ["method", "dataset", "seed", "class_", "layer", "head"])
         grid = dmap(app.plot_roles_all, ["method", "dataset", "seed", "variant", "layer", "head"])
-        return pn.Row(pn.pane.HoloViews(bars, backend="bokeh", linked_axes=False),
-                      pn.pane.HoloViews(grid, backend="bokeh", linked_axes=False))
+        return pn.FlexBox(pn.pane.HoloViews(bars, backend="bokeh", linked_axes=False),
+                          pn.pane.HoloViews(grid, backend="bokeh", linked_axes=False))
 
     def tables(method, dataset, seed):
         try:
@@ -693,18 +703,19 @@ def _build_layout(app: Explorer):
             f"seed {seed}, created {a.get('created', '?')}. Click a heatmap cell to select its layer and head."
         )
 
+    w = {"width": 220}
     widgets = pn.Column(
-        pn.widgets.Select.from_param(p.method, name="method"),
-        pn.widgets.Select.from_param(p.dataset, name="dataset"),
-        pn.widgets.Select.from_param(p.seed, name="seed"),
-        pn.widgets.Select.from_param(p.variant, name="variant"),
-        pn.widgets.DiscreteSlider.from_param(p.layer, name="layer", css_classes=["mmlens-layer"]),
-        pn.widgets.DiscreteSlider.from_param(p.head, name="head", css_classes=["mmlens-head"]),
-        pn.widgets.Select.from_param(p.class_, name="class"),
-        pn.widgets.IntSlider.from_param(p.image, name="image", css_classes=["mmlens-image"]),
-        pn.widgets.Select.from_param(p.curve_measure, name="curves"),
-        pn.widgets.Checkbox.from_param(p.minus_reference, name="subtract zeroshot"),
-        width=250,
+        pn.widgets.Select.from_param(p.method, name="method", **w),
+        pn.widgets.Select.from_param(p.dataset, name="dataset", **w),
+        pn.widgets.Select.from_param(p.seed, name="seed", **w),
+        pn.widgets.Select.from_param(p.variant, name="variant", **w),
+        pn.widgets.DiscreteSlider.from_param(p.layer, name="layer", css_classes=["mmlens-layer"], **w),
+        pn.widgets.DiscreteSlider.from_param(p.head, name="head", css_classes=["mmlens-head"], **w),
+        pn.widgets.Select.from_param(p.class_, name="class", **w),
+        pn.widgets.IntSlider.from_param(p.image, name="image", css_classes=["mmlens-image"], **w),
+        pn.widgets.Select.from_param(p.curve_measure, name="curves", **w),
+        pn.widgets.Checkbox.from_param(p.minus_reference, name="subtract zeroshot", **w),
+        width=240,
     )
     main = pn.Column(
         pn.bind(header, p.method, p.dataset, p.seed),
@@ -721,4 +732,8 @@ def _build_layout(app: Explorer):
         pn.bind(tables, p.method, p.dataset, p.seed),
         pn.bind(evaluation, p.method),
     )
-    return pn.Row(widgets, main, name="mmlens-explorer")
+    from mmlens.viz._static import inline_panel_stylesheets
+
+    layout = pn.Row(widgets, main, name="mmlens-explorer")
+    layout._hooks = [*layout._hooks, inline_panel_stylesheets]  # works offline: no stylesheet from Panel's CDN
+    return layout

@@ -152,9 +152,9 @@ def layer_curves(curves: xr.Dataset, *, title: str = "", layer: int | None = Non
         )
     if layer is not None:
         elements.append(hv.VLine(layer).opts(color="red", line_dash="dashed", backend="bokeh"))
-    units = curves.attrs.get("units", "")
+    units = str(curves.attrs.get("units", "")).split(" (")[0].replace(" of one run", "")
     n = curves.attrs.get("n_units", "")
-    subtitle = f" (95% band over {n} {units})" if units else ""
+    subtitle = f" · 95% band, {n} {units}" if units else ""
     return hv.Overlay(elements).opts(
         title=title + subtitle, width=440, height=260, legend_position="top_right", show_grid=True,
         xticks=layer_ticks(layers, kinds or {}), xlabel="layer", ylabel=label.split(" (")[0], toolbar=None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 from pathlib import Path
@@ -205,21 +204,10 @@ def inline_cdn_resources(html: str) -> str:
     resources (holoviz/panel#6759); offline they fail to load. The same files ship inside the
     ``panel`` package, so they are embedded here. Unknown files are left as they are.
     """
-    import panel
-
-    dist = Path(panel.__file__).parent / "dist"
-    mime = {"css": "text/css", "png": "image/png", "ico": "image/x-icon", "svg": "image/svg+xml",
-            "woff": "font/woff", "woff2": "font/woff2"}
-
-    def replace(match: re.Match[str]) -> str:
-        path = dist / match.group(1)
-        if not path.is_file():
-            return match.group(0)
-        kind = mime[path.suffix.lstrip(".")]
-        return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+    from mmlens.viz._static import panel_dist_data_uri
 
     html = re.sub(r'<link rel="apple-touch-icon" href=""\s*/?>', "", html)  # an empty link the template adds
-    return _CDN.sub(replace, html)
+    return _CDN.sub(lambda m: panel_dist_data_uri(m.group(1)) or m.group(0), html)
 
 
 def _provenance_markdown(view: StudyView) -> str:

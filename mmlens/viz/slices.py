@@ -30,10 +30,10 @@ HEAD_MEASURES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 #: Per-layer measures (curves): name -> (label, variables needed).
 LAYER_MEASURES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "prompt_mass": ("prompt mass α (mean over heads)", ("prompt_mass",)),
+    "prompt_mass": ("prompt mass α", ("prompt_mass",)),
     "bias_norm_ratio": ("‖β‖ / ‖(a)‖", ("bias_norm", "original_total_norm", "residual_norm")),
     "bias_residual_ratio": ("‖β‖ / ‖x‖", ("bias_norm", "original_total_norm", "residual_norm")),
-    "foreground_attention": ("foreground attention (mean over heads)", ("cls_attention", "foreground")),
+    "foreground_attention": ("foreground attention", ("cls_attention", "foreground")),
 }
 _TOWERS = ("vision", "text")
 _ITEM = {"vision": "image", "text": "class"}
@@ -436,7 +436,8 @@ class StudyView:
             what = "datasets" if n_seeds == 1 else "seeds" if n_sets == 1 else "runs (dataset × seed)"
         else:
             units = per_item.squeeze(run_dims, drop=True).load()
-            unit_dims, n_units, what = [item], int(units.sizes[item]), f"{item}s of one run"
+            plural = {"image": "images", "class": "classes"}[item]
+            unit_dims, n_units, what = [item], int(units.sizes[item]), f"{plural} of one run"
         from mmlens.stats import bootstrap_ci
 
         band = bootstrap_ci(units, dims=unit_dims, n_boot=self.n_boot, seed=0)

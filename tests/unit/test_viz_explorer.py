@@ -172,3 +172,17 @@ def test_evaluation_table_from_mmlens_train(study, tmp_path):
     assert "bias_only" in text and "80.0" in text and "68.6" in text  # HM of 80 and 60
     ds.to_netcdf(tmp_path / "accuracy.nc")
     assert Explorer(study, evaluation=tmp_path / "accuracy.nc").evaluation_markdown() == text
+
+
+def test_offline_layout_links_no_stylesheet_from_the_cdn(study):
+    from bokeh.document import Document
+    from bokeh.models import ImportedStyleSheet
+    from panel.io.resources import CDN_DIST
+
+    app = Explorer(study)
+    root = app.panel().get_root(Document())
+    urls = [s.url for s in root.select({"type": ImportedStyleSheet})]
+    assert urls and not [u for u in urls if u.startswith(CDN_DIST)]
+    app.state.dataset = "dataset_01"  # panes rebuilt by the update are covered too
+    urls = [s.url for s in root.select({"type": ImportedStyleSheet})]
+    assert not [u for u in urls if u.startswith(CDN_DIST)]
