@@ -261,7 +261,7 @@ class Explorer:
         return plots.head_heatmap(values, title=title, kinds=self.view.layer_kinds(tower),
                                   diverging=self.state.minus_reference)
 
-    def plot_curves(self, tower: str):
+    def plot_curves(self, tower: str, *, mark_layer: bool = True):
         """Per-layer curves with bands for one tower (all variants of the store; NaN when missing)."""
         from mmlens.viz import plots
 
@@ -272,7 +272,7 @@ class Explorer:
         except MissingData as err:
             curves = self._blank_curves(tower)
             title = f"{tower}: {_short(str(err), 50)}"
-        return plots.layer_curves(curves, title=title, kinds=kinds, layer=self.state.layer)
+        return plots.layer_curves(curves, title=title, kinds=kinds, layer=self.state.layer if mark_layer else None)
 
     def curve_variants(self) -> list[str]:
         """Variants drawn by the curves: every variant of the store, prompted and reference first."""

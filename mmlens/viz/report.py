@@ -88,8 +88,7 @@ def build_report(
         state.curve_measure = measure
         for tower in ("vision", "text"):
             if measure in available(view, tower, LAYER_MEASURES):
-                state.layer = state.param["layer"].objects[0]
-                plot = app.plot_curves(tower)
+                plot = app.plot_curves(tower, mark_layer=False)
                 row.append(pn.pane.HoloViews(plot, backend="bokeh", linked_axes=False))
         if row:
             parts.append(pn.Row(*row))
