@@ -46,6 +46,7 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
 
     import mmlens
     from mmlens.data.toyworld import build_in_memory
+    from mmlens.data.transforms import eval_mask_transform
     from mmlens.stats import bias_norm_ratio, prompt_mass
     from mmlens.train import fit
 
@@ -69,7 +70,9 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
 
     accuracy, stores = {}, {}
     for subset in ("base", "novel"):
-        test = build_in_memory(dataset, "test", subset=subset)
+        # the model's own evaluation transform (normalisation included), masks through the same geometry
+        test = build_in_memory(dataset, "test", subset=subset, transform=model.preprocess,
+                               mask_transform=eval_mask_transform(model.clip.visual.image_size))
         model.set_classnames(test.classnames)
         stores[subset] = mmlens.trace_to_store(
             model, test, out / f"trace_{subset}.zarr", with_reference=True, image_split=subset,
