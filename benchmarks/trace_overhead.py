@@ -1,7 +1,7 @@
 """Trace cost: (1) full default trace vs plain open_clip forward (ViT-B-16 random, batch 8, CPU), goal <= 1.35;
 (2) peak RSS of trace_to_store over 2048 vs 256 images of a tiny model (each in a fresh process), goal <= 1.10.
 
-Run: python benchmarks/trace_overhead.py [--skip-memory]
+Run: python benchmarks/trace_overhead.py [--skip-memory] [--threads N]   (default 1 torch thread: a shared machine)
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clip = load_clip("ViT-B-16")
     classes = [f"class {i}" for i in range(10)]

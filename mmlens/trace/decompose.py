@@ -5,22 +5,27 @@ For head h and query i, with scores s_ij over keys j in O (originals) and P (pro
     α_i   = Σ_{m∈P} softmax_j(s_ij)_m                 prompt mass
     â_ij  = softmax over j∈O of s_ij                  attention over originals, renormalised
     ã_im  = softmax over m∈P of s_im                  attention within the prompts
-    (a)_i = (1-α_i) (Σ_{j∈O} â_ij v_j) W_O^h          original path
-    (b)_i =    α_i  (Σ_{m∈P} ã_im v_m) W_O^h          prompt bias β
+    (a)_i = (1-α_i) (Σ_{j∈O} â_ij v_j) W_O^h  =  (Σ_{j∈O} a_ij v_j) W_O^h      original path
+    (b)_i =    α_i  (Σ_{m∈P} ã_im v_m) W_O^h  =  (Σ_{m∈P} a_im v_m) W_O^h      prompt bias β
     (c)   = b_O
 
-Everything is computed in float32 from the block's own ``in_proj``/``out_proj`` parameters.
+Everything is computed in float32 from the block's own ``in_proj``/``out_proj`` parameters. The
+attention is computed once, for all queries (the residual stream needs it); the split itself is
+taken where it is asked for: at the readout queries (:meth:`AttentionSplit.at`, what the trace
+stores) or for every query (the lazily computed attributes, used by the route ablations).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["AttentionSplit", "CompletenessError", "check_completeness", "head_outputs", "merged_output",
-           "attention_output", "split_attention"]
+__all__ = ["AttentionSplit", "QuerySplit", "CompletenessError", "check_completeness", "check_query_split",
+           "check_module_output", "head_outputs", "merged_output", "attention_output", "split_attention"]
 
 
 class CompletenessError(AssertionError):
@@ -28,36 +33,121 @@ class CompletenessError(AssertionError):
 
 
 @dataclass
-class AttentionSplit:
-    """The split of one block's attention, all queries, float32.
+class QuerySplit:
+    """The split at one query per row (the readout query), float32.
 
-    Shapes: ``[batch, heads, queries, keys]`` for probabilities, ``[batch, heads, queries]`` for
-    masses, ``[batch, heads, tokens, head_dim]`` for q/k/v and contexts.
+    Shapes: ``[batch, heads, keys]`` for ``attn``/``attn_original``, ``[batch, heads]`` for masses,
+    ``[batch, heads, head_dim]`` for contexts (before the output projection ``W_O^h``).
+    """
+
+    queries: torch.Tensor  # [batch] query position of each row
+    attn: torch.Tensor  # a_ij over all keys
+    prompt_mass: torch.Tensor  # α_i
+    original_mass: torch.Tensor  # Σ_{j∈O} a_ij  (= 1-α_i, summed directly)
+    attn_original: torch.Tensor  # â_ij (zero on prompt keys)
+    original_context: torch.Tensor  # Σ_{j∈O} a_ij v_j = (1-α) Σ â v   -> path (a) after W_O^h
+    prompt_context: torch.Tensor  # Σ_{m∈P} a_im v_m = α Σ ã v        -> β after W_O^h
+    context: torch.Tensor  # Σ_j a_ij v_j, the unsplit head output the stream continues with
+
+
+@dataclass
+class AttentionSplit:
+    """One block's attention recomputed in float32, with the split of MATH.md on demand.
+
+    ``q``/``k``/``v``/``context`` are ``[batch, heads, tokens, head_dim]``; ``attn`` is
+    ``[batch, heads, queries, keys]``. The all-query split quantities (``prompt_mass``,
+    ``original_mass``, ``original_context``, ``prompt_context``, ``attn_original``,
+    ``context_original`` = Σ â v, ``context_prompt`` = Σ ã v) are computed when first read.
     """
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     attn: torch.Tensor  # a_ij over all keys
-    prompt_mass: torch.Tensor  # α_i
-    original_mass: torch.Tensor  # Σ_{j∈O} a_ij  (= 1-α_i, summed directly for precision)
-    attn_original: torch.Tensor  # â_ij (zero on prompt keys)
-    context_original: torch.Tensor  # Σ_{j∈O} â_ij v_j
-    context_prompt: torch.Tensor  # Σ_{m∈P} ã_im v_m (zero where a query sees no prompt)
+    context: torch.Tensor  # Σ_j a_ij v_j (unsplit)
+    is_prompt: torch.Tensor  # bool [batch, keys]
+    prompt_index: torch.Tensor | None  # prompt key positions when the same for every row, else None
     out_weight: torch.Tensor  # W_O [width, width] (float32)
     out_bias: torch.Tensor  # b_O [width]
 
+    # -- all queries, on demand -------------------------------------------------------------
+    @cached_property
+    def prompt_mass(self) -> torch.Tensor:
+        """α for every query, ``[batch, heads, queries]``."""
+        if self.prompt_index is not None:  # a few prompt columns: read only those
+            if len(self.prompt_index) == 0:
+                return self.attn.new_zeros(self.attn.shape[:-1])
+            return self.attn.index_select(-1, self.prompt_index).sum(-1)
+        return (self.attn * self.is_prompt[:, None, None, :]).sum(-1)
 
-def _key_mask(prompt_keys: torch.Tensor, batch: int) -> torch.Tensor:
-    """Boolean [batch, 1, 1, keys] marking prompt keys (input: [keys] or [batch, keys])."""
-    if prompt_keys.dim() == 1:
-        prompt_keys = prompt_keys.expand(batch, -1)
-    return prompt_keys[:, None, None, :]
+    @cached_property
+    def original_mass(self) -> torch.Tensor:
+        """Σ_{j∈O} a_ij for every query (= 1-α, summed directly for precision)."""
+        return self.attn.masked_fill(self.is_prompt[:, None, None, :], 0.0).sum(-1)
+
+    @cached_property
+    def prompt_context(self) -> torch.Tensor:
+        """Σ_{m∈P} a_im v_m = α Σ ã v for every query, ``[batch, heads, queries, head_dim]``."""
+        if self.prompt_index is not None:
+            if len(self.prompt_index) == 0:
+                return torch.zeros_like(self.context)
+            return self.attn.index_select(-1, self.prompt_index) @ self.v.index_select(2, self.prompt_index)
+        return self.attn.masked_fill(~self.is_prompt[:, None, None, :], 0.0) @ self.v
+
+    @cached_property
+    def original_context(self) -> torch.Tensor:
+        """Σ_{j∈O} a_ij v_j = (1-α) Σ â v for every query, computed from the original keys alone."""
+        return self.attn.masked_fill(self.is_prompt[:, None, None, :], 0.0) @ self.v
+
+    @cached_property
+    def attn_original(self) -> torch.Tensor:
+        """â for every query (zero on prompt keys), ``[batch, heads, queries, keys]``."""
+        return self.attn.masked_fill(self.is_prompt[:, None, None, :], 0.0) / self.original_mass[..., None]
+
+    @cached_property
+    def context_original(self) -> torch.Tensor:
+        """Σ_{j∈O} â_ij v_j for every query."""
+        return self.original_context / self.original_mass[..., None]
+
+    @cached_property
+    def context_prompt(self) -> torch.Tensor:
+        """Σ_{m∈P} ã_im v_m for every query (zero where a query sees no prompt key)."""
+        alpha = self.prompt_mass[..., None]
+        zero = torch.zeros((), device=alpha.device)
+        return torch.where(alpha > 0, self.prompt_context / alpha.clamp_min(1e-38), zero)
+
+    # -- one query per row ---------------------------------------------------------------------
+    def at(self, queries: torch.Tensor) -> QuerySplit:
+        """The split at query ``queries[b]`` of each row ``b`` (e.g. the readout token)."""
+        rows = torch.arange(self.attn.shape[0], device=self.attn.device)
+        attn = self.attn[rows, :, queries]  # [batch, heads, keys]
+        prompt = self.is_prompt[:, None, :]
+        on_prompts = attn.masked_fill(~prompt, 0.0)
+        on_originals = attn.masked_fill(prompt, 0.0)
+        original_mass = on_originals.sum(-1)
+        return QuerySplit(
+            queries=queries, attn=attn, prompt_mass=on_prompts.sum(-1), original_mass=original_mass,
+            attn_original=on_originals / original_mass[..., None],
+            original_context=(on_originals[:, :, None, :] @ self.v)[:, :, 0],
+            prompt_context=(on_prompts[:, :, None, :] @ self.v)[:, :, 0],
+            context=self.context[rows, :, queries],
+        )
+
+    def output(self) -> torch.Tensor:
+        """The block's attention output, all queries: Σ_h (Σ_j a_ij v_j) W_O^h + b_O = (a)+(b)+(c)."""
+        return merged_output(self, self.context) + self.out_bias
+
+
+def _prompt_index(is_prompt: torch.Tensor) -> torch.Tensor | None:
+    """Positions of the prompt keys when every row has them at the same positions (PromptedCLIP's case)."""
+    if is_prompt.shape[0] > 1 and not bool((is_prompt == is_prompt[:1]).all()):
+        return None
+    return is_prompt[0].nonzero().flatten()
 
 
 def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Tensor | None,
                     prompt_keys: torch.Tensor) -> AttentionSplit:
-    """Recompute a block's attention from its parameters and split it per MATH.md.
+    """Recompute a block's attention from its parameters, ready to be split per MATH.md.
 
     Parameters
     ----------
@@ -69,6 +159,18 @@ def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Te
         Additive mask (the text tower's causal mask).
     prompt_keys : bool Tensor [tokens] or [batch, tokens]
         True where the token's role is ``prompt``.
+
+    Examples
+    --------
+    >>> from open_clip.transformer import ResidualAttentionBlock
+    >>> block = ResidualAttentionBlock(4, 2).eval()
+    >>> z = torch.randn(1, 3, 4)
+    >>> split = split_attention(block, z, None, torch.tensor([False, False, True]))
+    >>> bool(torch.allclose(split.output(), block.attention(z), atol=1e-6))
+    True
+    >>> at_cls = split.at(torch.tensor([0]))
+    >>> bool(torch.allclose(at_cls.prompt_mass + at_cls.original_mass, torch.ones(1, 2)))
+    True
     """
     mha = block.attn
     if not isinstance(mha, torch.nn.MultiheadAttention) or mha.in_proj_weight is None:
@@ -79,79 +181,89 @@ def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Te
     batch, tokens, width = z.shape
     heads = mha.num_heads
     head_dim = width // heads
-    zf = z.float()
     w = mha.in_proj_weight.float()
-    b = mha.in_proj_bias.float() if mha.in_proj_bias is not None else torch.zeros(3 * width, device=z.device)
-    qkv = zf @ w.T + b
-    q, k, v = (t.reshape(batch, tokens, heads, head_dim).transpose(1, 2) for t in qkv.split(width, dim=-1))
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
+    b = mha.in_proj_bias.float() if mha.in_proj_bias is not None else None
+    qkv = F.linear(z.float(), w, b).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # [batch, heads, tokens, head_dim]
+    scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-1, -2)
     if attn_mask is not None:
         mask = attn_mask.float()
-        scores = scores + (mask if mask.dim() == 2 else mask.reshape(batch, heads, tokens, tokens))
-    is_prompt = _key_mask(prompt_keys.to(z.device), batch)
+        scores += mask if mask.dim() == 2 else mask.reshape(batch, heads, tokens, tokens)
     attn = scores.softmax(dim=-1)
-    on_prompts = attn * is_prompt
-    on_originals = attn - on_prompts
-    prompt_mass = on_prompts.sum(-1)
-    original_mass = on_originals.sum(-1)
-    # â and ã are the softmax restricted to O and to P: the same as a renormalised over each set
-    # (one softmax instead of three). Where a query sees no prompt key, α = 0 and ã is 0 by convention.
-    attn_original = on_originals / original_mass[..., None]
-    attn_prompt = torch.where(prompt_mass[..., None] > 0, on_prompts / prompt_mass.clamp_min(1e-38)[..., None],
-                              torch.zeros((), device=z.device))
+    is_prompt = prompt_keys.to(z.device)
+    is_prompt = is_prompt.expand(batch, -1) if is_prompt.dim() == 1 else is_prompt
     return AttentionSplit(
-        q=q, k=k, v=v, attn=attn, prompt_mass=prompt_mass, original_mass=original_mass,
-        attn_original=attn_original,
-        context_original=attn_original @ v,
-        context_prompt=attn_prompt @ v,
+        q=q, k=k, v=v, attn=attn, context=attn @ v, is_prompt=is_prompt, prompt_index=_prompt_index(is_prompt),
         out_weight=mha.out_proj.weight.float(),
         out_bias=mha.out_proj.bias.float() if mha.out_proj.bias is not None else torch.zeros(width, device=z.device),
     )
 
 
 def head_outputs(split: AttentionSplit, context: torch.Tensor) -> torch.Tensor:
-    """Per-head output projection: ``context_h @ W_O^h`` -> [batch, heads, tokens, width]."""
-    batch, heads, tokens, head_dim = context.shape
+    """Per-head output projection: ``context_h @ W_O^h`` -> [batch, heads, ..., width].
+
+    ``context`` is ``[batch, heads, head_dim]`` (one query per row) or ``[batch, heads, tokens, head_dim]``.
+    """
+    heads, head_dim = context.shape[1], context.shape[-1]
     w_o = split.out_weight.T.reshape(heads, head_dim, -1)  # rows of W_O^T grouped by head
+    if context.dim() == 3:
+        return torch.einsum("bhd,hdw->bhw", context, w_o)
     return torch.einsum("bhtd,hdw->bhtw", context, w_o)
 
 
 def merged_output(split: AttentionSplit, context: torch.Tensor) -> torch.Tensor:
-    """Σ_h context_h W_O^h (without b_O) as one matmul -> [batch, tokens, width]."""
+    """Σ_h context_h W_O^h (without b_O) as one matmul -> [batch, tokens, width] (or [batch, width])."""
+    if context.dim() == 3:  # one query per row
+        return context.reshape(context.shape[0], -1) @ split.out_weight.T
     batch, heads, tokens, head_dim = context.shape
     return context.transpose(1, 2).reshape(batch, tokens, heads * head_dim) @ split.out_weight.T
 
 
 def attention_output(split: AttentionSplit) -> torch.Tensor:
-    """(a)+(b)+(c) summed over heads, all queries: the block's attention output rebuilt from the split."""
-    context = (split.original_mass[..., None] * split.context_original
-               + split.prompt_mass[..., None] * split.context_prompt)
-    return merged_output(split, context) + split.out_bias
+    """(a)+(b)+(c) summed over heads, all queries, each path computed on its own key set.
 
-
-@torch.no_grad()
-def check_completeness(split: AttentionSplit, module_output: torch.Tensor, *, branch: str, layer: int,
-                       rtol: float, rebuilt: torch.Tensor | None = None) -> float:
-    """Raise :class:`CompletenessError` unless (a)+(b)+(c) equals the module's attention output.
-
-    Two identities are checked: per head, (1-α)Σâv + αΣãv equals the unsplit head context a·v
-    (before W_O^h, which is linear; names the head when it fails); summed over heads and projected,
-    (a)+(b)+(c) equals the block's own output. ``rebuilt`` is :func:`attention_output` when the
-    caller has it already. Returns the relative error of the sum.
+    Unlike :meth:`AttentionSplit.output` (the unsplit a·v the stream continues with) this adds the
+    separately computed paths, so it tests the split.
     """
-    split_context = split.original_mass[..., None] * split.context_original + \
-        split.prompt_mass[..., None] * split.context_prompt
-    unsplit = split.attn @ split.v
-    per_head = (split_context - unsplit).abs().amax(dim=(0, 2, 3)) / unsplit.abs().amax().clamp_min(1e-30)
+    return merged_output(split, split.original_context + split.prompt_context) + split.out_bias
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor, dims) -> torch.Tensor:
+    return (a - b).abs().amax(dim=dims) / b.abs().amax().clamp_min(1e-30)
+
+
+def _raise_head(per_head: torch.Tensor, rtol: float, branch: str, layer: int, where: str) -> float:
     worst = int(per_head.argmax())
     if per_head[worst] > rtol:
         raise CompletenessError(
             f"Completeness failed in the {branch} tower, layer {layer}, head {worst}: (a)+(b) differs from the "
-            f"head's attention output by {float(per_head[worst]):.2e} relative (tolerance {rtol:.0e})."
+            f"head's attention output{where} by {float(per_head[worst]):.2e} relative (tolerance {rtol:.0e})."
         )
-    total = rebuilt if rebuilt is not None else attention_output(split)
+    return float(per_head.max())
+
+
+@torch.no_grad()
+def check_query_split(split: AttentionSplit, at: QuerySplit, *, branch: str, layer: int, rtol: float) -> float:
+    """Cheap per-head completeness at the split queries: (a)_h + (b)_h = head output, both routes of (1-α).
+
+    Checks, for every row and head, that the original and prompt paths (each summed over its own
+    key set) add up to the unsplit head output a·v the stream continued with, and that
+    (1-α) Σ â v reproduces the original path (â renormalised correctly). Raises
+    :class:`CompletenessError` naming branch, layer and head; returns the worst relative error.
+    """
+    per_head = _relative(at.original_context + at.prompt_context, at.context, dims=(0, 2))
+    err = _raise_head(per_head, rtol, branch, layer, " at the readout query")
+    renorm = at.original_mass[..., None] * (at.attn_original[:, :, None, :] @ split.v)[:, :, 0]
+    per_head = _relative(renorm, at.original_context, dims=(0, 2))
+    return max(err, _raise_head(per_head, rtol, branch, layer, " (the (1-α) Σ â v form)"))
+
+
+@torch.no_grad()
+def check_module_output(ours: torch.Tensor, module_output: torch.Tensor, *, branch: str, layer: int,
+                        rtol: float) -> float:
+    """Raise :class:`CompletenessError` unless the recomputed attention equals the module's own output."""
     ref = module_output.float()
-    err = float((total.float() - ref).abs().amax() / ref.abs().amax().clamp_min(1e-30))
+    err = float((ours.float() - ref).abs().amax() / ref.abs().amax().clamp_min(1e-30))
     if err > rtol:
         raise CompletenessError(
             f"Completeness failed in the {branch} tower, layer {layer} (all heads): (a)+(b)+(c) differs from the "
@@ -159,3 +271,22 @@ def check_completeness(split: AttentionSplit, module_output: torch.Tensor, *, br
             "attention does not match the module — is this an unsupported block type?"
         )
     return err
+
+
+@torch.no_grad()
+def check_completeness(split: AttentionSplit, module_output: torch.Tensor, *, branch: str, layer: int,
+                       rtol: float, rebuilt: torch.Tensor | None = None) -> float:
+    """Raise :class:`CompletenessError` unless (a)+(b)+(c) equals the module's attention output, all queries.
+
+    Two identities are checked: per head, (1-α)Σâv + αΣãv equals the unsplit head context a·v
+    (before W_O^h, which is linear; names the head when it fails); summed over heads and projected,
+    (a)+(b)+(c) equals the block's own output ``module_output`` (its first rows may be given alone).
+    ``rebuilt`` is :func:`attention_output` when the caller has it already. Returns the relative
+    error of the sum. The trace itself uses the cheaper :func:`check_query_split` and
+    :func:`check_module_output`.
+    """
+    split_context = split.original_mass[..., None] * split.context_original + \
+        split.prompt_mass[..., None] * split.context_prompt
+    _raise_head(_relative(split_context, split.context, dims=(0, 2, 3)), rtol, branch, layer, "")
+    total = rebuilt if rebuilt is not None else attention_output(split)
+    return check_module_output(total[: len(module_output)], module_output, branch=branch, layer=layer, rtol=rtol)

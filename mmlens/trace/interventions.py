@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from mmlens.models.prompted import ROLE_CODES, BlockCall, block_forward
-from mmlens.trace.decompose import AttentionSplit, attention_output, merged_output, split_attention
+from mmlens.trace.decompose import AttentionSplit, merged_output, split_attention
 
 __all__ = ["VARIANTS", "Route", "ROUTES", "SplitHook", "intervene", "measure_mean_bias"]
 
@@ -53,7 +53,7 @@ ROUTES = {
     "drop_prompts": Route("one", "none"),
 }
 
-# recorder(call, split, z, rebuilt): z = ln_1(x); rebuilt = (a)+(b)+(c), the attention output the
+# recorder(call, split, z, rebuilt): z = ln_1(x); rebuilt = split.output(), the attention output the
 # stream continues with while recording (equal to the module's own output to float tolerance).
 Recorder = Callable[[BlockCall, AttentionSplit, torch.Tensor, torch.Tensor], None]
 
@@ -91,11 +91,12 @@ class SplitHook:
         split = split_attention(call.block, z, call.attn_mask, call.roles == ROLE_CODES["prompt"])
         rebuilt = None
         if recording:
-            # the stream continues with the split's own sum, so the module's attention is not computed twice
-            rebuilt = attention_output(split)
+            # the stream continues with the recomputed attention (a·v, all queries), so the module's
+            # own attention is not computed a second time; the recorder splits it where it needs to
+            rebuilt = split.output()
             self.recorder(call, split, z, rebuilt)
         if self.capture_bias is not None:
-            beta = merged_output(split, split.prompt_mass[..., None] * split.context_prompt)
+            beta = merged_output(split, split.prompt_context)
             if call.post_attn_bias is not None:
                 beta = beta + call.post_attn_bias.float()
             self.capture_bias(call, beta)
@@ -110,11 +111,11 @@ class SplitHook:
         return block_forward(call.block, call.x, call.attn_mask, attention=attention, post_attn_bias=post_bias)
 
     def _rebuild(self, call: BlockCall, split: AttentionSplit, route: Route):
-        scale = split.original_mass[..., None] if route.scale == "renorm" else 1.0
-        context = scale * split.context_original
+        # (1-α) Σ â v is Σ_{j∈O} a v; without the (1-α) scaling it is Σ â v
+        context = split.original_context if route.scale == "renorm" else split.context_original
         post_bias = call.post_attn_bias
         if route.bias == "prompt":
-            context = context + split.prompt_mass[..., None] * split.context_prompt
+            context = context + split.prompt_context  # α Σ ã v
         elif route.bias == "none":
             post_bias = None
         out = merged_output(split, context) + split.out_bias

@@ -22,13 +22,16 @@ import xarray as xr
 
 from mmlens.models.prompted import ROLE_CODES, BlockCall
 from mmlens.store import schema
-from mmlens.trace.decompose import AttentionSplit, check_completeness, head_outputs
+from mmlens.trace.decompose import AttentionSplit, check_module_output, check_query_split, head_outputs
 from mmlens.trace.interventions import SplitHook, routes_for
 
 __all__ = ["trace", "trace_to_store", "iter_trace_batches"]
 
 _ROLES = {"vision": schema.VISION_ROLES, "text": schema.TEXT_ROLES}
 _READOUT = {b: ROLE_CODES[r] for b, r in schema.READOUT_ROLE.items()}
+#: Rows (images, class prompts) of the first batch on which the module's own attention is run again
+#: to check the recomputed one; the per-head split identity is checked on every row.
+CHECK_ROWS = 1
 
 
 class _Collector:
@@ -43,36 +46,37 @@ class _Collector:
         self.max_completeness_error = 0.0
 
     def __call__(self, call: BlockCall, split: AttentionSplit, z: torch.Tensor, rebuilt: torch.Tensor) -> None:
-        if self.check:
-            ref = call.block.attention(z, attn_mask=call.attn_mask)
-            err = check_completeness(split, ref, branch=call.branch, layer=call.layer, rtol=self.rtol,
-                                     rebuilt=rebuilt)
-            self.max_completeness_error = max(self.max_completeness_error, err)
         batch, tokens = call.x.shape[:2]
         roles = call.roles if call.roles.dim() == 2 else call.roles.expand(batch, -1)
-        rows = torch.arange(batch, device=roles.device)
         readout = (roles == _READOUT[self.branch]).int().argmax(-1)  # the readout token of each row
+        at = split.at(readout)
+        if self.check:
+            # (a)+(b) = a·v per head at the readout of every row (cheap), and the recomputed attention
+            # = the module's own output, all tokens, on the first row (the module runs once more there)
+            err = check_query_split(split, at, branch=call.branch, layer=call.layer, rtol=self.rtol)
+            n = min(batch, CHECK_ROWS)
+            ref = call.block.attention(z[:n], attn_mask=call.attn_mask)
+            err = max(err, check_module_output(rebuilt[:n], ref, branch=call.branch, layer=call.layer,
+                                               rtol=self.rtol))
+            self.max_completeness_error = max(self.max_completeness_error, err)
         positions = torch.arange(tokens, device=roles.device).expand(batch, -1)
         out: dict[str, torch.Tensor] = {}
 
         alpha = split.prompt_mass  # [batch, heads, queries]
-        out["prompt_mass"] = alpha[rows, :, readout]
+        rows = torch.arange(batch, device=roles.device)
+        out["prompt_mass"] = alpha[rows, :, readout]  # the same numbers as prompt_mass_all_queries there
         others = (roles != ROLE_CODES["prompt"]) & (roles != ROLE_CODES["pad"]) & (positions != readout[:, None])
         out["prompt_mass_other_queries"] = (alpha * others[:, None]).sum(-1) / others.sum(-1).clamp_min(1)[:, None]
 
-        def at_readout(t: torch.Tensor) -> torch.Tensor:  # [b, h, q, d] -> [b, h, 1, d]
-            return t[rows, :, readout][:, :, None]
-
-        original = head_outputs(split, at_readout(split.original_mass[..., None] * split.context_original))[:, :, 0]
-        bias = head_outputs(split, at_readout(split.prompt_mass[..., None] * split.context_prompt))[:, :, 0]
+        original = head_outputs(split, at.original_context)  # [batch, heads, width]
+        bias = head_outputs(split, at.prompt_context)
         out["original_norm"] = original.norm(dim=-1)
         out["bias_head_norm"] = bias.norm(dim=-1)
         out["original_total_norm"] = original.sum(1).norm(dim=-1)
         out["bias_norm"] = bias.sum(1).norm(dim=-1)
         out["residual_norm"] = call.x[rows, readout].float().norm(dim=-1)
-        attn_readout = split.attn[rows, :, readout]  # [batch, heads, keys]
-        out["attention_by_role"] = torch.stack(
-            [(attn_readout * (roles == ROLE_CODES[r])[:, None]).sum(-1) for r in _ROLES[self.branch]], dim=-1)
+        role_masks = torch.stack([roles == ROLE_CODES[r] for r in _ROLES[self.branch]], dim=-1).float()
+        out["attention_by_role"] = at.attn @ role_masks  # [batch, heads, keys] @ [batch, keys, roles]
         if self.vectors:
             out["bias"] = bias.sum(1)
             out["original"] = original.sum(1)
@@ -80,7 +84,7 @@ class _Collector:
             patches = roles[0] == ROLE_CODES["patch"]
             prompts = roles[0] == ROLE_CODES["prompt"]
             gh, gw = self.grid
-            out["cls_attention"] = split.attn_original[rows, :, readout][:, :, patches].reshape(batch, -1, gh, gw)
+            out["cls_attention"] = at.attn_original[:, :, patches].reshape(batch, -1, gh, gw)
             for name, t in (("prompt_key_cosine", split.k), ("prompt_value_cosine", split.v)):
                 if prompts.any():
                     mean_prompt = t[:, :, prompts].mean(2, keepdim=True)
@@ -371,7 +375,11 @@ def trace(
     store_bias_vectors : bool
         Store β and the original path at the readout (``bias``, ``original``; a ``channel`` dim).
     check_completeness : bool
-        Check (a)+(b)+(c) against the block's own attention output on the first batch.
+        On the first batch, in every block of both towers: check per head that (a)+(b) at the
+        readout query equals the head's attention output (every image / class prompt), and that
+        the recomputed attention (a)+(b)+(c) equals the block's own module output, all tokens
+        (the module is run once more on the first image and the first class prompt). Raises
+        :class:`~mmlens.trace.decompose.CompletenessError` naming branch, layer (and head).
 
     Returns
     -------

@@ -12,7 +12,14 @@ from open_clip.transformer import ResidualAttentionBlock
 from mmlens import PromptedCLIP, load_clip
 from mmlens.models import METHODS
 from mmlens.models.prompted import ROLE_CODES, BlockCall
-from mmlens.trace.decompose import CompletenessError, check_completeness, merged_output, split_attention
+from mmlens.trace.decompose import (
+    CompletenessError,
+    attention_output,
+    check_completeness,
+    check_query_split,
+    merged_output,
+    split_attention,
+)
 from mmlens.trace.interventions import ROUTES, SplitHook, intervene, measure_mean_bias
 
 CLASSES = ["cat", "dog", "airplane"]
@@ -230,3 +237,78 @@ def test_nan_in_stream_names_branch_and_layer(tiny_clip):
     with pytest.raises(FloatingPointError, match="text tower, layer 1"), intervene(model, "full",
                                                                                     recorder=lambda *a: None):
         model.text_features()
+
+
+def test_readout_split_equals_the_all_query_split(tiny_clip):
+    """split.at(readout) (what the trace stores) against the all-query split read at the same query."""
+    torch.manual_seed(0)
+    model = _perturb(PromptedCLIP(tiny_clip, CLASSES, method="maple", depth=2, init_seed=0))
+    seen = []
+
+    def recorder(call, split, z, rebuilt):
+        roles = call.roles if call.roles.dim() == 2 else call.roles.expand(len(call.x), -1)
+        readout = (roles == ROLE_CODES["cls" if call.branch == "vision" else "eot"]).int().argmax(-1)
+        rows = torch.arange(len(readout))
+        at = split.at(readout)
+        close = dict(atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(at.prompt_mass, split.prompt_mass[rows, :, readout], **close)
+        torch.testing.assert_close(at.original_mass, split.original_mass[rows, :, readout], **close)
+        torch.testing.assert_close(at.attn_original, split.attn_original[rows, :, readout], **close)
+        # (1-α) Σ â v and α Σ ã v from the all-query split = each path summed over its own keys
+        torch.testing.assert_close(at.original_context, (split.original_mass[..., None]
+                                                         * split.context_original)[rows, :, readout], **close)
+        torch.testing.assert_close(at.prompt_context, (split.prompt_mass[..., None]
+                                                       * split.context_prompt)[rows, :, readout], **close)
+        # the stream's output is a·v projected: (a)+(b)+(c) rebuilt from the separate paths
+        torch.testing.assert_close(rebuilt, attention_output(split), **close)
+        seen.append((call.branch, call.layer))
+
+    with torch.no_grad(), intervene(model, "full", recorder=recorder):
+        model(torch.randn(2, 3, 32, 32))
+    assert sorted(seen) == [(b, i) for b in ("text", "vision") for i in range(3)]
+
+
+def test_readout_check_names_the_corrupted_head(tiny_clip):
+    model = PromptedCLIP(tiny_clip, CLASSES, method="maple", depth=2, init_seed=0)
+
+    def broken(call, split, z, rebuilt):
+        at = split.at(torch.zeros(len(call.x), dtype=torch.long))
+        at.prompt_context[:, 1] += 1.0  # corrupt head 1 of β
+        check_query_split(split, at, branch=call.branch, layer=call.layer, rtol=1e-5)
+
+    with pytest.raises(CompletenessError, match=r"vision tower, layer 0, head 1"):
+        with torch.no_grad(), intervene(model, "full", recorder=broken):
+            model.encode_image(torch.randn(1, 3, 32, 32))
+
+
+def test_trace_checks_the_module_on_the_first_batch(tiny_clip):
+    """A block whose own module computes something else than its parameters say is caught by the trace."""
+    import mmlens
+
+    model = PromptedCLIP(tiny_clip, CLASSES, method="maple", depth=2, init_seed=0)
+    block = tiny_clip.model.visual.transformer.resblocks[1]
+    handle = block.attn.register_forward_hook(lambda mod, args, out: (out[0] * 1.01, *out[1:]))
+    try:
+        with pytest.raises(CompletenessError, match=r"vision tower, layer 1 \(all heads\)"):
+            mmlens.trace(model, torch.randn(2, 3, 32, 32), progress=False)
+        # without the check the run goes through (the check is what caught it)
+        mmlens.trace(model, torch.randn(2, 3, 32, 32), progress=False, check_completeness=False)
+    finally:
+        handle.remove()
+    assert model.block_hook is None
+
+
+def test_trace_logits_equal_open_clip_forward_vit_b16(vit_b16):
+    """Zero-shot trace on ViT-B-16: the logits equal open_clip's own encode_image/encode_text."""
+    import mmlens
+
+    model = PromptedCLIP(vit_b16, CLASSES, method="zeroshot")
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    tree = mmlens.trace(model, images, progress=False)
+    m = vit_b16.model
+    with torch.no_grad():
+        f = F.normalize(m.encode_image(images), dim=-1)
+        g = F.normalize(m.encode_text(vit_b16.tokenizer([f"a photo of a {c}." for c in CLASSES])), dim=-1)
+        ref = (m.logit_scale.exp() * f @ g.T).numpy()
+    got = tree["logits"]["logits"].sel(variant="full").values
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(ref), atol=1e-4, rtol=1e-5)
