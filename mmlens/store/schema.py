@@ -25,9 +25,14 @@ DIMS: tuple[str, ...] = (
     "patch_col",
     "channel",
     "failure",
+    # attribution group (mmlens.attribution.to_dataset)
+    "baseline",
+    "branch",
+    "prompt_token",
 )
-#: Dimensions that statistics add to their results (never stored by a trace).
-RESULT_DIMS: tuple[str, ...] = ("measure", "estimate", "layer_kind")
+#: Dimensions that statistics add to their results (never stored by a trace); ``attribution``
+#: stacks attribution methods in :func:`mmlens.attribution.agreement`'s results.
+RESULT_DIMS: tuple[str, ...] = ("measure", "estimate", "layer_kind", "attribution")
 #: Dimensions a stored variable may carry on top of its documented ones.
 OPTIONAL_DIMS: tuple[str, ...] = ("dataset", "seed", "query")
 
@@ -129,10 +134,44 @@ TEXT_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
 LOGITS_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "logits": (("variant", "image", "class"), "CLIP logits, logit scale applied"),
 }
+
+#: Attribution methods as the ``attribution`` group names them (``mmlens.attribution``): name ->
+#: (documented dims, meaning). Only ``full`` and ``zeroshot`` variants are attributed.
+ATTRIBUTION_METHODS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ig_pixels": (("variant", "image", *_GRID), "integrated gradients on the pixels, summed per patch"),
+    "ig_patch_embedding": (("variant", "image", *_GRID), "integrated gradients on the patch embeddings"),
+    "occlusion": (("variant", "image", *_GRID), "target logit drop when the patch is occluded"),
+    "attention_gradcam": (("variant", "image", "layer", *_GRID), "GradCAM on the [cls] -> patch attention"),
+    "gradient_rollout": (("variant", "image", *_GRID), "gradient-weighted attention rollout (Chefer et al.)"),
+    "prompt_ig": (("variant", "image", "branch", "layer", "prompt_token"),
+                  "integrated gradients on each learned prompt vector (NaN where none)"),
+}
+#: Per-image values of one attribution run, stored as ``<method>_<suffix>`` with dims (variant, image).
+ATTRIBUTION_PER_IMAGE: dict[str, str] = {
+    "convergence_delta": "captum's convergence delta (integrated gradients)",
+    "logit": "the explained (target) logit",
+    "baseline_logit": "the target logit at the baseline",
+    "prompt_relevance": "rollout relevance of [cls] on the prompt tokens, summed",
+}
+#: Dims a variable may carry on top of its documented ones, per (group, variable).
+VARIABLE_OPTIONAL_DIMS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("attribution", "attention_gradcam"): ("head",),  # per_head=True
+    ("attribution", "prompt_ig"): ("baseline",),  # several baselines
+    **{("attribution", f"prompt_ig_{suffix}"): ("baseline",) for suffix in ATTRIBUTION_PER_IMAGE},
+}
+ATTRIBUTION_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    **ATTRIBUTION_METHODS,
+    **{f"{method}_{suffix}": (("variant", "image"), f"{meaning} ({method})")
+       for method in ATTRIBUTION_METHODS for suffix, meaning in ATTRIBUTION_PER_IMAGE.items()},
+}
+#: Values of the ``branch`` coordinate (prompt integrated gradients).
+BRANCHES: tuple[str, ...] = ("vision", "text")
+
 VARIABLES: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
     "vision": VISION_VARIABLES,
     "text": TEXT_VARIABLES,
     "logits": LOGITS_VARIABLES,
+    "attribution": ATTRIBUTION_VARIABLES,
 }
 
 
@@ -221,7 +260,8 @@ class SchemaError(ValueError):
 
 
 def infer_group(ds: Any) -> str:
-    """Which store group a Dataset looks like: ``logits``, ``text`` (``class`` without ``image``) or ``vision``.
+    """Which store group a Dataset looks like: ``logits``, ``text`` (``class`` without ``image``),
+    ``attribution`` (attribution maps and no trace variables) or ``vision``.
 
     An explicit ``mmlens_group`` attribute wins over the guess.
 
@@ -235,8 +275,11 @@ def infer_group(ds: Any) -> str:
     if explicit in VARIABLES:
         return explicit
     dims = set(ds.dims)
-    if "logits" in getattr(ds, "data_vars", {}):
+    names = set(getattr(ds, "data_vars", {}))
+    if "logits" in names:
         return "logits"
+    if names & set(ATTRIBUTION_VARIABLES) and not names & set(VISION_VARIABLES):
+        return "attribution"
     if "class" in dims and "image" not in dims:
         return "text"
     return "vision"
@@ -254,7 +297,8 @@ def validate(obj: Any, *, group: str | None = None, require_provenance: bool = T
     obj
         An ``xarray.DataTree`` (root of a store) or an ``xarray.Dataset`` (one group).
     group
-        For a Dataset: which group it is (``vision``, ``text``, ``logits``); guessed when omitted.
+        For a Dataset: which group it is (``vision``, ``text``, ``logits``, ``attribution``); guessed
+        when omitted.
     require_provenance
         Check the provenance attrs (on the tree root, or on the Dataset itself). Turn off for
         batches handed to a writer that adds provenance itself.
@@ -355,20 +399,27 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
         if name not in table:
             continue  # extra variables are allowed (new outputs, attribution maps)
         required = table[name][0]
+        optional = (*VARIABLE_OPTIONAL_DIMS.get((group, name), ()), *OPTIONAL_DIMS)
         missing, extra = set(required) - set(var.dims), set(var.dims) - set(required)
-        if missing or not extra <= set(OPTIONAL_DIMS):
+        if missing or not extra <= set(optional):
             problems.append(
                 f"{group}/{name}: expected dims ({', '.join(required)}) plus optionally "
-                f"{'/'.join(OPTIONAL_DIMS)}, found ({', '.join(map(str, var.dims))})"
+                f"{'/'.join(optional)}, found ({', '.join(map(str, var.dims))})"
             )
         if name != "failures" and var.dtype.kind != "f":
             problems.append(f"{group}/{name}: expected a floating-point array, found dtype {var.dtype}")
+    if group == "attribution":
+        problems += _check_attribution(ds)
     coords_needed = {
-        "image": IMAGE_COORDS if group == "vision" else ("label",),
+        "image": {"vision": IMAGE_COORDS, "attribution": ()}.get(group, ("label",)),
         "class": CLASS_COORDS if group == "text" else ("classname",),
-        "layer": LAYER_COORDS,
+        # attribution: the layer axis is shared by both branches (prompt IG), whose layer kinds can differ
+        "layer": () if group == "attribution" else LAYER_COORDS,
         "query": QUERY_COORDS,
         "failure": FAILURE_COORDS,
+        "baseline": (),
+        "branch": (),
+        "prompt_token": (),
     }
     for dim, names in coords_needed.items():
         if dim not in ds.dims:
@@ -389,6 +440,25 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
     problems += _check_values(ds, group, "key_role", roles)
     if "label" in ds.coords and ds.coords["label"].dtype.kind not in "iu":
         problems.append(f"{group}: expected integer 'label' values, found dtype {ds.coords['label'].dtype}")
+    return problems
+
+
+def _check_attribution(ds: Any) -> list[str]:
+    """The ``attribution`` group: every variable per image and variant, attributed variants only."""
+    problems = []
+    for name, var in ds.data_vars.items():
+        if name in ATTRIBUTION_VARIABLES:
+            continue  # documented dims, checked above
+        missing = [d for d in ("variant", "image") if d not in var.dims]
+        if missing:
+            problems.append(
+                f"attribution/{name}: expected dims (variant, image, ...) like every attribution result, "
+                f"found ({', '.join(map(str, var.dims))}); build the group with mmlens.attribution.to_dataset"
+            )
+        if var.dtype.kind != "f":
+            problems.append(f"attribution/{name}: expected a floating-point array, found dtype {var.dtype}")
+    problems += _check_values(ds, "attribution", "variant", (PROMPTED_VARIANT, REFERENCE_VARIANT))
+    problems += _check_values(ds, "attribution", "branch", BRANCHES)
     return problems
 
 
