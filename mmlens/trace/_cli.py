@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+# the names of mmlens.store.schema.ATTRIBUTION_METHODS (kept here so that `mmlens --help` imports nothing)
+_ATTRIBUTION_METHODS = ("ig_pixels", "ig_patch_embedding", "occlusion", "attention_gradcam", "gradient_rollout",
+                        "prompt_ig")
+
+
+def _attribution_methods(text: str) -> list[str]:
+    """argparse type of ``--attribution``: comma-separated method names, checked."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in _ATTRIBUTION_METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated names among {', '.join(_ATTRIBUTION_METHODS)}, found {text!r}")
+    return names
+
 
 def register(subparsers) -> None:
     """Add ``mmlens trace``."""
@@ -29,6 +43,11 @@ def register(subparsers) -> None:
     p.add_argument("--with-reference", action="store_true", help="also trace without prompts (zero-shot)")
     p.add_argument("--all-queries", action="store_true", help="store prompt mass for every query token")
     p.add_argument("--bias-vectors", action="store_true", help="store the β vectors (channel axis)")
+    p.add_argument("--attribution", type=_attribution_methods, default=None, metavar="METHOD[,METHOD]",
+                   help="also compute captum attributions of the traced images into the store's `attribution` "
+                        "group (explaining the true class; for the variants full and, with --with-reference, "
+                        "zeroshot): " + ", ".join(_ATTRIBUTION_METHODS) + ". Costly: integrated gradients run "
+                        "the model n_steps (32; prompt_ig 16) times per image, occlusion once per patch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu or cuda (autocast fp16 model, fp32 statistics)")
     p.add_argument("--seed", type=int, default=0,
@@ -81,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
     with torch.autocast("cuda", dtype=torch.float16, enabled=str(args.device).startswith("cuda")):
         path = trace_to_store(
             model, loader, args.out, with_reference=args.with_reference, all_queries=args.all_queries,
-            store_bias_vectors=args.bias_vectors, batch_size=args.batch_size, device=args.device,
+            store_bias_vectors=args.bias_vectors, attribution=args.attribution, attribution_target="label",
+            batch_size=args.batch_size, device=args.device,
             image_split=subset, class_split=[subset] * len(model.classnames), total=len(dataset),
             provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version)},
             overwrite=args.overwrite,

@@ -11,7 +11,7 @@ import datetime as _dt
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,75 @@ def _provenance(model, extra: dict | None, device: torch.device, dtype: torch.dt
     return schema.provenance_attrs(**fields)
 
 
+#: Variants an attribution is computed for (prompts on / off); route ablations are not attributed.
+ATTRIBUTED_VARIANTS = (schema.PROMPTED_VARIANT, schema.REFERENCE_VARIANT)
+
+def parse_attribution(attribution: Any) -> dict[str, dict[str, Any]]:
+    """Normalise an ``attribution=`` argument to ``{method: attribute() keyword arguments}``.
+
+    Accepts ``None``, ``"occlusion,ig_pixels"``, ``["occlusion"]`` or ``{"ig_pixels": {"n_steps": 16}}``;
+    names are those of ``mmlens.store.schema.ATTRIBUTION_METHODS``.
+
+    Examples
+    --------
+    >>> parse_attribution("occlusion, attention_gradcam")
+    {'occlusion': {}, 'attention_gradcam': {}}
+    """
+    if attribution is None:
+        return {}
+    if isinstance(attribution, str):
+        attribution = [a.strip() for a in attribution.split(",") if a.strip()]
+    if isinstance(attribution, Mapping):
+        chosen = {str(k): dict(v or {}) for k, v in attribution.items()}
+    else:
+        chosen = {str(k): {} for k in attribution}
+    unknown = [k for k in chosen if k not in schema.ATTRIBUTION_METHODS]
+    if unknown:
+        raise ValueError(f"Unknown attribution method(s) {unknown}; expected names among "
+                         f"{', '.join(schema.ATTRIBUTION_METHODS)} (mmlens.attribution).")
+    return chosen
+
+
+def _attribution_objects(model, methods: Mapping[str, dict], variants: Sequence[str]) -> dict[str, tuple]:
+    """Build the attribution objects once (fails before any tracing on a misfit, e.g. prompt IG on zero-shot)."""
+    if not methods:
+        return {}
+    from mmlens.attribution import IMAGE_METHODS, PromptIntegratedGradients
+
+    if not any(v in ATTRIBUTED_VARIANTS for v in variants):
+        raise ValueError(f"attribution is computed for the variants {list(ATTRIBUTED_VARIANTS)}; this trace runs "
+                         f"only {list(variants)}. Add variant 'full' (or with_reference=True).")
+    objects = {}
+    for name, kwargs in methods.items():
+        cls = IMAGE_METHODS.get(name, PromptIntegratedGradients if name == "prompt_ig" else None)
+        objects[name] = (cls(model, progress=False), kwargs)
+    return objects
+
+
+def _attribute_batch(model, objects: Mapping[str, tuple], images: torch.Tensor, coords: dict,
+                     variants: Sequence[str], target: Any) -> xr.Dataset:
+    """The ``attribution`` group of one batch, on the trace's image coordinates."""
+    from mmlens.attribution import attribute_variants, to_dataset
+
+    attributed = [v for v in variants if v in ATTRIBUTED_VARIANTS]
+    labels = coords["label"][1]
+    known = bool(len(labels)) and bool((labels >= 0).all()) and bool((labels < len(model.classnames)).all())
+    batch = {"image": images, **({"label": torch.as_tensor(labels)} if known else {})}
+    if target is None:
+        target = "label" if known else "predicted"
+    results = {}
+    with torch.enable_grad():
+        for name, (method, kwargs) in objects.items():
+            if name == "prompt_ig":  # attributes the prompts themselves: only where they are on
+                if schema.PROMPTED_VARIANT in attributed:
+                    model.prompts_enabled = True
+                    results[name] = method.attribute(batch, target, **kwargs)
+            else:
+                results[name] = attribute_variants(method, batch, target, variants=attributed, **kwargs)
+    ds = to_dataset(results, attrs={"attribution_target": str(target) if isinstance(target, str) else "custom"})
+    return ds.assign_coords({k: v for k, v in coords.items() if k in ("image", *schema.IMAGE_COORDS)})
+
+
 def iter_trace_batches(
     model,
     images_or_loader: Any,
@@ -228,11 +297,14 @@ def iter_trace_batches(
     device: str | torch.device | None = None,
     progress: bool = True,
     total: int | None = None,
+    attribution: Any = None,
+    attribution_target: Any = None,
 ) -> Iterator[tuple[dict[str, xr.Dataset], int]]:
     """Yield ``({group: Dataset}, n_inputs)`` per batch; the first yield also carries ``text``.
 
     The streaming core of :func:`trace` and :func:`trace_to_store`. ``skip`` input items are
-    passed over (resume); image indices continue from there.
+    passed over (resume); image indices continue from there. With ``attribution`` every batch
+    also carries an ``attribution`` group.
     """
     from tqdm.auto import tqdm
 
@@ -244,6 +316,7 @@ def iter_trace_batches(
     was_training = model.training
     model.eval()
     previous_hook, previous_enabled = model.block_hook, model.prompts_enabled
+    attributors = _attribution_objects(model, parse_attribution(attribution), variants)
     text_features: dict[str, torch.Tensor] = {}
     text_sets = []
     try:
@@ -313,6 +386,10 @@ def iter_trace_batches(
                             **{k: v for k, v in coords.items() if k != "classname"}},
                 )
                 groups = {"vision": vision, "logits": logit_ds}
+                if attributors:  # outside the trace's hook: the attribution methods run the model themselves
+                    model.block_hook, model.prompts_enabled = previous_hook, previous_enabled
+                    groups["attribution"] = _attribute_batch(model, attributors, images, coords, variants,
+                                                             attribution_target)
                 if first:
                     text["output_bias_norm"] = ("layer", np.array(
                         [float(b.attn.out_proj.bias.float().norm()) if b.attn.out_proj.bias is not None else 0.0
@@ -354,6 +431,8 @@ def trace(
     provenance: dict | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    attribution: str | Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
+    attribution_target: Any = None,
 ) -> xr.DataTree:
     """Trace a PromptedCLIP on images: the split of MATH.md for every block and head, both towers.
 
@@ -380,11 +459,22 @@ def trace(
         the recomputed attention (a)+(b)+(c) equals the block's own module output, all tokens
         (the module is run once more on the first image and the first class prompt). Raises
         :class:`~mmlens.trace.decompose.CompletenessError` naming branch, layer (and head).
+    attribution : str, list of str or dict, optional
+        Also compute captum attributions of the same images (``mmlens.attribution``) into an
+        ``attribution`` group: method names among ``ig_pixels``, ``ig_patch_embedding``,
+        ``occlusion``, ``attention_gradcam``, ``gradient_rollout``, ``prompt_ig`` (a comma-separated
+        string, a list, or ``{name: attribute() keyword arguments}``). Image methods run for the
+        traced variants ``full`` and ``zeroshot`` (route ablations are not attributed); ``prompt_ig``
+        for ``full`` only.
+    attribution_target : optional
+        The logit to explain (see ``mmlens.attribution``); default ``"label"`` when every image
+        has a label, else ``"predicted"``.
 
     Returns
     -------
     xarray.DataTree
-        Groups ``vision``, ``text``, ``logits`` (docs/store_schema.md), provenance in ``attrs``.
+        Groups ``vision``, ``text``, ``logits`` (and ``attribution``) (docs/store_schema.md),
+        provenance in ``attrs``.
 
     Examples
     --------
@@ -392,25 +482,27 @@ def trace(
     >>> tree["vision"]["prompt_mass"].sel(variant="full", layer=0).mean("image")  # doctest: +SKIP
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": []}
+    parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": [], "attribution": []}
     text = None
     for groups, _n in iter_trace_batches(
         model, images_or_loader, variants=_variants(with_reference, variants), all_queries=all_queries,
         store_bias_vectors=store_bias_vectors, mean_bias=mean_bias, intervention=intervention,
         check_completeness=check_completeness, batch_size=batch_size, image_split=image_split,
-        class_split=class_split, device=device, progress=progress,
+        class_split=class_split, device=device, progress=progress, attribution=attribution,
+        attribution_target=attribution_target,
     ):
         text = groups.get("text", text)
-        parts["vision"].append(groups["vision"])
-        parts["logits"].append(groups["logits"])
+        for name in parts:
+            if name in groups:
+                parts[name].append(groups[name])
     if text is None:
         raise ValueError("trace() got no images: the input was empty.")
-    vision = xr.concat(parts["vision"], dim="image", data_vars="minimal", coords="minimal", compat="override")
-    logits = xr.concat(parts["logits"], dim="image", data_vars="minimal", coords="minimal", compat="override")
+    groups = {name: xr.concat(p, dim="image", data_vars="minimal", coords="minimal", compat="override")
+              for name, p in parts.items() if p}
     dtype = next(model.clip.parameters()).dtype
     return xr.DataTree.from_dict(
-        {"/": xr.Dataset(attrs=_provenance(model, provenance, device, dtype)), "vision": vision, "text": text,
-         "logits": logits}
+        {"/": xr.Dataset(attrs=_provenance(model, provenance, device, dtype)), "vision": groups["vision"],
+         "text": text, **{k: v for k, v in groups.items() if k != "vision"}}
     )
 
 

@@ -29,3 +29,25 @@ def test_trace_cli_on_fake_tree(tmp_path, tiny_clip, dataset):
         assert "foreground" not in vision
     assert main(args) == 0  # rerun: the finished store is kept, not duplicated
     assert mmlens.open(out)["vision"].sizes["image"] == 6
+
+
+def test_trace_cli_attribution(tmp_path, tiny_clip, capsys):
+    make_fake_tree(tmp_path / "data", ["EuroSAT"], image_size=40, per_class={"train": 1, "val": 1, "test": 2})
+    out = tmp_path / "store.zarr"
+    args = ["trace", "--model", "test-tiny", "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
+            "--data-root", str(tmp_path / "data"), "--limit", "5", "--batch-size", "2", "--with-reference",
+            "--attribution", "occlusion,attention_gradcam", "--out", str(out)]
+    assert main(args) == 0
+    tree = mmlens.open(out)  # validates, the attribution group included
+    att, vision = tree["attribution"], tree["vision"]
+    assert set(att.data_vars) >= {"occlusion", "attention_gradcam", "occlusion_logit"}
+    assert att.sizes["image"] == 5 and list(att["variant"].values) == ["full", "zeroshot"]
+    np.testing.assert_array_equal(att["path"].values, vision["path"].values)
+    np.testing.assert_array_equal(att["target"].values, vision["label"].values)  # the true class is explained
+    # the explained logit is the traced one at the true class
+    logits = tree["logits"]["logits"].sel(variant="full").values
+    np.testing.assert_allclose(att["occlusion_logit"].sel(variant="full").values,
+                               logits[np.arange(5), vision["label"].values], rtol=1e-5)
+    with pytest.raises(SystemExit):
+        main([*args[:-4], "--attribution", "occlusion,gradcam", "--out", str(tmp_path / "x.zarr")])
+    assert "expected comma-separated names among" in capsys.readouterr().err
