@@ -10,9 +10,7 @@ The public API is small; heavy modules (torch, open_clip, holoviews) load on fir
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from mmlens._lazy import lazy_exports
 from mmlens._version import __version__
 
 # public name -> module that defines it (imported lazily, PEP 562)
@@ -33,15 +31,4 @@ _LAZY = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmlens' has no attribute {name!r}")
-    imported = importlib.import_module(module)
-    value = imported if module == f"mmlens.{name}" else getattr(imported, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("mmlens", _LAZY, globals())

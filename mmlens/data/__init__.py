@@ -9,8 +9,7 @@ Names load lazily (PEP 562) so that ``import mmlens.data`` and ``mmlens data lis
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mmlens._lazy import lazy_exports
 
 # public name -> module that defines it
 _LAZY = {
@@ -45,14 +44,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmlens.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("mmlens.data", _LAZY, globals())

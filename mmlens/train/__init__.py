@@ -12,9 +12,7 @@ True
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from mmlens._lazy import lazy_exports
 from mmlens.train import evaluate as _evaluate_module
 
 evaluate = _evaluate_module.evaluate
@@ -37,14 +35,4 @@ __all__ = sorted([*_LAZY, "evaluate", "combine", "summary", "to_markdown", "to_c
                   "parse_variant", "Variant"])
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmlens.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("mmlens.train", _LAZY, globals())

@@ -9,8 +9,7 @@ Heavy modules (holoviews, panel, bokeh) load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mmlens._lazy import lazy_exports
 
 _LAZY = {
     "explore": "mmlens.viz.explorer",
@@ -27,14 +26,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmlens.viz' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("mmlens.viz", _LAZY, globals())
