@@ -37,20 +37,20 @@ PAD_TOKEN, UNK_TOKEN, SOT_TOKEN, EOT_TOKEN = "<pad>", "<unk>", "<start_of_text>"
 #: The architecture. Text width 128 / 4 heads, vision width 128 / 4 heads (head_width 32), 6 blocks
 #: each, QuickGELU like OpenAI's CLIP (MaPLe's backbone); embed_dim 128.
 TOY_MODEL_CONFIG: dict[str, Any] = {
-    "embed_dim": 128,
+    "embed_dim": 64,
     "quick_gelu": True,
     "vision_cfg": {
-        "image_size": 64,
-        "patch_size": 8,
-        "width": 128,
-        "head_width": 32,
+        "image_size": 32,
+        "patch_size": 4,
+        "width": 64,
+        "head_width": 16,
         "layers": 6,
         "mlp_ratio": 4.0,
     },
     "text_cfg": {
         "context_length": CONTEXT_LENGTH,
         "vocab_size": VOCAB_SIZE,
-        "width": 128,
+        "width": 64,
         "heads": 4,
         "layers": 6,
         "mlp_ratio": 4.0,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmlens.data.toyworld import generate, pretraining_batch
+from mmlens.data.toyworld import caption_batch, generate, pretraining_batch
 from mmlens.data.toyworld.domains import DOMAINS
 from mmlens.models import toy
 
@@ -39,41 +39,64 @@ _STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
 class PretrainConfig:
     """Hyper-parameters of the recipe (the defaults are the shipped weights' recipe).
 
-    Curriculum: for the first ``curriculum`` fraction of the steps the object radius range moves linearly
-    from ``warm_radius`` (large objects: colour words are easy to pick up, which gets both towers off
-    the initial plateau where all features collapse) to the photo domain's ``radius``; then it stays.
-    ``eval_every`` > 0 evaluates held-out photo zero-shot accuracy on ``eval_per_class`` images per class
-    during training (logged only; the recipe never selects on it).
+    Three measures get the small model off the plateau where contrastive training from scratch
+    otherwise sits for hundreds of steps (all features alike, only colour learnt):
+
+    - ``text_warmup`` text-only steps first: caption paraphrase contrastive (captions that say the same
+      thing are positives, all others negatives), which spreads the caption features apart so the images
+      have distinct targets from the start (at initialisation "a photo of a star." and "a photo of a
+      heart." have cosine ~0.9);
+    - a low initial temperature scale ``init_logit_scale`` with a ``logit_scale_lr_mult`` times faster
+      learning rate (random features at CLIP's usual 1/0.07 make the loss worse than chance, and the
+      quickest fix the optimizer finds is to collapse all features);
+    - a size curriculum: for the first ``curriculum`` fraction of the steps the object radius range moves
+      linearly from ``warm_radius`` to the photo domain's ``radius``.
+
+    ``eval_every`` > 0 logs held-out photo zero-shot accuracy on ``eval_per_class`` images per class
+    (logged only; the recipe never selects on it).
     """
 
-    steps: int = 1200
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup: int = 20
-    curriculum: float = 0.25
-    warm_radius: tuple[float, float] = (20.0, 28.0)
-    radius: tuple[float, float] = (12.0, 22.0)
     weight_decay: float = 0.1
+    text_warmup: int = 60
+    text_warmup_batch: int = 256
+    init_logit_scale: float = 2.0
+    logit_scale_lr_mult: float = 30.0
+    curriculum: float = 0.15
+    warm_radius: tuple[float, float] = (22.0, 29.0)
+    radius: tuple[float, float] = (16.0, 26.0)
     seed: int = 0
     neutral: float = 0.15
     shape_only: float = 0.25
+    colours_per_batch: int | None = 2
     threads: int = 1
     eval_every: int = 100
     eval_per_class: int = 1
     log_every: int = 20
 
 
-def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` -> normalised float ``[N, 3, H, W]`` (OpenAI CLIP mean / std, as open_clip's
-    own preprocessing does for 64x64 inputs).
+def to_model_input(images: np.ndarray | torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` -> normalised float ``[N, 3, size, size]``, as the model's own preprocessing
+    makes it: bicubic antialiased resize to the model's input size (toyworld renders 64x64, the toy
+    CLIP sees 32x32), then OpenAI CLIP mean / std.
 
     Examples
     --------
     >>> to_model_input(np.zeros((2, 64, 64, 3), np.uint8)).shape
-    torch.Size([2, 3, 64, 64])
+    torch.Size([2, 3, 32, 32])
     """
-    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    size = int(size or toy.TOY_MODEL_CONFIG["vision_cfg"]["image_size"])
+    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = resize(x, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    x = x.float() / 255.0
     return (x - _MEAN) / _STD
 
 
@@ -121,14 +144,45 @@ def encode_text_trimmed(model, text: torch.Tensor) -> torch.Tensor:
     return x @ model.text_projection
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, weight_decay: float, scale_mult: float = 1.0) -> list[dict[str, Any]]:
+    decay, no_decay, scale = [], [], []
     for name, p in model.named_parameters():
-        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "ln" in name:
+        if name == "logit_scale":
+            scale.append(p)
+        elif p.ndim < 2 or "embedding" in name or "ln" in name:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        {"params": scale, "weight_decay": 0.0, "lr_mult": scale_mult},
+    ]
+
+
+def paraphrase_loss(text_features: torch.Tensor, keys: list[tuple], scale: float = 10.0) -> torch.Tensor:
+    """Text-only multi-positive InfoNCE: captions with equal ``keys`` (what they say) are positives.
+
+    Each caption is compared with all the others (not itself); captions without a paraphrase in the
+    batch only serve as negatives.
+
+    Examples
+    --------
+    >>> t = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]]), dim=-1)
+    >>> bool(paraphrase_loss(t, [("a",), ("a",), ("b",)]) < paraphrase_loss(t, [("a",), ("b",), ("a",)]))
+    True
+    """
+    n = len(keys)
+    codes = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    ids = torch.tensor([codes[k] for k in keys])
+    eye = torch.eye(n, dtype=torch.bool)
+    pos = (ids[:, None] == ids[None, :]) & ~eye
+    logits = (scale * text_features @ text_features.T).masked_fill(eye, float("-inf"))
+    rows = pos.any(1)
+    if not rows.any():
+        return text_features.sum() * 0.0
+    logp = F.log_softmax(logits[rows], dim=1).masked_fill(~pos[rows], 0.0)
+    return -(logp.sum(1) / pos[rows].sum(1)).mean()
 
 
 def radius_at(step: int, cfg: PretrainConfig) -> tuple[float, float]:
@@ -138,7 +192,7 @@ def radius_at(step: int, cfg: PretrainConfig) -> tuple[float, float]:
     --------
     >>> cfg = PretrainConfig(steps=100, curriculum=0.5)
     >>> radius_at(0, cfg), radius_at(25, cfg), radius_at(60, cfg)
-    ((20.0, 28.0), (16.0, 25.0), (12.0, 22.0))
+    ((22.0, 29.0), (19.0, 27.5), (16.0, 26.0))
     """
     span = cfg.curriculum * cfg.steps
     t = 1.0 if span <= 0 else min(1.0, step / span)
@@ -194,12 +248,21 @@ def zero_shot_accuracy(
 
 
 def pretrain(
-    cfg: PretrainConfig | None = None, *, log: Callable[[str], None] | None = print
+    cfg: PretrainConfig | None = None,
+    *,
+    log: Callable[[str], None] | None = print,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 250,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Train the toy CLIP from scratch with the recipe ``cfg``; return the model (eval mode) and history.
 
     ``history`` holds one record per logged step: ``step``, ``loss`` (mean since the last record),
     ``lr``, ``logit_scale``, ``seconds`` and, at evaluation steps, ``photo_zero_shot``.
+
+    With ``checkpoint`` (a file path) the model, optimizer and history are saved there every
+    ``checkpoint_every`` steps, and a run started with an existing checkpoint of the same recipe resumes
+    from it: every batch depends only on ``(seed, step)``, so an interrupted run loses at most
+    ``checkpoint_every`` steps and ends where an uninterrupted one would.
 
     Examples
     --------
@@ -212,11 +275,46 @@ def pretrain(
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
     model = toy.create_model(pretrained=False)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(cfg.init_logit_scale))
     model.train()
     tokenizer = toy.get_tokenizer()
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     history: list[dict[str, float]] = []
     t0, c0 = time.perf_counter(), time.process_time()
+    ckpt = Path(checkpoint) if checkpoint else None
+    resuming = ckpt is not None and ckpt.is_file()
+    # 1. text warm-up: paraphrase contrastive on captions only (no images rendered; skipped on resume,
+    #    whose checkpoint already holds its result)
+    text_params = [p for n, p in model.named_parameters() if not n.startswith("visual") and n != "logit_scale"]
+    topt = torch.optim.AdamW(text_params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+    for step in range(0 if resuming else cfg.text_warmup):
+        captions, said = caption_batch(cfg.text_warmup_batch, cfg.seed, step, shape_only=cfg.shape_only)
+        unique, first = np.unique(np.asarray(captions), return_index=True)
+        keys = [tuple(said[k][i] for k in sorted(said)) for i in first]
+        txt = F.normalize(encode_text_trimmed(model, tokenizer(list(unique))), dim=-1)
+        loss = paraphrase_loss(txt, keys)
+        topt.zero_grad(set_to_none=True)
+        loss.backward()
+        topt.step()
+        if log is not None and cfg.log_every and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.text_warmup):
+            log(f"text-warmup step={step + 1} paraphrase_loss={float(loss.detach()):.4g}")
+    # 2. image-text contrastive
+    opt = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay, cfg.logit_scale_lr_mult), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    start = 0
+    if resuming:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["recipe"] != asdict(cfg):
+            raise ValueError(
+                f"checkpoint {ckpt} was written by a different recipe ({state['recipe']}); "
+                "delete it or pass another checkpoint path"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["step"]
+        if log is not None:
+            log(f"resumed from {ckpt} at step {start}")
     running, count = 0.0, 0
     # the next batch is generated in a thread while the model trains on this one (numpy releases the GIL);
     # each batch depends only on (seed, step), so prefetching does not change the data
@@ -224,13 +322,13 @@ def pretrain(
     def make(step: int):
         return pretraining_batch(
             cfg.batch_size, cfg.seed, step, neutral=cfg.neutral, radius=radius_at(step, cfg),
-            shape_only=cfg.shape_only,
+            shape_only=cfg.shape_only, colours_per_batch=cfg.colours_per_batch,
         )
 
-    future = pool.submit(make, step=0)
-    for step in range(cfg.steps):
+    future = pool.submit(make, step=start)
+    for step in range(start, cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, cfg) * group["lr_mult"]
         batch = future.result()
         if step + 1 < cfg.steps:
             future = pool.submit(make, step=step + 1)
@@ -264,6 +362,11 @@ def pretrain(
             history.append(rec)
             if log is not None:
                 log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+        if ckpt is not None and ((step + 1) % checkpoint_every == 0 or last):
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
+                        "step": step + 1, "recipe": asdict(cfg)}, tmp)
+            tmp.replace(ckpt)  # atomic: an interruption never leaves a half-written checkpoint
     pool.shutdown()
     model.eval()
     return model, history

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import open_clip
+import pytest
 import torch
 
 from mmlens.models import toy
@@ -21,14 +22,18 @@ from mmlens.train.pretrain_toy import (
 
 
 def test_reduced_recipe_loss_decreases_and_is_reproducible(tmp_path):
-    # large objects throughout (curriculum over all steps) so that a few dozen fresh batches suffice
-    cfg = PretrainConfig(steps=40, batch_size=32, warmup=5, curriculum=1.0, eval_every=0, log_every=1, seed=3)
+    # large objects throughout (curriculum over all steps) and all colours in every batch (colour is what
+    # a few dozen fresh batches can teach) so that the loss visibly moves in a reduced run
+    cfg = PretrainConfig(
+        steps=40, batch_size=32, warmup=5, curriculum=1.0, text_warmup=10, text_warmup_batch=64,
+        colours_per_batch=None, eval_every=0, log_every=1, seed=3,
+    )
     model, hist = pretrain(cfg, log=None)
     losses = np.array([h["loss"] for h in hist])
-    assert len(losses) == 40 and np.isfinite(losses).all()
+    assert len(losses) == 40 and np.isfinite(losses).all()  # (text warm-up steps are not in the history)
     chance = np.log(32)
     assert losses[:5].mean() > chance - 0.3  # starts near chance ...
-    assert losses[-8:].mean() < losses[:5].mean() - 0.3, losses  # ... and learns
+    assert losses[-8:].mean() < losses[:5].mean() - 0.2, losses  # ... and learns
 
     path = tmp_path / "toy.safetensors"
     meta = save_weights(model, path, recipe=cfg, history=hist)
@@ -40,7 +45,7 @@ def test_reduced_recipe_loss_decreases_and_is_reproducible(tmp_path):
     toy.register()
     fresh = open_clip.create_model(toy.TOY_MODEL_NAME, pretrained=str(path))
     fresh.eval()
-    x = torch.rand(2, 3, 64, 64)
+    x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(fresh.encode_image(x), model.encode_image(x), atol=1e-5)
 
@@ -65,3 +70,30 @@ def test_multi_positive_loss_hand_case():
     want = (i2t + t2i) / 2
     got = multi_positive_clip_loss(img, txt, torch.tensor(s), match)
     assert torch.isclose(got, want)
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    cfg = PretrainConfig(steps=6, batch_size=8, warmup=2, text_warmup=2, text_warmup_batch=16, eval_every=0,
+                         log_every=1, seed=5)
+    whole, hist_whole = pretrain(cfg, log=None)
+
+    ckpt = tmp_path / "run.ckpt"
+
+    def stop_at_step_5(line: str) -> None:
+        if line.startswith("step=5 "):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, log=stop_at_step_5, checkpoint=ckpt, checkpoint_every=2)
+    assert torch.load(ckpt, weights_only=False)["step"] == 4  # steps 1-4 kept, step 5 lost
+
+    lines: list[str] = []
+    resumed, hist_resumed = pretrain(cfg, log=lines.append, checkpoint=ckpt, checkpoint_every=2)
+    assert lines[0] == f"resumed from {ckpt} at step 4"
+    assert [h["step"] for h in hist_resumed] == [1, 2, 3, 4, 5, 6]
+    assert [h["loss"] for h in hist_resumed] == [h["loss"] for h in hist_whole]
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    with pytest.raises(ValueError, match="different recipe"):
+        pretrain(PretrainConfig(**{**cfg.__dict__, "lr": 5e-4}), log=None, checkpoint=ckpt)

@@ -213,10 +213,10 @@ def photo_scene(
     attrs: dict[str, np.ndarray],
     *,
     neutral: float = 0.0,
-    radius: tuple[float, float] = (12.0, 22.0),
+    radius: tuple[float, float] = (16.0, 26.0),
     outline: int = 1,
 ):
-    """The photo domain: one solid or patterned object, 18-34 px, on a muted, gently shaded background.
+    """The photo domain: one clip-art object, 32-52 px, solid or patterned, on a muted, shaded background.
 
     With ``neutral > 0`` a fraction of objects takes a neutral colour (white, gray, black, brown), as in
     pre-training; ``attrs['colour']`` is updated in place. ``radius`` is the range of object radii (px).

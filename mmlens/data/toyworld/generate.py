@@ -114,7 +114,7 @@ CAPTION_ATTRIBUTES = ("colour", "shape", "pattern", "size", "background", "posit
 
 
 def _size_word(radius: np.ndarray) -> np.ndarray:
-    return np.where(radius < 15.0, "small", np.where(radius > 19.0, "large", ""))
+    return np.where(radius < 19.0, "small", np.where(radius > 23.0, "large", ""))
 
 
 def _position_word(cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
@@ -219,8 +219,9 @@ def pretraining_batch(
     seed: int,
     step: int,
     neutral: float = 0.15,
-    radius: tuple[float, float] = (12.0, 22.0),
+    radius: tuple[float, float] = (16.0, 26.0),
     shape_only: float = 0.25,
+    colours_per_batch: int | None = None,
 ) -> PretrainBatch:
     """Photo-domain images of random objects with templated captions, for contrastive pre-training.
 
@@ -229,7 +230,10 @@ def pretraining_batch(
     disjoint from every dataset split. ``radius`` (px) is the object size range (the photo domain's by
     default; the recipe's warm-up phase uses larger objects). A fraction ``shape_only`` of the captions
     names the shape without the colour (``"a photo of a star."``), which makes shape alone worth
-    learning: colour is learnt first and otherwise explains most of the loss.
+    learning: colour is learnt first and otherwise explains most of the loss. With
+    ``colours_per_batch`` all objects of the batch take one of that many randomly chosen colours
+    (hues and neutrals alike), so that within a batch colour tells few captions apart and the rest
+    of the loss is about shape and pattern.
 
     Examples
     --------
@@ -238,8 +242,15 @@ def pretraining_batch(
     ((8, 64, 64, 3), 8, True)
     """
     rng = stream(seed, "toyworld", "pretrain", str(step))
+    if colours_per_batch:
+        palette = np.array(list(HUES) + list(R.NEUTRAL_COLOURS))
+        chosen = palette[rng.choice(len(palette), size=int(colours_per_batch), replace=False)]
+        colours = chosen[rng.integers(0, len(chosen), n)]
+        neutral = 0.0  # neutrals are already in the draw
+    else:
+        colours = np.array(HUES)[rng.integers(0, len(HUES), n)]
     attrs = {
-        "colour": np.array(HUES)[rng.integers(0, len(HUES), n)],
+        "colour": colours,
         "shape": np.array(R.SHAPES)[rng.integers(0, len(R.SHAPES), n)],
         "pattern": np.array(R.PATTERNS)[
             rng.choice(len(R.PATTERNS), size=n, p=[0.5] + [0.1] * (len(R.PATTERNS) - 1))
@@ -251,3 +262,28 @@ def pretraining_batch(
     captions, mentioned = make_captions(attrs, rng, shape_only=shape_only)
     match = caption_match({k: attrs[k] for k in CAPTION_ATTRIBUTES}, mentioned)
     return PretrainBatch(R.to_uint8(img), mask, attrs, captions, mentioned, match)
+
+
+def caption_batch(n: int, seed: int, step: int, shape_only: float = 0.25) -> tuple[list[str], dict]:
+    """Captions of ``n`` random photo-domain objects, without rendering them (for text-only steps).
+
+    Attributes are drawn as in :func:`pretraining_batch`; returns ``(captions, mentioned)``.
+
+    Examples
+    --------
+    >>> caps, said = caption_batch(4, seed=0, step=0)
+    >>> len(caps), sorted(said) == sorted(CAPTION_ATTRIBUTES)
+    (4, True)
+    """
+    rng = stream(seed, "toyworld", "captions", str(step))
+    colours = np.array(list(HUES) + list(R.NEUTRAL_COLOURS))
+    attrs = {
+        "colour": colours[rng.integers(0, len(colours), n)],
+        "shape": np.array(R.SHAPES)[rng.integers(0, len(R.SHAPES), n)],
+        "pattern": np.array(R.PATTERNS)[rng.integers(0, len(R.PATTERNS), n)],
+        "radius": rng.uniform(16.0, 26.0, n),
+        "cx": rng.uniform(17.0, 47.0, n),
+        "cy": rng.uniform(17.0, 47.0, n),
+        "background": np.array(list(R.PHOTO_BACKGROUNDS))[rng.integers(0, len(R.PHOTO_BACKGROUNDS), n)],
+    }
+    return make_captions(attrs, rng, shape_only=shape_only)
