@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,9 +242,11 @@ def load_clip(
         )
         info["quick_gelu"] = bool(cfg.get("quick_gelu", False))
     else:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None, device="cpu", precision="fp32", force_quick_gelu=info["quick_gelu"]
-        )
+        # open_clip warns "initialized randomly" when it loads nothing itself: false when we load next
+        with _drop_log_records("No pretrained weights loaded") if state_dict is not None else nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, device="cpu", precision="fp32", force_quick_gelu=info["quick_gelu"]
+            )
         if state_dict is not None:
             _load_into(model, state_dict, name=name, path=info.get("path"))
         model = _to_precision(model.to(device), precision)
@@ -250,6 +254,21 @@ def load_clip(
     if tokenizer is None:
         tokenizer = open_clip.get_tokenizer(name)
     return LoadedCLIP(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, pretrained=info)
+
+
+@contextmanager
+def _drop_log_records(prefix: str):
+    """Drop root-logger records whose message starts with ``prefix`` while the block runs."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _load_into(model: torch.nn.Module, state_dict: dict, *, name: str, path: str | None) -> None:
