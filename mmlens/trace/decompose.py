@@ -122,14 +122,14 @@ class AttentionSplit:
         rows = torch.arange(self.attn.shape[0], device=self.attn.device)
         attn = self.attn[rows, :, queries]  # [batch, heads, keys]
         prompt = self.is_prompt[:, None, :]
-        on_prompts = attn.masked_fill(~prompt, 0.0)
-        on_originals = attn.masked_fill(prompt, 0.0)
-        original_mass = on_originals.sum(-1)
+        # [batch, heads, 2, keys]: the attention on the original keys, then on the prompt keys
+        parts = torch.stack([attn.masked_fill(prompt, 0.0), attn.masked_fill(~prompt, 0.0)], dim=2)
+        masses = parts.sum(-1)  # [batch, heads, 2]
+        contexts = parts @ self.v  # [batch, heads, 2, head_dim]: each path summed over its own keys
         return QuerySplit(
-            queries=queries, attn=attn, prompt_mass=on_prompts.sum(-1), original_mass=original_mass,
-            attn_original=on_originals / original_mass[..., None],
-            original_context=(on_originals[:, :, None, :] @ self.v)[:, :, 0],
-            prompt_context=(on_prompts[:, :, None, :] @ self.v)[:, :, 0],
+            queries=queries, attn=attn, prompt_mass=masses[..., 1], original_mass=masses[..., 0],
+            attn_original=parts[:, :, 0] / masses[..., :1],
+            original_context=contexts[:, :, 0], prompt_context=contexts[:, :, 1],
             context=self.context[rows, :, queries],
         )
 
@@ -184,16 +184,27 @@ def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Te
     w = mha.in_proj_weight.float()
     b = mha.in_proj_bias.float() if mha.in_proj_bias is not None else None
     qkv = F.linear(z.float(), w, b).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]  # [batch, heads, tokens, head_dim]
-    scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-1, -2)
-    if attn_mask is not None:
+    # [batch * heads, tokens, head_dim], contiguous: the layout bmm wants (one copy each)
+    q, k, v = (t.reshape(batch * heads, tokens, head_dim) for t in qkv)
+    if attn_mask is None:
+        added = q.new_zeros(1, 1, 1)
+    else:
         mask = attn_mask.float()
-        scores += mask if mask.dim() == 2 else mask.reshape(batch, heads, tokens, tokens)
+        added = mask.expand(batch * heads, tokens, tokens) if mask.dim() == 2 else mask
+    # scores = q k^T / sqrt(d_h) (+ mask) in one kernel; beta=0 ignores `added` when there is no mask
+    scores = torch.baddbmm(added, q, k.transpose(1, 2), beta=0.0 if attn_mask is None else 1.0,
+                           alpha=1.0 / math.sqrt(head_dim))
     attn = scores.softmax(dim=-1)
+    context = torch.bmm(attn, v)
     is_prompt = prompt_keys.to(z.device)
     is_prompt = is_prompt.expand(batch, -1) if is_prompt.dim() == 1 else is_prompt
+
+    def per_head(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, heads, tokens, -1)
+
     return AttentionSplit(
-        q=q, k=k, v=v, attn=attn, context=attn @ v, is_prompt=is_prompt, prompt_index=_prompt_index(is_prompt),
+        q=per_head(q), k=per_head(k), v=per_head(v), attn=per_head(attn), context=per_head(context),
+        is_prompt=is_prompt, prompt_index=_prompt_index(is_prompt),
         out_weight=mha.out_proj.weight.float(),
         out_bias=mha.out_proj.bias.float() if mha.out_proj.bias is not None else torch.zeros(width, device=z.device),
     )

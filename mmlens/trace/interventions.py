@@ -104,11 +104,10 @@ class SplitHook:
         if route is None or route == ROUTES["full"]:
             if rebuilt is None:
                 return block_forward(call.block, call.x, call.attn_mask, post_attn_bias=post_bias)
-            result = rebuilt.to(call.x.dtype)
-            attention = lambda _z: result  # noqa: E731
+            attention = rebuilt
         else:
             attention, post_bias = self._rebuild(call, split, route)
-        return block_forward(call.block, call.x, call.attn_mask, attention=attention, post_attn_bias=post_bias)
+        return _finish_block(call.block, call.x, attention, post_bias)
 
     def _rebuild(self, call: BlockCall, split: AttentionSplit, route: Route):
         # (1-α) Σ â v is Σ_{j∈O} a v; without the (1-α) scaling it is Σ â v
@@ -127,8 +126,16 @@ class SplitHook:
                     "measure it with measure_mean_bias(model, training_batches) and pass mean_bias=..."
                 )
             out = out + mean.to(out.device)[: out.shape[1]]
-        result = out.to(call.x.dtype)
-        return (lambda _z: result), post_bias
+        return out, post_bias
+
+
+def _finish_block(block: torch.nn.Module, x: torch.Tensor, attention: torch.Tensor,
+                  post_attn_bias: torch.Tensor | None) -> torch.Tensor:
+    """The rest of :func:`~mmlens.models.prompted.block_forward` given the attention output (ln_1 is done)."""
+    x = x + block.ls_1(attention.to(x.dtype))
+    if post_attn_bias is not None:
+        x = x + post_attn_bias.to(x.dtype)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _resolve_layers(model, branch: str, layers) -> list[int]:

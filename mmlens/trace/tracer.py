@@ -68,27 +68,31 @@ class _Collector:
         others = (roles != ROLE_CODES["prompt"]) & (roles != ROLE_CODES["pad"]) & (positions != readout[:, None])
         out["prompt_mass_other_queries"] = (alpha * others[:, None]).sum(-1) / others.sum(-1).clamp_min(1)[:, None]
 
-        original = head_outputs(split, at.original_context)  # [batch, heads, width]
-        bias = head_outputs(split, at.prompt_context)
-        out["original_norm"] = original.norm(dim=-1)
-        out["bias_head_norm"] = bias.norm(dim=-1)
-        out["original_total_norm"] = original.sum(1).norm(dim=-1)
-        out["bias_norm"] = bias.sum(1).norm(dim=-1)
+        # path (a) and β per head, projected by W_O^h: [batch, heads, 2, width] in one go
+        paths = head_outputs(split, torch.stack([at.original_context, at.prompt_context], dim=2))
+        head_norms, totals = paths.norm(dim=-1), paths.sum(1)  # [batch, heads, 2], [batch, 2, width]
+        total_norms = totals.norm(dim=-1)
+        out["original_norm"], out["bias_head_norm"] = head_norms[..., 0], head_norms[..., 1]
+        out["original_total_norm"], out["bias_norm"] = total_norms[:, 0], total_norms[:, 1]
         out["residual_norm"] = call.x[rows, readout].float().norm(dim=-1)
         role_masks = torch.stack([roles == ROLE_CODES[r] for r in _ROLES[self.branch]], dim=-1).float()
         out["attention_by_role"] = at.attn @ role_masks  # [batch, heads, keys] @ [batch, keys, roles]
         if self.vectors:
-            out["bias"] = bias.sum(1)
-            out["original"] = original.sum(1)
+            out["bias"], out["original"] = totals[:, 1], totals[:, 0]
         if self.branch == "vision":
             patches = roles[0] == ROLE_CODES["patch"]
             prompts = roles[0] == ROLE_CODES["prompt"]
             gh, gw = self.grid
             out["cls_attention"] = at.attn_original[:, :, patches].reshape(batch, -1, gh, gw)
+            prompt_index = prompts.nonzero().flatten()
             for name, t in (("prompt_key_cosine", split.k), ("prompt_value_cosine", split.v)):
-                if prompts.any():
-                    mean_prompt = t[:, :, prompts].mean(2, keepdim=True)
-                    cos = F.cosine_similarity(t[:, :, patches], mean_prompt, dim=-1)
+                if len(prompt_index):
+                    # cosine of every token with the mean prompt (one matmul, no copy of the patch tokens),
+                    # then the patches; as F.cosine_similarity for non-zero vectors
+                    mean_prompt = t.index_select(2, prompt_index).mean(2)  # [batch, heads, head_dim]
+                    dots = (t @ mean_prompt[..., None])[..., 0]
+                    norms = t.norm(dim=-1) * mean_prompt.norm(dim=-1)[..., None]
+                    cos = (dots / norms.clamp_min(1e-8))[:, :, patches]
                 else:  # no prompt tokens in this block
                     cos = torch.full((batch, t.shape[1], int(patches.sum())), float("nan"), device=t.device)
                 out[name] = cos.reshape(batch, -1, gh, gw)
@@ -386,7 +390,7 @@ def iter_trace_batches(
                             **{k: v for k, v in coords.items() if k != "classname"}},
                 )
                 groups = {"vision": vision, "logits": logit_ds}
-                if attributors:  # outside the trace's hook: the attribution methods run the model themselves
+                if attributors and n:  # outside the trace's hook: the attribution methods run the model themselves
                     model.block_hook, model.prompts_enabled = previous_hook, previous_enabled
                     groups["attribution"] = _attribute_batch(model, attributors, images, coords, variants,
                                                              attribution_target)

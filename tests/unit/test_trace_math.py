@@ -312,3 +312,57 @@ def test_trace_logits_equal_open_clip_forward_vit_b16(vit_b16):
         ref = (m.logit_scale.exp() * f @ g.T).numpy()
     got = tree["logits"]["logits"].sel(variant="full").values
     torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(ref), atol=1e-4, rtol=1e-5)
+
+
+def test_stored_readout_statistics_against_torch_attention(tiny_clip):
+    """The trace's vision variables, recomputed from each block input with torch's own MHA (need_weights)."""
+    import mmlens
+
+    torch.manual_seed(0)
+    model = _perturb(PromptedCLIP(tiny_clip, CLASSES, method="maple", depth=2, init_seed=0))
+    images = torch.randn(2, 3, 32, 32)
+    inputs = {}
+
+    def recorder(call, split, z, rebuilt):
+        if call.branch == "vision":
+            inputs[call.layer] = (call.block, z.clone(), call.roles)
+
+    with torch.no_grad(), intervene(model, "full", recorder=recorder):
+        model(images)
+    vision = mmlens.trace(model, images, store_bias_vectors=True, progress=False)["vision"].to_dataset()
+    vision = vision.sel(variant="full")
+    for layer, (block, z, roles) in inputs.items():
+        mha = block.attn
+        zt = z.transpose(0, 1)
+        _, probs = F.multi_head_attention_forward(
+            zt, zt, zt, mha.embed_dim, mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, None, None, False, 0.0,
+            mha.out_proj.weight, mha.out_proj.bias, training=False, need_weights=True, average_attn_weights=False)
+        cls = probs[:, :, 0]  # [image, head, keys] at the [cls] query (position of role cls)
+        assert int(roles[0]) == ROLE_CODES["cls"]
+        prompt, patch = roles == ROLE_CODES["prompt"], roles == ROLE_CODES["patch"]
+        alpha = cls[..., prompt].sum(-1)
+        at = vision.sel(layer=layer)
+        close = dict(atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(at.prompt_mass.values), alpha, **close)
+        by_role = torch.stack([cls[..., roles == ROLE_CODES[r]].sum(-1) for r in ("cls", "patch", "prompt")], -1)
+        torch.testing.assert_close(torch.from_numpy(at.attention_by_role.values), by_role, **close)
+        a_hat = (cls[..., patch] / (1 - alpha)[..., None]).reshape(2, -1, 4, 4)
+        torch.testing.assert_close(torch.from_numpy(at.cls_attention.values), a_hat, **close)
+        # stored (a) + β + b_O at [cls] is the block's own attention output there (completeness on stored data)
+        with torch.no_grad():
+            own = block.attention(z)[:, 0]
+        stored = torch.from_numpy(at.original.values + at.bias.values) + mha.out_proj.bias
+        torch.testing.assert_close(stored, own, **close)
+        torch.testing.assert_close(torch.from_numpy(at.bias_norm.values), torch.from_numpy(at.bias.values).norm(dim=-1))
+        width, heads = mha.embed_dim, mha.num_heads
+        v = (z @ mha.in_proj_weight[2 * width:].T + mha.in_proj_bias[2 * width:]).reshape(2, -1, heads, width // heads)
+        beta = torch.einsum("ihm,imhd->ihd", cls[..., prompt], v[:, prompt])  # α Σ ã v = Σ_m a_m v_m per head
+        beta = beta.reshape(2, width) @ mha.out_proj.weight.T  # Σ_h (...) W_O^h
+        torch.testing.assert_close(torch.from_numpy(at.bias.values), beta, **close)
+        for name, part in (("prompt_key_cosine", 1), ("prompt_value_cosine", 2)):
+            w = mha.in_proj_weight[part * width:(part + 1) * width]
+            b = mha.in_proj_bias[part * width:(part + 1) * width]
+            t = (z @ w.T + b).reshape(2, -1, heads, width // heads).transpose(1, 2)  # [image, head, token, d]
+            want = F.cosine_similarity(t[:, :, patch], t[:, :, prompt].mean(2, keepdim=True), dim=-1)
+            torch.testing.assert_close(torch.from_numpy(at[name].values), want.reshape(2, heads, 4, 4), **close)
+    assert sorted(inputs) == [0, 1, 2]
