@@ -156,3 +156,19 @@ def test_unreadable_image_is_skipped_and_recorded(tmp_path, tiny_clip):
         tree = mmlens.trace(model, dataset, batch_size=2, progress=False)
     assert tree["vision"].sizes["image"] == 3
     assert list(tree["vision"]["failure_path"].values) == [str(bad)]
+
+
+def test_all_queries_read_at_the_readout_are_the_readout_variables():
+    ns = _setup()
+    tree = mmlens.trace(ns["MODEL"], ns["IMAGES"][:4], all_queries=True, with_reference=True, progress=False)
+    validate(tree)
+    vision = tree["vision"].to_dataset()
+    every = vision["prompt_mass_all_queries"]
+    assert set(every["token_role"].values) == {"cls", "patch", "prompt"}
+    np.testing.assert_array_equal(vision.mml.readout()["prompt_mass"].values, vision["prompt_mass"].values)
+    at_cls = every.isel(query=int(np.flatnonzero(every["token_role"].values == "cls")[0]))
+    np.testing.assert_array_equal(at_cls.values, vision["prompt_mass"].values)
+    # the mean over the other original queries, from the all-query values
+    others = every.isel(query=np.flatnonzero(every["token_role"].values == "patch"))
+    np.testing.assert_allclose(others.mean("query").values, vision["prompt_mass_other_queries"].values, rtol=1e-5)
+    assert float(every.sel(variant="zeroshot").max()) == 0.0
