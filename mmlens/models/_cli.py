@@ -30,6 +30,10 @@ def register(subparsers) -> None:
         "--eval-per-class", type=int, default=40,
         help="test images per class for the final zero-shot metrics in the sidecar (0 = skip; default 40)",
     )
+    p.add_argument(
+        "--checkpoint", default=None,
+        help="resume file, written every 250 steps (default: <out>.ckpt; rerun the same command to resume)",
+    )
     p.set_defaults(func=_cmd_pretrain)
     toy.set_defaults(func=lambda args: toy.print_help() or 0)
 
@@ -42,7 +46,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
     )
     cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
-    model, history = pretrain(cfg)
+    model, history = pretrain(cfg, checkpoint=args.checkpoint or f"{args.out}.ckpt")
     metrics = {}
     if args.eval_per_class:
         metrics = {"zero_shot_top1": evaluate_all(model, n_per_class=args.eval_per_class, seed=cfg.seed)}

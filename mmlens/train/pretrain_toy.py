@@ -56,7 +56,7 @@ class PretrainConfig:
     (logged only; the recipe never selects on it).
     """
 
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
@@ -71,12 +71,11 @@ class PretrainConfig:
     radius: tuple[float, float] = (16.0, 26.0)
     seed: int = 0
     neutral: float = 0.15
-    shape_only: float = 0.25
-    colours_per_batch: int | None = 2
+    shape_only: float = 0.5
     threads: int = 1
-    eval_every: int = 100
-    eval_per_class: int = 1
-    log_every: int = 20
+    eval_every: int = 250
+    eval_per_class: int = 2
+    log_every: int = 50
 
 
 def to_model_input(images: np.ndarray | torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -322,7 +321,7 @@ def pretrain(
     def make(step: int):
         return pretraining_batch(
             cfg.batch_size, cfg.seed, step, neutral=cfg.neutral, radius=radius_at(step, cfg),
-            shape_only=cfg.shape_only, colours_per_batch=cfg.colours_per_batch,
+            shape_only=cfg.shape_only,
         )
 
     future = pool.submit(make, step=start)

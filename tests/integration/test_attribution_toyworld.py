@@ -43,10 +43,13 @@ def toyworld():
     from mmlens.attribution import patch_foreground
     from mmlens.data import collate
     from mmlens.data.toyworld import ToyworldDataset
+    from mmlens.data.transforms import eval_mask_transform
 
     torch.manual_seed(SEED)
     clip = load_clip("mmlens-toy", pretrained="toyworld")
-    ds = ToyworldDataset("photo", "test", transform=clip.preprocess)
+    # masks go through the same resize / crop geometry as the images (toyworld's 64x64 -> the model's input)
+    ds = ToyworldDataset("photo", "test", transform=clip.preprocess,
+                         mask_transform=eval_mask_transform(clip.model.visual.image_size))
     rows = np.random.default_rng(SEED).choice(len(ds), N_IMAGES, replace=False)
     batch = collate([ds[int(i)] for i in rows])
     model = PromptedCLIP(clip, ds.classnames, method="zeroshot")

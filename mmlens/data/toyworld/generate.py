@@ -221,7 +221,6 @@ def pretraining_batch(
     neutral: float = 0.15,
     radius: tuple[float, float] = (16.0, 26.0),
     shape_only: float = 0.25,
-    colours_per_batch: int | None = None,
 ) -> PretrainBatch:
     """Photo-domain images of random objects with templated captions, for contrastive pre-training.
 
@@ -230,10 +229,7 @@ def pretraining_batch(
     disjoint from every dataset split. ``radius`` (px) is the object size range (the photo domain's by
     default; the recipe's warm-up phase uses larger objects). A fraction ``shape_only`` of the captions
     names the shape without the colour (``"a photo of a star."``), which makes shape alone worth
-    learning: colour is learnt first and otherwise explains most of the loss. With
-    ``colours_per_batch`` all objects of the batch take one of that many randomly chosen colours
-    (hues and neutrals alike), so that within a batch colour tells few captions apart and the rest
-    of the loss is about shape and pattern.
+    learning: colour is learnt first and otherwise explains most of the loss.
 
     Examples
     --------
@@ -242,15 +238,8 @@ def pretraining_batch(
     ((8, 64, 64, 3), 8, True)
     """
     rng = stream(seed, "toyworld", "pretrain", str(step))
-    if colours_per_batch:
-        palette = np.array(list(HUES) + list(R.NEUTRAL_COLOURS))
-        chosen = palette[rng.choice(len(palette), size=int(colours_per_batch), replace=False)]
-        colours = chosen[rng.integers(0, len(chosen), n)]
-        neutral = 0.0  # neutrals are already in the draw
-    else:
-        colours = np.array(HUES)[rng.integers(0, len(HUES), n)]
     attrs = {
-        "colour": colours,
+        "colour": np.array(HUES)[rng.integers(0, len(HUES), n)],
         "shape": np.array(R.SHAPES)[rng.integers(0, len(R.SHAPES), n)],
         "pattern": np.array(R.PATTERNS)[
             rng.choice(len(R.PATTERNS), size=n, p=[0.5] + [0.1] * (len(R.PATTERNS) - 1))
