@@ -77,7 +77,18 @@ def block_forward(
     """
     z = block.ln_1(x)
     a = attention(z) if attention is not None else block.attention(z, attn_mask=attn_mask)
-    x = x + block.ls_1(a)
+    return finish_block(block, x, a, post_attn_bias)
+
+
+def finish_block(
+    block: nn.Module, x: torch.Tensor, attention_out: torch.Tensor, post_attn_bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The rest of :func:`block_forward` once the attention output for ``ln_1(x)`` is known.
+
+    ``x + ls_1(attention_out) [+ b]`` then ``+ ls_2(mlp(ln_2(.)))``; ``attention_out`` may be float32
+    while the model runs in half precision (the trace computes attention in float32).
+    """
+    x = x + block.ls_1(attention_out.to(x.dtype))
     if post_attn_bias is not None:
         x = x + post_attn_bias.to(x.dtype)
     return x + block.ls_2(block.mlp(block.ln_2(x)))

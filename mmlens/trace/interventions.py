@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mmlens.models.prompted import ROLE_CODES, BlockCall, block_forward
+from mmlens.models.prompted import ROLE_CODES, BlockCall, block_forward, finish_block
 from mmlens.trace.decompose import AttentionSplit, merged_output, split_attention
 
 __all__ = ["VARIANTS", "Route", "ROUTES", "SplitHook", "intervene", "measure_mean_bias"]
@@ -107,7 +107,7 @@ class SplitHook:
             attention = rebuilt
         else:
             attention, post_bias = self._rebuild(call, split, route)
-        return _finish_block(call.block, call.x, attention, post_bias)
+        return finish_block(call.block, call.x, attention, post_bias)
 
     def _rebuild(self, call: BlockCall, split: AttentionSplit, route: Route):
         # (1-α) Σ â v is Σ_{j∈O} a v; without the (1-α) scaling it is Σ â v
@@ -127,15 +127,6 @@ class SplitHook:
                 )
             out = out + mean.to(out.device)[: out.shape[1]]
         return out, post_bias
-
-
-def _finish_block(block: torch.nn.Module, x: torch.Tensor, attention: torch.Tensor,
-                  post_attn_bias: torch.Tensor | None) -> torch.Tensor:
-    """The rest of :func:`~mmlens.models.prompted.block_forward` given the attention output (ln_1 is done)."""
-    x = x + block.ls_1(attention.to(x.dtype))
-    if post_attn_bias is not None:
-        x = x + post_attn_bias.to(x.dtype)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _resolve_layers(model, branch: str, layers) -> list[int]:
