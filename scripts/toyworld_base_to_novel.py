@@ -34,6 +34,14 @@ _COST = {"maple": 6, "ivlp": 6, "bias_coupled": 5, "deep_language": 5, "bias": 5
          "zeroshot": 0}
 
 
+def _architecture() -> str:
+    from mmlens.models import toy
+
+    v, t = toy.TOY_MODEL_CONFIG["vision_cfg"], toy.TOY_MODEL_CONFIG["text_cfg"]
+    return (f"ViT {v['layers']} blocks, width {v['width']}, {v['image_size']}px input, patch {v['patch_size']}; "
+            f"text {t['layers']} blocks, width {t['width']}")
+
+
 def ablation_grid() -> list[str]:
     """full, zeroshot; each route on both branches, on one branch, and on the injected / carried layers."""
     from mmlens.train import ablation_variants
@@ -149,7 +157,7 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
     if args.pretrained == "none":
         lines += ["> **Random toy CLIP weights (`--pretrained none`): a smoke run, not a result.**", ""]
     lines += [
-        f"- Model: `mmlens-toy` (6+6 blocks, width 128), weights `{args.pretrained}` (sha256 `{str(sha)[:16]}…`).",
+        f"- Model: `mmlens-toy` ({_architecture()}), weights `{args.pretrained}` (sha256 `{str(sha)[:16]}…`).",
         f"- Data: toyworld, size `{args.size}` (data seed {args.data_seed}); datasets {', '.join(args.datasets)}; "
         "base = first half of the classes, novel = the rest; test split.",
         f"- Protocol: {args.shots} shots per base class, seeds {', '.join(map(str, args.seeds))}; "

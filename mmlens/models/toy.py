@@ -34,8 +34,9 @@ VOCAB_SIZE = 512  # ids 0..511; words fill the low ids, the rest are reserved, 5
 
 PAD_TOKEN, UNK_TOKEN, SOT_TOKEN, EOT_TOKEN = "<pad>", "<unk>", "<start_of_text>", "<end_of_text>"
 
-#: The architecture. Text width 128 / 4 heads, vision width 128 / 4 heads (head_width 32), 6 blocks
-#: each, QuickGELU like OpenAI's CLIP (MaPLe's backbone); embed_dim 128.
+#: The architecture. Text width 64 / 4 heads, vision width 64 / 4 heads (head_width 16) on 32x32 inputs
+#: with 4x4 patches (an 8x8 grid; toyworld's 64x64 scenes are resized by the preprocess), 6 blocks each,
+#: QuickGELU like OpenAI's CLIP (MaPLe's backbone); embed_dim 64.
 TOY_MODEL_CONFIG: dict[str, Any] = {
     "embed_dim": 64,
     "quick_gelu": True,
