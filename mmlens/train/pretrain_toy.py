@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from mmlens.data.toyworld import caption_batch, generate, pretraining_batch
 from mmlens.data.toyworld.domains import DOMAINS
 from mmlens.models import toy
+from mmlens.train.trainer import _atomic_save
 
 _MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
 _STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
@@ -362,10 +363,8 @@ def pretrain(
             if log is not None:
                 log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
         if ckpt is not None and ((step + 1) % checkpoint_every == 0 or last):
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
-                        "step": step + 1, "recipe": asdict(cfg)}, tmp)
-            tmp.replace(ckpt)  # atomic: an interruption never leaves a half-written checkpoint
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
+                          "step": step + 1, "recipe": asdict(cfg)}, ckpt)
     pool.shutdown()
     model.eval()
     return model, history
