@@ -57,7 +57,7 @@ class PretrainConfig:
     (logged only; the recipe never selects on it).
     """
 
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
