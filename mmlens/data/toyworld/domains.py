@@ -249,7 +249,7 @@ _FIELD_COLOURS = np.array(
 
 
 def satellite_scene(rng: np.random.Generator, attrs: dict[str, np.ndarray]):
-    """Satellite: 1-3 small objects (8-13 px) seen from above on textured fields, under a bluish haze."""
+    """Satellite: 1-3 small objects (17-24 px) seen from above on textured fields, under a bluish haze."""
     n = len(attrs["shape"])
     yy, xx = R.pixel_grid(n)
     cells = rng.integers(3, 7, n)
@@ -268,7 +268,7 @@ def satellite_scene(rng: np.random.Generator, attrs: dict[str, np.ndarray]):
     mask = np.zeros((n, H, H), dtype=bool)
     plain = np.full(n, "plain")
     for k in range(3):
-        radius = rng.uniform(4.0, 6.5, n).astype(np.float32)
+        radius = rng.uniform(8.5, 12.0, n).astype(np.float32)
         cx = rng.uniform(radius, H - radius).astype(np.float32)
         cy = rng.uniform(radius, H - radius).astype(np.float32)
         angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
@@ -355,12 +355,12 @@ def finegrained_scene(rng: np.random.Generator, attrs: dict[str, np.ndarray]):
     img = top[:, None, None, :] * (1 - t) + bottom[:, None, None, :] * t
     img = img + (8.0 * np.maximum(R.smooth_noise(rng, n, 5), 0))[..., None]
     colour = class_colour(rng, attrs["colour"], gain=(0.9, 1.1), sd=4.0)
-    radius = rng.uniform(10.0, 14.0, n).astype(np.float32)
+    radius = rng.uniform(16.0, 22.0, n).astype(np.float32)
     cx = rng.uniform(radius + 1, H - radius - 1).astype(np.float32)
     cy = rng.uniform(radius + 1, H - radius - 1).astype(np.float32)
     angle = rng.uniform(-0.4, 0.4, n).astype(np.float32)
     img, mask = _draw_object(
-        rng, img, colour, attrs["shape"], attrs["pattern"], cx, cy, radius, angle, period=(3.5, 5.0),
+        rng, img, colour, attrs["shape"], attrs["pattern"], cx, cy, radius, angle, period=(5.0, 7.0),
         ink_dark=0.45,
     )
     return _noise(rng, img, 2.5), mask
@@ -397,7 +397,7 @@ def clutter_scene(rng: np.random.Generator, attrs: dict[str, np.ndarray]):
         )
         img = np.where((k < count)[:, None, None, None], drawn, img)
     colour = class_colour(rng, attrs["colour"])
-    radius = rng.uniform(9.0, 14.0, n).astype(np.float32)
+    radius = rng.uniform(13.0, 18.0, n).astype(np.float32)
     cx = rng.uniform(radius + 1, H - radius - 1).astype(np.float32)
     cy = rng.uniform(radius + 1, H - radius - 1).astype(np.float32)
     angle = rng.uniform(-0.35, 0.35, n).astype(np.float32)

@@ -28,7 +28,7 @@ from mmlens.data.toyworld.generate import SIZES, SPLITS, generate
 
 IMAGE_DIR = "images"
 MASK_DIR = "masks"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 def class_dir(classname: str) -> str:
