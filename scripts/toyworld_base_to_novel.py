@@ -115,7 +115,7 @@ def run_job(job: dict) -> dict:
                          init_seed=job["seed"])
     started, cpu = time.perf_counter(), time.process_time()
     result = fit(model, job["dataset"], root=job["data_root"], shots=job["shots"], seed=job["seed"],
-                 epochs=job["epochs"], checkpoint_dir=job["run_dir"], progress=False)
+                 epochs=job["epochs"], crop_scale=job["crop_scale"], checkpoint_dir=job["run_dir"], progress=False)
     fit_seconds, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
     started, cpu = time.perf_counter(), time.process_time()
     ds = evaluate(result.prompts_path, job["dataset"], root=job["data_root"], clip=clip, variants=job["variants"],
@@ -162,7 +162,8 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
         "base = first half of the classes, novel = the rest; test split.",
         f"- Protocol: {args.shots} shots per base class, seeds {', '.join(map(str, args.seeds))}; "
         f"MaPLe's recipe: SGD lr 0.0035, momentum 0.9, weight decay 5e-4, batch 4, {args.epochs} epochs "
-        "(cosine, 1 constant warm-up epoch at 1e-5), random resized crop + flip, last epoch kept.",
+        "(cosine, 1 constant warm-up epoch at 1e-5), random resized crop ({:g}-{:g} of the area; MaPLe: "
+        "0.08-1, which on toyworld often crops the small objects out) + flip, last epoch kept.".format(*args.crop_scale),
         f"- Prompts: n_ctx {args.n_ctx}, depth {args.depth} of 6 blocks (MaPLe: 9 of 12); CoOp = learned text "
         "context at the input only; the deep methods and bias tuning act on blocks "
         f"0..{args.depth - 1}.",
@@ -214,6 +215,8 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
+    from mmlens.experiments.reproduce import TOY_RECIPE
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--methods", nargs="+", default=METHODS)
@@ -221,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=4, help="shots per base class (default 4; MaPLe: 16)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--n-ctx", type=int, default=2)
+    parser.add_argument("--crop-scale", type=float, nargs=2, default=list(TOY_RECIPE["crop_scale"]),
+                        metavar=("MIN", "MAX"), help="random-resized-crop area fraction (default: the toyworld "
+                        "recipe's {:g} {:g}; MaPLe's is 0.08 1)".format(*TOY_RECIPE["crop_scale"]))
     parser.add_argument("--depth", type=int, default=4, help="prompt depth (default 4 of the toy's 6 blocks)")
     parser.add_argument("--size", choices=["small", "full"], default="small", help="toyworld size (default small)")
     parser.add_argument("--data-seed", type=int, default=0)
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 variants = grid if (method == "maple" and not args.no_ablation) else ["full"]
                 jobs.append({"dataset": dataset, "method": method, "seed": seed, "shots": args.shots,
-                             "epochs": args.epochs, "n_ctx": args.n_ctx, "depth": args.depth,
+                             "epochs": args.epochs, "crop_scale": tuple(args.crop_scale), "n_ctx": args.n_ctx, "depth": args.depth,
                              "data_root": str(root), "pretrained": pretrained, "threads": args.threads,
                              "variants": variants, "run_dir": str(runs_dir / dataset / method / f"seed{seed}")})
     jobs.sort(key=lambda j: -_COST.get(j["method"], 3))

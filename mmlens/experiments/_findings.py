@@ -410,7 +410,9 @@ def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any =
     data = ctx["data"]
     recipe = ("imported published MaPLe checkpoints" if ctx.get("imported") else
               f"MaPLe prompts learned on the base classes: {ctx['shots']} shots, {ctx['epochs']} epochs, batch "
-              f"{ctx['batch_size']}, lr {ctx['lr']:g}, depth {ctx['depth']}")
+              f"{ctx['batch_size']}, lr {ctx['lr']:g}, depth {ctx['depth']}"
+              + (", random crops of {:g}-{:g} of the image area".format(*ctx["crop_scale"])
+                 if ctx.get("crop_scale") else ""))
     limit = f" (at most {ctx['max_images']} per split and dataset)" if ctx.get("max_images") else ""
     lines = [
         "# Findings",

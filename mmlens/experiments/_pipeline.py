@@ -36,6 +36,7 @@ class Config:
     batch_size: int = 4
     lr: float = 0.0035
     depth: int | None = 4
+    crop_scale: tuple[float, float] = (0.5, 1.0)
     max_images: int | None = None
     ablations: str = "branches"
     n_boot: int = 1000
@@ -87,8 +88,9 @@ class Config:
     def settings(self) -> dict[str, Any]:
         """What changes results (a folder made with other settings is refused)."""
         keep = ("model", "pretrained", "data_root", "maple_weights", "shots", "epochs", "batch_size", "lr",
-                "depth", "max_images", "toy_size")
+                "depth", "crop_scale", "max_images", "toy_size")
         s = {k: getattr(self, k) for k in keep}
+        s["crop_scale"] = [float(v) for v in self.crop_scale]  # a list, as it reads back from JSON
         s["data_root"] = str(Path(self.data_root).expanduser().resolve()) if self.data_root else None
         s["maple_weights"] = str(Path(self.maple_weights).expanduser().resolve()) if self.maple_weights else None
         return s
@@ -206,7 +208,7 @@ class _Runner:
         torch.manual_seed(seed)
         model = PromptedCLIP(self.clip, train.classnames, method, depth=self.depth(), init_seed=seed)
         result = fit(model, train, seed=seed, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                     device=cfg.device, checkpoint_dir=path.parent, progress=cfg.progress, name=dataset)
+                     crop_scale=cfg.crop_scale, device=cfg.device, checkpoint_dir=path.parent, progress=cfg.progress, name=dataset)
         last = result.history[-1] if result.history else {}
         return {"prompts": str(result.prompts_path), "train_loss": last.get("loss"),
                 "train_accuracy": last.get("accuracy"), "images": len(train),
@@ -514,7 +516,8 @@ def _context(runner: _Runner, ledger: Ledger, started: float) -> dict[str, Any]:
     return {
         "model": cfg.model, "pretrained": cfg.pretrained or "random weights", "datasets": cfg.datasets,
         "seeds": cfg.seeds, "methods": cfg.methods, "shots": cfg.shots, "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "depth": runner.depth(), "max_images": cfg.max_images,
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "depth": runner.depth(),
+        "crop_scale": list(cfg.crop_scale), "max_images": cfg.max_images,
         "imported": bool(cfg.maple_weights), "data": cfg.data_root or f"toyworld generated in memory ({cfg.toy_size})",
         "quick": cfg.quick, "device": cfg.device, "mmlens_version": mmlens.__version__,
         "compute_seconds": seconds, "cpu_seconds": cpu, "threads": cfg.threads, "cores": os.cpu_count(),

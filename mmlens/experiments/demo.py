@@ -12,6 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
+from mmlens.experiments.reproduce import TOY_RECIPE
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="lowlight", help="toyworld downstream domain (default: lowlight)")
@@ -66,7 +68,7 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
     train = build_in_memory(dataset, "train", shots=shots, seed=seed, subset="base")
     model = mmlens.PromptedCLIP(clip, train.classnames, method="maple", depth=depth, init_seed=seed)
     fit(model, train, seed=seed, epochs=epochs, device=device, checkpoint_dir=out / "prompts",
-        progress=progress, name=f"demo-{dataset}")
+        crop_scale=TOY_RECIPE["crop_scale"], progress=progress, name=f"demo-{dataset}")
 
     accuracy, stores = {}, {}
     for subset in ("base", "novel"):

@@ -42,7 +42,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model, args.dataset, root=args.data_root, shots=args.shots, seed=args.seed, subset=args.subset,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, warmup_epochs=args.warmup_epochs,
         warmup_lr=args.warmup_lr, device=args.device, checkpoint_dir=args.out, resume=not args.no_resume,
-        augment=not args.no_augment, num_workers=args.workers, progress=not args.no_progress,
+        augment=not args.no_augment, crop_scale=tuple(args.crop_scale), num_workers=args.workers, progress=not args.no_progress,
     )
     for h in result.history:
         print(f"epoch {h['epoch']}: lr {h['lr']:.2e}  loss {h['loss']:.4f}  acc {h['accuracy']:.1f}%  "
@@ -125,6 +125,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds checkpoints")
     p.add_argument("--no-augment", action="store_true", help="no random-resized-crop / flip")
+    p.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
+                   help="random-resized-crop area fraction (default MaPLe's 0.08 1; toyworld recipe: 0.5 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
