@@ -10,12 +10,15 @@ _ATTRIBUTION_METHODS = ("ig_pixels", "ig_patch_embedding", "occlusion", "attenti
 
 
 def _attribution_methods(text: str) -> list[str]:
-    """argparse type of ``--attribution``: comma-separated method names, checked."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in _ATTRIBUTION_METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated names among {', '.join(_ATTRIBUTION_METHODS)}, found {text!r}")
+    """argparse type of ``--attribution``: comma-separated method names, checked by ``trace``'s own parser."""
+    from mmlens.trace.tracer import parse_attribution
+
+    try:
+        names = list(parse_attribution(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names among {', '.join(_ATTRIBUTION_METHODS)}")
     return names
 
 

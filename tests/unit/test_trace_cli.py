@@ -50,4 +50,8 @@ def test_trace_cli_attribution(tmp_path, tiny_clip, capsys):
                                logits[np.arange(5), vision["label"].values], rtol=1e-5)
     with pytest.raises(SystemExit):
         main([*args[:-4], "--attribution", "occlusion,gradcam", "--out", str(tmp_path / "x.zarr")])
+    err = capsys.readouterr().err
+    assert "Unknown attribution method(s) ['gradcam']" in err and "expected names among" in err
+    with pytest.raises(SystemExit):
+        main([*args[:-4], "--attribution", " , ", "--out", str(tmp_path / "y.zarr")])
     assert "expected comma-separated names among" in capsys.readouterr().err
