@@ -84,9 +84,9 @@ class ImageDataset(torch.utils.data.Dataset):
     """A torch Dataset of labelled images; each sample is a dict.
 
     Sample keys: ``image`` (``transform(PIL RGB image)``, or a float CHW tensor in [0, 1] when
-    ``transform`` is None), ``label`` (int), ``classname``, ``path``, ``mask`` (float tensor of 0/1
-    foreground, ``mask_transform`` applied to the binary ``L`` PIL mask first, or None when the item
-    has no mask) and ``index``.
+    ``transform`` is None), ``label`` (int), ``classname``, ``path``, ``mask`` (float tensor of foreground,
+    0/1, or per-pixel foreground fractions after ``mmlens.data.transforms.eval_mask_transform``;
+    ``mask_transform`` is applied to the binary ``L`` PIL mask first; None when the item has no mask) and ``index``.
 
     Parameters
     ----------

@@ -124,3 +124,29 @@ def test_labels_must_fit_the_classnames(root):
         mdata.ImageDataset(sd.items, sd.classnames[:5])
     with pytest.raises(ValueError, match="on_error must be"):
         mdata.ImageDataset(sd.items, sd.classnames, on_error="ignore")
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (64, 48), (37, 53), (45, 60)])
+def test_eval_mask_transform_gives_exact_area_fractions(hw):
+    """Reference: repeat every source pixel m times per axis (m = output length), so each output pixel is an
+    exact block of fine pixels; its mean is the foreground fraction of the area it covers. Then the same
+    centre crop as open_clip's evaluation transform."""
+    from torchvision import transforms as T
+
+    from mmlens.data.transforms import eval_mask_transform
+
+    size = 32
+    h, w = hw
+    rng = np.random.default_rng(h * w)
+    mask = (rng.random((h, w)) < 0.3).astype(np.uint8) * 255
+    out = eval_mask_transform(size)(Image.fromarray(mask)).numpy()
+
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    fine = np.repeat(np.repeat(mask / 255.0, new_h, axis=0), new_w, axis=1)  # [h*new_h, w*new_w]
+    ref = fine.reshape(new_h, h, new_w, w).mean(axis=(1, 3))
+    ref = T.CenterCrop(size)(torch.from_numpy(ref)).numpy()
+    assert out.shape == (size, size) and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    # the image transform's crop sees the same region: an all-foreground mask stays all foreground
+    full = eval_mask_transform(size)(Image.fromarray(np.full((h, w), 255, np.uint8))).numpy()
+    np.testing.assert_allclose(full, 1.0, atol=1e-6)
