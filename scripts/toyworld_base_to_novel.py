@@ -188,6 +188,7 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
         "",
         to_markdown(full, digits=1),
         "",
+        *gain_table(full),
     ]
     if ablation is not None and ablation.sizes["variant"] > 1:
         lines += [
@@ -211,6 +212,35 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def gain_table(full) -> list[str]:
+    """Markdown lines: each method's gain over zero-shot in points (mean over seeds; the seeds' range in
+    brackets), base / novel per dataset, and on how many datasets the mean base gain reaches 10 points."""
+    methods = [str(m) for m in full["method"].values]
+    if "zeroshot" not in methods or len(methods) < 2:
+        return []
+    acc = full["accuracy"].sel({"variant": "full"})
+    gain = acc - acc.sel({"method": "zeroshot"})
+    datasets = [str(d) for d in full["dataset"].values]
+    lines = ["## Gain over zero-shot", "",
+             "Points of top-1 accuracy: mean over seeds [lowest, highest seed], base / novel.", "",
+             "| method | " + " | ".join(datasets) + " | base +10 on | novel raised on |",
+             "|---|" + "---|" * (len(datasets) + 2)]
+    for m in methods:
+        if m == "zeroshot":
+            continue
+        cells, base_10, novel_up = [], 0, 0
+        for d in datasets:
+            g = gain.sel({"method": m, "dataset": d})
+            b, n = g.sel({"split": "base"}), g.sel({"split": "novel"})
+            cells.append(f"{float(b.mean()):+.1f} [{float(b.min()):+.1f}, {float(b.max()):+.1f}] / "
+                         f"{float(n.mean()):+.1f} [{float(n.min()):+.1f}, {float(n.max()):+.1f}]")
+            base_10 += float(b.mean()) >= 10
+            novel_up += float(n.mean()) > 0
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {base_10} of {len(datasets)} | "
+                     f"{novel_up} of {len(datasets)} |")
+    return [*lines, ""]
 
 
 # ------------------------------------------------------------------------------------------ main
