@@ -317,4 +317,21 @@ def load_split(name: str | Manifest, root: str | Path, split: str, *, check_clas
         )
     if m.classnames is not None and list(m.classnames) != data.classnames:
         raise SplitFileError(f"{m.name}: class names on disk differ from the manifest's `classnames` list.")
+    _warn_if_stale_toyworld(m, root)
     return data
+
+
+def _warn_if_stale_toyworld(m: Manifest, root: Path) -> None:
+    """A toyworld tree written by another generator version has other pixels than the manifest describes."""
+    wanted = m.extra.get("generator_version")
+    info = m.dataset_dir(root) / "toyworld.json"
+    if wanted is None or not info.is_file():
+        return
+    found = json.loads(info.read_text()).get("generator_version")
+    if found != wanted:
+        import warnings
+
+        warnings.warn(
+            f"{m.name} under {root} was written by toyworld generator version {found}; this mmlens draws "
+            f"version {wanted} (docs/toyworld.md says what changed). Results will differ from the documented "
+            f"ones: regenerate with `mmlens data toyworld --out {root}`.", UserWarning, stacklevel=3)

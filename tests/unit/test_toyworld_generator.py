@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -172,6 +173,12 @@ def test_written_tree_reads_back_through_the_manifest_and_loaders(tmp_path):
         assert a["label"] == b["label"] and a["classname"] == b["classname"]
     report = md.verify("ToyFineGrained", tmp_path, check_counts=False)
     assert not report.errors and not report.missing_files and not report.corrupt_files
+
+    # a tree from another generator version reads, with a warning that says how to regenerate it
+    info_file = md.get_manifest("ToyFineGrained").dataset_dir(tmp_path) / "toyworld.json"
+    info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "generator_version": 2}))
+    with pytest.warns(UserWarning, match=r"generator version 2; this mmlens draws version \d+.*mmlens data toyworld"):
+        md.load_split("ToyFineGrained", tmp_path, "test")
 
 
 def test_packaged_manifests_are_current_and_valid():
