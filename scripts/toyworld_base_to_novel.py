@@ -163,7 +163,8 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
         f"- Protocol: {args.shots} shots per base class, seeds {', '.join(map(str, args.seeds))}; "
         f"MaPLe's recipe: SGD lr 0.0035, momentum 0.9, weight decay 5e-4, batch 4, {args.epochs} epochs "
         "(cosine, 1 constant warm-up epoch at 1e-5), random resized crop ({:g}-{:g} of the area; MaPLe: "
-        "0.08-1, which on toyworld often crops the small objects out) + flip, last epoch kept.".format(*args.crop_scale),
+        "0.08-1, which on toyworld often crops the small objects out) + flip, last epoch kept."
+        .format(*args.crop_scale),
         f"- Prompts: n_ctx {args.n_ctx}, depth {args.depth} of 6 blocks (MaPLe: 9 of 12); CoOp = learned text "
         "context at the input only; the deep methods and bias tuning act on blocks "
         f"0..{args.depth - 1}.",
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 variants = grid if (method == "maple" and not args.no_ablation) else ["full"]
                 jobs.append({"dataset": dataset, "method": method, "seed": seed, "shots": args.shots,
-                             "epochs": args.epochs, "crop_scale": tuple(args.crop_scale), "n_ctx": args.n_ctx, "depth": args.depth,
+                             "epochs": args.epochs, "crop_scale": tuple(args.crop_scale), "n_ctx": args.n_ctx,
+                             "depth": args.depth,
                              "data_root": str(root), "pretrained": pretrained, "threads": args.threads,
                              "variants": variants, "run_dir": str(runs_dir / dataset / method / f"seed{seed}")})
     jobs.sort(key=lambda j: -_COST.get(j["method"], 3))

@@ -208,7 +208,8 @@ class _Runner:
         torch.manual_seed(seed)
         model = PromptedCLIP(self.clip, train.classnames, method, depth=self.depth(), init_seed=seed)
         result = fit(model, train, seed=seed, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                     crop_scale=cfg.crop_scale, device=cfg.device, checkpoint_dir=path.parent, progress=cfg.progress, name=dataset)
+                     crop_scale=cfg.crop_scale, device=cfg.device, checkpoint_dir=path.parent,
+                     progress=cfg.progress, name=dataset)
         last = result.history[-1] if result.history else {}
         return {"prompts": str(result.prompts_path), "train_loss": last.get("loss"),
                 "train_accuracy": last.get("accuracy"), "images": len(train),

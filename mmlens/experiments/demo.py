@@ -3,7 +3,8 @@
 Loads the shipped toyworld CLIP, learns MaPLe prompts on the base classes of one downstream toy
 dataset (16 shots), traces base and novel test images with and without prompts into zarr stores,
 prints the key numbers (zero-shot vs prompted accuracy; prompt mass and bias-norm ratio per
-layer) and writes a standalone HTML view. Under a minute on two CPU cores (43 s measured on a fresh install), nothing downloaded.
+layer) and writes a standalone HTML view. Under a minute on two CPU cores (42 s measured on a fresh
+install), nothing downloaded.
 """
 
 from __future__ import annotations

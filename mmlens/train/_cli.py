@@ -42,7 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model, args.dataset, root=args.data_root, shots=args.shots, seed=args.seed, subset=args.subset,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, warmup_epochs=args.warmup_epochs,
         warmup_lr=args.warmup_lr, device=args.device, checkpoint_dir=args.out, resume=not args.no_resume,
-        augment=not args.no_augment, crop_scale=tuple(args.crop_scale), num_workers=args.workers, progress=not args.no_progress,
+        augment=not args.no_augment, crop_scale=tuple(args.crop_scale), num_workers=args.workers,
+        progress=not args.no_progress,
     )
     for h in result.history:
         print(f"epoch {h['epoch']}: lr {h['lr']:.2e}  loss {h['loss']:.4f}  acc {h['accuracy']:.1f}%  "

@@ -55,7 +55,8 @@ def test_missing_coords_and_bad_values_are_reported():
         validate(ds.assign_coords(layer_kind=("layer", ["fresh"] * ds.sizes["layer"])), require_provenance=False)
     text = example_tree()["text"].to_dataset()
     with pytest.raises(SchemaError, match="'key_role' values among"):
-        validate(text.assign_coords(key_role=["sot", "prompt", "word", "classname", "eot", "cls"]), require_provenance=False)
+        validate(text.assign_coords(key_role=["sot", "prompt", "word", "classname", "eot", "cls"]),
+                 require_provenance=False)
 
 
 def test_every_problem_is_listed_at_once():

@@ -48,7 +48,8 @@ class ToyworldDataset(torch.utils.data.Dataset):
 
     ``image`` is ``transform(PIL RGB image)`` (a float ``[3, 64, 64]`` tensor in [0, 1] without a
     transform); ``mask`` is ``mask_transform(PIL L mask)`` as a float tensor (0/1 ``[64, 64]`` without
-    one; per-pixel foreground fractions with ``eval_mask_transform``). Generation is cached per (domain, split, size, seed).
+    one; per-pixel foreground fractions with ``eval_mask_transform``). Generation is cached per
+    (domain, split, size, seed).
 
     Parameters
     ----------
