@@ -12,6 +12,7 @@ from typing import Any
 
 from mmlens.experiments._ledger import Ledger
 from mmlens.experiments._sources import DataSource, resolve_datasets
+from mmlens.experiments.reproduce import MAPLE_RECIPE, QUICK, ROUTES, TOY_RECIPE, TRACE_VARIANTS
 
 __all__ = ["Config", "Result", "run", "layout"]
 
@@ -31,12 +32,13 @@ class Config:
     device: str = "cpu"
     maple_weights: str | None = None
     methods: list[str] = field(default_factory=lambda: ["maple", "bias"])
-    shots: int = 4
-    epochs: int = 5
-    batch_size: int = 4
-    lr: float = 0.0035
-    depth: int | None = 4
-    crop_scale: tuple[float, float] = (0.5, 1.0)
+    # the toyworld recipe unless from_args picks MaPLe's for real data
+    shots: int = TOY_RECIPE["shots"]
+    epochs: int = TOY_RECIPE["epochs"]
+    batch_size: int = TOY_RECIPE["batch_size"]
+    lr: float = TOY_RECIPE["lr"]
+    depth: int | None = TOY_RECIPE["depth"]
+    crop_scale: tuple[float, float] = TOY_RECIPE["crop_scale"]
     max_images: int | None = None
     ablations: str = "branches"
     n_boot: int = 1000
@@ -50,8 +52,6 @@ class Config:
     @classmethod
     def from_args(cls, args: Any) -> Config:
         """Resolve CLI arguments: defaults of the model, toyworld vs real data, ``--quick``."""
-        from mmlens.experiments.reproduce import MAPLE_RECIPE, QUICK, TOY_RECIPE
-
         datasets = resolve_datasets(args.datasets, args.data_root)
         seeds = list(args.seeds or [1, 2, 3])
         pretrained = args.pretrained
@@ -217,7 +217,6 @@ class _Runner:
 
     def variants(self, method: str) -> list[str]:
         """Evaluated variants: full, zeroshot and route ablations per ``--ablations`` (MaPLe only)."""
-        from mmlens.experiments.reproduce import ROUTES
         from mmlens.train import ablation_variants
 
         if method != "maple":
@@ -270,7 +269,6 @@ class _Runner:
     def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
         import torch
 
-        from mmlens.experiments.reproduce import TRACE_VARIANTS
         from mmlens.trace.tracer import trace_to_store
         from mmlens.train.transforms import input_spec
 
