@@ -235,10 +235,11 @@ def gain_table(full) -> list[str]:
         for d in datasets:
             g = gain.sel({"method": m, "dataset": d})
             b, n = g.sel({"split": "base"}), g.sel({"split": "novel"})
-            cells.append(f"{float(b.mean()):+.1f} [{float(b.min()):+.1f}, {float(b.max()):+.1f}] / "
-                         f"{float(n.mean()):+.1f} [{float(n.min()):+.1f}, {float(n.max()):+.1f}]")
-            base_10 += float(b.mean()) >= 10
-            novel_up += float(n.mean()) > 0
+            b_mean, n_mean = float(b.mean()), float(n.mean())
+            cells.append(f"{b_mean:+.1f} [{float(b.min()):+.1f}, {float(b.max()):+.1f}] / "
+                         f"{n_mean:+.1f} [{float(n.min()):+.1f}, {float(n.max()):+.1f}]")
+            base_10 += b_mean >= 10
+            novel_up += n_mean > 0
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {base_10} of {len(datasets)} | "
                      f"{novel_up} of {len(datasets)} |")
     return [*lines, ""]
@@ -252,13 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--shots", type=int, default=4, help="shots per base class (default 4; MaPLe: 16)")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=TOY_RECIPE["shots"],
+                        help=f"shots per base class (default {TOY_RECIPE['shots']}; MaPLe: 16)")
+    parser.add_argument("--epochs", type=int, default=TOY_RECIPE["epochs"])
     parser.add_argument("--n-ctx", type=int, default=2)
     parser.add_argument("--crop-scale", type=float, nargs=2, default=list(TOY_RECIPE["crop_scale"]),
                         metavar=("MIN", "MAX"), help="random-resized-crop area fraction (default: the toyworld "
                         "recipe's {:g} {:g}; MaPLe's is 0.08 1)".format(*TOY_RECIPE["crop_scale"]))
-    parser.add_argument("--depth", type=int, default=4, help="prompt depth (default 4 of the toy's 6 blocks)")
+    parser.add_argument("--depth", type=int, default=TOY_RECIPE["depth"],
+                        help=f"prompt depth (default {TOY_RECIPE['depth']} of the toy's 6 blocks)")
     parser.add_argument("--size", choices=["small", "full"], default="small", help="toyworld size (default small)")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--data-root", default=str(Path.home() / ".cache" / "mmlens" / "toyworld"))

@@ -25,15 +25,14 @@ def eval_mask_transform(image_size: int | tuple[int, int]) -> Callable:
     >>> round(float(eval_mask_transform(32)(Image.fromarray(m)).sum()) * (48 / 32) * (64 / 42), 3)
     100.0
     """
+    import numpy as np
+    import torch
     from torchvision import transforms as T
 
     size = image_size if isinstance(image_size, int) else min(image_size)
     crop = T.CenterCrop(image_size)
 
     def transform(mask):
-        import numpy as np
-        import torch
-
         w, h = mask.size
         # torchvision's Resize(size) rule: the shorter side becomes `size`, the longer is truncated
         new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)

@@ -141,7 +141,7 @@ def test_eval_mask_transform_gives_exact_area_fractions(hw):
     mask = (rng.random((h, w)) < 0.3).astype(np.uint8) * 255
     out = eval_mask_transform(size)(Image.fromarray(mask)).numpy()
 
-    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    new_w, new_h = T.Resize(size)(Image.new("L", (w, h))).size  # torchvision's own output size
     fine = np.repeat(np.repeat(mask / 255.0, new_h, axis=0), new_w, axis=1)  # [h*new_h, w*new_w]
     ref = fine.reshape(new_h, h, new_w, w).mean(axis=(1, 3))
     ref = T.CenterCrop(size)(torch.from_numpy(ref)).numpy()
