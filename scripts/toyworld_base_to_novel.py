@@ -193,7 +193,7 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
     ]
     if ablation is not None and ablation.sizes["variant"] > 1:
         lines += [
-            "## MaPLe route ablations (MATH.md)",
+            "## MaPLe route ablations ([math.md](../math.md))",
             "",
             "The trained MaPLe prompts evaluated with one route of the prompts removed. `full`: as trained; "
             "`zeroshot`: prompts off (frozen CLIP); `bias_only`: keep the prompt bias β, drop the (1-α) "

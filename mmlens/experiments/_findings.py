@@ -208,7 +208,7 @@ def _bias_route(t: Any, split: str, other: str) -> Claim:
 def _bias_tuning(t: Any, acc: Any, context: dict[str, Any]) -> Claim:
     c = Claim(
         "bias_tuning", "Bias tuning works as well as prompts",
-        "accuracy of bias tuning (a learned vector per block, MATH.md) minus MaPLe, paired by dataset and seed, "
+        "accuracy of bias tuning (a learned vector per block, [math.md](math.md)) minus MaPLe, paired by dataset and seed, "
         "bootstrap over seeds and datasets",
         f"holds when the lower end of the interval of (bias − MaPLe) is above −{NON_INFERIORITY_MARGIN:g} points "
         "on both base and novel classes",
@@ -250,7 +250,7 @@ def _foreground_shift(t: Any, split: str) -> Claim:
         "foreground_shift", "[cls] foreground focus shifts through earlier layers",
         "`foreground_attention` (share of `[cls]`'s patch attention â on foreground, exact toyworld masks), with "
         "minus without prompts on the same images, per layer",
-        "holds when the first block shows no shift (prompts cannot change â within a block, MATH.md consequence "
+        "holds when the first block shows no shift (prompts cannot change â within a block, [math.md](math.md) consequence "
         f"1) and some later block shows a shift of at least {MIN_SHIFT:g} whose interval excludes 0",
         UNTESTED,
     )
@@ -428,7 +428,7 @@ def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any =
         "datasets, seeds and images (class prompts for the text tower) — so they describe this toy setting, "
         "not ViT-B/16 on the eleven datasets. Claims are decided on the **base** classes by the rule stated "
         "under each; a claim that does not hold here is reported as such. Injected layers receive fresh learned "
-        "prompts, carried layers carry earlier outputs in the prompt slots (MATH.md, consequence 2).",
+        "prompts, carried layers carry earlier outputs in the prompt slots ([math.md](math.md), consequence 2).",
         "",
     ]
     if ctx.get("quick"):

@@ -420,7 +420,7 @@ def _tables(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
     to_csv(acc, files["accuracy_csv"])
     lines = ["# Accuracy (%): base / novel / HM, mean over seeds", "",
              f"Datasets: {', '.join(runner.cfg.datasets)}; seeds {runner.cfg.seeds}. Variants are route "
-             "ablations (MATH.md): `route[:branch[:layers]]`.", ""]
+             "ablations (docs/math.md): `route[:branch[:layers]]`.", ""]
     for method in [str(m) for m in acc["method"].values]:
         lines += [f"## {method}", "", to_markdown(acc.sel({"method": [method]})), ""]
     files["accuracy_md"].write_text("\n".join(lines))
@@ -467,7 +467,7 @@ def _statistics(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
 def _statistics_markdown(table: Any, notes: list[str]) -> str:
     """The pooled rows by layer kind, one table per statistic (the CSV has per-dataset and per-layer rows)."""
     lines = ["# Statistics (pooled over datasets; mean [95% bootstrap interval])", "",
-             "Rows by layer kind (injected / carried layers apart, MATH.md consequence 2). Per-dataset and "
+             "Rows by layer kind (injected / carried layers apart, docs/math.md consequence 2). Per-dataset and "
              "per-layer rows are in `statistics.csv`.", ""]
     pooled = table[(table["dataset"] == "all") & (~table["layers"].str.fullmatch(r"\d+"))]
     for statistic, part in pooled.groupby("statistic", sort=False):

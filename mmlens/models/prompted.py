@@ -342,7 +342,7 @@ class PromptedCLIP(nn.Module):
         return pl.bias_projections[layer](pl.text_bias[layer]) if spec.coupled else pl.visual_bias[layer]
 
     def layer_kinds(self, branch: str) -> list[str]:
-        """``injected`` / ``carried`` / ``none`` per block of a branch (MATH.md consequence 2)."""
+        """``injected`` / ``carried`` / ``none`` per block of a branch (docs/math.md consequence 2)."""
         spec = self.spec
         has = (spec.text_prompts if branch == "text" else spec.vision_prompts) or spec.bias
         deep = (spec.text_deep if branch == "text" else spec.vision_deep) or spec.bias

@@ -1,4 +1,4 @@
-"""The statistics of MATH.md as pure functions of stored Datasets. No torch.
+"""The statistics of docs/math.md as pure functions of stored Datasets. No torch.
 
 Every function takes a store group (``xarray.Dataset``) or a whole store (``xarray.DataTree``),
 works on numpy or dask arrays alike, and returns a labelled ``xarray.DataArray`` whose ``attrs``

@@ -17,7 +17,7 @@ STATS_VERSION = 1
 def group_of(data: xr.Dataset | xr.DataTree, tower: str) -> xr.Dataset:
     """The Dataset a statistic works on: a group of a tree (with root provenance), or the Dataset itself.
 
-    All-query outputs are reduced to the readout query first (MATH.md's statistics are defined there).
+    All-query outputs are reduced to the readout query first (docs/math.md's statistics are defined there).
     """
     if isinstance(data, xr.DataTree):
         root = data.root

@@ -14,7 +14,7 @@ _GRID = ["patch_row", "patch_col"]
 def prompt_mass(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
     """Prompt mass α: attention mass of the readout query (and of the other queries) on prompt keys.
 
-    ``α_i = Σ_{m∈P} a_im`` (MATH.md). ``measure="readout"`` is α at ``[cls]`` (vision) or EOT
+    ``α_i = Σ_{m∈P} a_im`` (docs/math.md). ``measure="readout"`` is α at ``[cls]`` (vision) or EOT
     (text); ``measure="other_queries"`` is the mean α over the other original queries, when stored.
 
     Parameters
@@ -48,7 +48,7 @@ def foreground_attention(data: xr.Dataset | xr.DataTree) -> xr.DataArray:
     """Attention of ``[cls]`` on foreground patches, from â (attention renormalised over the originals).
 
     ``measure="attention"``: ``Σ_j f_j â_cls,j`` with ``f_j`` the foreground fraction of patch j
-    (MATH.md's ``Σ_{j∈FG} â_cls,j`` for soft masks). ``"share"``: the same divided by
+    (docs/math.md's ``Σ_{j∈FG} â_cls,j`` for soft masks). ``"share"``: the same divided by
     ``Σ_j â_cls,j`` (the part of the patch attention on foreground, removing ``[cls]``'s attention
     to itself). ``"area"``: mean ``f_j``, what uniform attention over patches would give.
     Keep ``variant`` to compare with and without prompts (``.mml.with_vs_without()``).

@@ -109,7 +109,7 @@ def summarize(
 ) -> xr.DataArray:
     """Summarise a statistic: average some dims, group layers by kind, bootstrap over images and seeds.
 
-    Injected and carried layers are reported separately (MATH.md, consequence 2): with
+    Injected and carried layers are reported separately (docs/math.md, consequence 2): with
     ``by_layer_kind`` each image's values are first averaged over the layers of each kind, so
     ``layer`` becomes ``layer_kind`` (``injected``, ``carried``, ``none`` — those present).
 

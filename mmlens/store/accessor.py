@@ -140,7 +140,7 @@ def _prompts(obj: Any) -> Any:
 
 @xr.register_dataset_accessor("mml")
 class MmlDatasetAccessor:
-    """``ds.mml``: selections by label and the statistics of MATH.md on one group of a trace store.
+    """``ds.mml``: selections by label and the statistics of docs/math.md on one group of a trace store.
 
     Dims and token roles are checked when the accessor is first used, so a Dataset with foreign
     names fails early with a message saying what was expected.

@@ -43,7 +43,7 @@ def example_tree(
 ) -> xr.DataTree:
     """A schema-valid trace tree of one run filled with plausible random numbers.
 
-    The numbers follow MATH.md's structure (so statistics have something to find): α is larger
+    The numbers follow docs/math.md's structure (so statistics have something to find): α is larger
     in injected than in carried layers and zero for prompt-free variants, ``attention_by_role``
     is consistent with α and â, β is nearly constant across images in injected layers (a
     dataset bias) and image dependent in carried layers, norms are the norms of the stored

@@ -1,4 +1,4 @@
-"""The instrumented forward: the exact per-block, per-head split of MATH.md, and interventions.
+"""The instrumented forward: the exact per-block, per-head split of docs/math.md, and interventions.
 
 ``mmlens.trace`` is both this package and the function :func:`mmlens.trace.tracer.trace`: calling
 the package runs the trace, so ``mmlens.trace(model, images)`` works whichever of the two Python

@@ -1,4 +1,4 @@
-"""The exact per-block, per-head split of MATH.md: original path (a), prompt bias (b), output bias (c).
+"""The exact per-block, per-head split of docs/math.md: original path (a), prompt bias (b), output bias (c).
 
 For head h and query i, with scores s_ij over keys j in O (originals) and P (prompts)::
 
@@ -52,7 +52,7 @@ class QuerySplit:
 
 @dataclass
 class AttentionSplit:
-    """One block's attention recomputed in float32, with the split of MATH.md on demand.
+    """One block's attention recomputed in float32, with the split of docs/math.md on demand.
 
     ``q``/``k``/``v``/``context`` are ``[batch, heads, tokens, head_dim]``; ``attn`` is
     ``[batch, heads, queries, keys]``. The all-query split quantities (``prompt_mass``,
@@ -147,7 +147,7 @@ def _prompt_index(is_prompt: torch.Tensor) -> torch.Tensor | None:
 
 def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Tensor | None,
                     prompt_keys: torch.Tensor) -> AttentionSplit:
-    """Recompute a block's attention from its parameters, ready to be split per MATH.md.
+    """Recompute a block's attention from its parameters, ready to be split per docs/math.md.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Route ablations of MATH.md as one mechanism: per block, how the split is put back together.
+"""Route ablations of docs/math.md as one mechanism: per block, how the split is put back together.
 
 A block's attention output is rebuilt from the split as::
 

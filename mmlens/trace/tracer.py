@@ -438,7 +438,7 @@ def trace(
     attribution: str | Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
     attribution_target: Any = None,
 ) -> xr.DataTree:
-    """Trace a PromptedCLIP on images: the split of MATH.md for every block and head, both towers.
+    """Trace a PromptedCLIP on images: the split of docs/math.md for every block and head, both towers.
 
     Parameters
     ----------

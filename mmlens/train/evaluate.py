@@ -289,7 +289,7 @@ def evaluate(
     seeds : int or sequence of int, optional
         Keep only prompt files of these seeds; for a model object, its seed label (default 1).
     variants : sequence
-        ``full`` (the model), ``zeroshot`` (prompts off) and the route ablations of MATH.md
+        ``full`` (the model), ``zeroshot`` (prompts off) and the route ablations of docs/math.md
         (``bias_only``, ``redistribution_only``, ``constant_bias``, ``drop_prompts``), each optionally
         restricted to a branch and a layer group: ``"bias_only:vision"``, ``"drop_prompts:both:carried"``
         (see :func:`ablation_variants`). ``constant_bias`` uses the mean β measured on the entry's own

@@ -126,7 +126,7 @@ def test_statistics_table_matches_direct_computation(quick_run):
     assert row["mean"].iloc[0] == pytest.approx(direct, rel=1e-5)
     assert row["low"].iloc[0] <= row["mean"].iloc[0] <= row["high"].iloc[0]
 
-    # the foreground shift is exactly zero in the first block (MATH.md consequence 1) ...
+    # the foreground shift is exactly zero in the first block (docs/math.md consequence 1) ...
     shift0 = table[(table.statistic == "foreground_attention") & (table.measure == "share")
                    & (table.variant == "full - zeroshot") & (table.split == "base") & (table.dataset == "all")
                    & (table.layers == "0")]

@@ -1,4 +1,4 @@
-"""The split of MATH.md against hand computations, torch's own attention, and completeness."""
+"""The split of docs/math.md against hand computations, torch's own attention, and completeness."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def test_layer_curves_band_across_datasets(study):
     assert np.all(lo >= per_dataset.min("dataset").values - 1e-6)
     assert np.all(hi <= per_dataset.max("dataset").values + 1e-6)
     assert list(curve["layer_kind"].values) == ["injected", "carried", "carried"]
-    # the per-layer bias ratio is MATH.md's ‖β‖/‖(a)‖ (stored layer norms, not per-head ones)
+    # the per-layer bias ratio is docs/math.md's ‖β‖/‖(a)‖ (stored layer norms, not per-head ones)
     ratio = view.layer_curve("text", "bias_norm_ratio")
     t = study["text"].to_dataset().sel(seed=1, variant="full")
     expected = (t.bias_norm / t.original_total_norm).mean("class").mean("dataset")
