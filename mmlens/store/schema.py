@@ -8,7 +8,9 @@ from typing import Any
 # Names (docs/store_schema.md is the prose version of this block; keep them in step)
 # ----------------------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 1
+# Version 2 (issues I, VII, II, VI together): compute dtype and activation, resume identity, integrity record,
+# bias_source. Bumped once for all four; older stores open for reading with a note of what they lack.
+SCHEMA_VERSION = 2
 
 #: Dimensions of trace stores, fixed across the package.
 DIMS: tuple[str, ...] = (
