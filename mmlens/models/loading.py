@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LoadedCLIP", "load_clip", "register_config", "state_dict_sha256"]
+__all__ = ["LoadedCLIP", "activation_name", "load_clip", "register_config", "state_dict_sha256"]
 
 # Keys an OpenAI-format file carries besides the open_clip CLIP state dict.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -54,6 +54,17 @@ class LoadedCLIP:
         if not self.pretrained.get("sha256"):
             self.pretrained["sha256"] = state_dict_sha256(self.model)
         return self.pretrained["sha256"]
+
+
+def activation_name(model: torch.nn.Module) -> str:
+    """The MLP activation a CLIP was built with: ``"quick_gelu"`` or ``"gelu"``.
+
+    Read off the modules themselves (not a flag recorded beside them), so it is right whichever route
+    built the model. OpenAI's CLIP and every prompt published for it (MaPLe, CoOp) use QuickGELU.
+    """
+    from open_clip.model import QuickGELU  # open_clip's own class: the one its blocks instantiate
+
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "gelu"
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
