@@ -83,6 +83,7 @@ PROVENANCE_KEYS: tuple[str, ...] = (
     "open_clip_version",
     "device",
     "dtype",
+    "compute_dtype",
     "created",
 )
 #: Provenance keys that must agree before a store may be resumed (a different value means a
@@ -98,6 +99,7 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "manifest_version",
     "seed",
     "dtype",
+    "compute_dtype",
 )
 #: Root attribute holding the streaming writer's bookkeeping (JSON string); hidden by ``mmlens.open``.
 PROGRESS_ATTR = "_progress"

@@ -9,7 +9,9 @@ For head h and query i, with scores s_ij over keys j in O (originals) and P (pro
     (b)_i =    α_i  (Σ_{m∈P} ã_im v_m) W_O^h  =  (Σ_{m∈P} a_im v_m) W_O^h      prompt bias β
     (c)   = b_O
 
-Everything is computed in float32 from the block's own ``in_proj``/``out_proj`` parameters. The
+Everything is computed in float32 from the block's own ``in_proj``/``out_proj`` parameters, with
+autocast switched off, whatever the model's dtype and whatever autocast is active (docs/math.md,
+Numerics): α can be tiny and half precision would round it away. The
 attention is computed once, for all queries (the residual stream needs it); the split itself is
 taken where it is asked for: at the readout queries (:meth:`AttentionSplit.at`, what the trace
 stores) or for every query (the lazily computed attributes, used by the route ablations).
@@ -17,15 +19,106 @@ stores) or for every query (the lazily computed attributes, used by the route ab
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["AttentionSplit", "QuerySplit", "CompletenessError", "check_completeness", "check_query_split",
-           "check_module_output", "head_outputs", "merged_output", "attention_output", "split_attention"]
+           "check_module_output", "head_outputs", "merged_output", "attention_output", "split_attention",
+           "COMPLETENESS_RTOL", "completeness_rtol", "float32_region", "autocast_dtype", "compute_dtype"]
+
+#: Relative completeness tolerance by the dtype the block's own output was computed in. float32: the
+#: split is exact up to float32 rounding of sums over a few hundred keys; float16 (10-bit mantissa,
+#: unit roundoff 4.9e-4) and bfloat16 (7-bit, 3.9e-3): about ten units of roundoff of that format,
+#: what the module's own half-precision matmuls and softmax leave (measured: fp16 ~5e-4, bf16 ~5e-3
+#: on the toy model). A wrong split (a misplaced head or key) is off by O(1), far above all of these.
+COMPLETENESS_RTOL: dict[torch.dtype, float] = {
+    torch.float64: 1e-5, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2,
+}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def completeness_rtol(dtype: torch.dtype) -> float:
+    """The completeness tolerance for a block whose own output was computed in ``dtype``.
+
+    Examples
+    --------
+    >>> completeness_rtol(torch.float32), completeness_rtol(torch.float16), completeness_rtol(torch.bfloat16)
+    (1e-05, 0.005, 0.04)
+    """
+    if dtype not in COMPLETENESS_RTOL:
+        raise ValueError(f"No completeness tolerance for a block computed in {dtype}; expected one of "
+                         f"{', '.join(map(str, COMPLETENESS_RTOL))}. Run the model in float32, float16 or bfloat16.")
+    return COMPLETENESS_RTOL[dtype]
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs matmuls in on ``device_type`` (``"cpu"``, ``"cuda"``), or None when it is off.
+
+    Examples
+    --------
+    >>> autocast_dtype("cpu") is None
+    True
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     autocast_dtype("cpu")
+    torch.bfloat16
+    """
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def compute_dtype(block: torch.nn.Module, device_type: str) -> torch.dtype:
+    """The dtype a residual block's attention computes in here: autocast's when it is on, else its weights'.
+
+    The dtype of ``positional_embedding`` (which open_clip keeps in float32) says nothing about it.
+
+    Examples
+    --------
+    >>> from open_clip.transformer import ResidualAttentionBlock
+    >>> block = ResidualAttentionBlock(4, 2)
+    >>> compute_dtype(block, "cpu"), compute_dtype(block.half(), "cpu")
+    (torch.float32, torch.float16)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     compute_dtype(block, "cpu")
+    torch.bfloat16
+    """
+    return autocast_dtype(device_type) or block.attn.in_proj_weight.dtype
+
+
+@contextlib.contextmanager
+def float32_region(device_type: str, autocast: torch.dtype | None = None) -> Iterator[None]:
+    """Autocast off on ``device_type`` (the split's float32 arithmetic), or back on with ``autocast``.
+
+    ``autocast`` given: the model's own precision is restored inside (e.g. to run the module itself
+    for the completeness check from within the float32 region).
+    """
+    region = torch.autocast(device_type, enabled=False) if autocast is None else \
+        torch.autocast(device_type, dtype=autocast)
+    with region:
+        yield
+
+
+def _device_type(obj: Any) -> str:
+    t = obj.attn if isinstance(obj, (AttentionSplit, QuerySplit)) else obj
+    return t.device.type
+
+
+def _in_float32(fn: _F) -> _F:
+    """Run ``fn`` with autocast off on the device of its first argument (a split or a tensor)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with float32_region(_device_type(args[0])):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class CompletenessError(AssertionError):
@@ -69,9 +162,13 @@ class AttentionSplit:
     prompt_index: torch.Tensor | None  # prompt key positions when the same for every row, else None
     out_weight: torch.Tensor  # W_O [width, width] (float32)
     out_bias: torch.Tensor  # b_O [width]
+    #: the autocast dtype active where the block ran (None: off); the module itself runs under it
+    #: when it is checked against this float32 recomputation
+    autocast: torch.dtype | None = None
 
     # -- all queries, on demand -------------------------------------------------------------
     @cached_property
+    @_in_float32
     def prompt_mass(self) -> torch.Tensor:
         """α for every query, ``[batch, heads, queries]``."""
         if self.prompt_index is not None:  # a few prompt columns: read only those
@@ -81,11 +178,13 @@ class AttentionSplit:
         return (self.attn * self.is_prompt[:, None, None, :]).sum(-1)
 
     @cached_property
+    @_in_float32
     def original_mass(self) -> torch.Tensor:
         """Σ_{j∈O} a_ij for every query (= 1-α, summed directly for precision)."""
         return self.attn.masked_fill(self.is_prompt[:, None, None, :], 0.0).sum(-1)
 
     @cached_property
+    @_in_float32
     def prompt_context(self) -> torch.Tensor:
         """Σ_{m∈P} a_im v_m = α Σ ã v for every query, ``[batch, heads, queries, head_dim]``."""
         if self.prompt_index is not None:
@@ -95,21 +194,25 @@ class AttentionSplit:
         return self.attn.masked_fill(~self.is_prompt[:, None, None, :], 0.0) @ self.v
 
     @cached_property
+    @_in_float32
     def original_context(self) -> torch.Tensor:
         """Σ_{j∈O} a_ij v_j = (1-α) Σ â v for every query, computed from the original keys alone."""
         return self.attn.masked_fill(self.is_prompt[:, None, None, :], 0.0) @ self.v
 
     @cached_property
+    @_in_float32
     def attn_original(self) -> torch.Tensor:
         """â for every query (zero on prompt keys), ``[batch, heads, queries, keys]``."""
         return self.attn.masked_fill(self.is_prompt[:, None, None, :], 0.0) / self.original_mass[..., None]
 
     @cached_property
+    @_in_float32
     def context_original(self) -> torch.Tensor:
         """Σ_{j∈O} â_ij v_j for every query."""
         return self.original_context / self.original_mass[..., None]
 
     @cached_property
+    @_in_float32
     def context_prompt(self) -> torch.Tensor:
         """Σ_{m∈P} ã_im v_m for every query (zero where a query sees no prompt key)."""
         alpha = self.prompt_mass[..., None]
@@ -117,6 +220,7 @@ class AttentionSplit:
         return torch.where(alpha > 0, self.prompt_context / alpha.clamp_min(1e-38), zero)
 
     # -- one query per row ---------------------------------------------------------------------
+    @_in_float32
     def at(self, queries: torch.Tensor) -> QuerySplit:
         """The split at query ``queries[b]`` of each row ``b`` (e.g. the readout token)."""
         rows = torch.arange(self.attn.shape[0], device=self.attn.device)
@@ -133,6 +237,7 @@ class AttentionSplit:
             context=self.context[rows, :, queries],
         )
 
+    @_in_float32
     def output(self) -> torch.Tensor:
         """The block's attention output, all queries: Σ_h (Σ_j a_ij v_j) W_O^h + b_O = (a)+(b)+(c)."""
         return merged_output(self, self.context) + self.out_bias
@@ -171,6 +276,13 @@ def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Te
     >>> at_cls = split.at(torch.tensor([0]))
     >>> bool(torch.allclose(at_cls.prompt_mass + at_cls.original_mass, torch.ones(1, 2)))
     True
+
+    Under autocast, or with half-precision weights, the split is still float32:
+
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     split = split_attention(block, z, None, torch.tensor([False, False, True]))
+    >>> split.prompt_mass.dtype, split.autocast
+    (torch.float32, torch.bfloat16)
     """
     mha = block.attn
     if not isinstance(mha, torch.nn.MultiheadAttention) or mha.in_proj_weight is None:
@@ -178,6 +290,14 @@ def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Te
             f"mmlens decomposes blocks whose attention is nn.MultiheadAttention with a packed in_proj_weight; "
             f"found {type(mha).__name__}. Custom attention blocks (qk-norm, scaled cosine) are not supported."
         )
+    # the block's own precision (autocast or its weights) is noted, then left: the split is float32
+    autocast = autocast_dtype(z.device.type)
+    with float32_region(z.device.type):
+        return _split_float32(mha, z, attn_mask, prompt_keys, autocast)
+
+
+def _split_float32(mha: torch.nn.MultiheadAttention, z: torch.Tensor, attn_mask: torch.Tensor | None,
+                   prompt_keys: torch.Tensor, autocast: torch.dtype | None) -> AttentionSplit:
     batch, tokens, width = z.shape
     heads = mha.num_heads
     head_dim = width // heads
@@ -207,9 +327,11 @@ def split_attention(block: torch.nn.Module, z: torch.Tensor, attn_mask: torch.Te
         is_prompt=is_prompt, prompt_index=_prompt_index(is_prompt),
         out_weight=mha.out_proj.weight.float(),
         out_bias=mha.out_proj.bias.float() if mha.out_proj.bias is not None else torch.zeros(width, device=z.device),
+        autocast=autocast,
     )
 
 
+@_in_float32
 def head_outputs(split: AttentionSplit, context: torch.Tensor) -> torch.Tensor:
     """Per-head output projection: ``context_h @ W_O^h`` -> [batch, heads, ..., width].
 
@@ -222,6 +344,7 @@ def head_outputs(split: AttentionSplit, context: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bhtd,hdw->bhtw", context, w_o)
 
 
+@_in_float32
 def merged_output(split: AttentionSplit, context: torch.Tensor) -> torch.Tensor:
     """Σ_h context_h W_O^h (without b_O) as one matmul -> [batch, tokens, width] (or [batch, width])."""
     if context.dim() == 3:  # one query per row
@@ -230,6 +353,7 @@ def merged_output(split: AttentionSplit, context: torch.Tensor) -> torch.Tensor:
     return context.transpose(1, 2).reshape(batch, tokens, heads * head_dim) @ split.out_weight.T
 
 
+@_in_float32
 def attention_output(split: AttentionSplit) -> torch.Tensor:
     """(a)+(b)+(c) summed over heads, all queries, each path computed on its own key set.
 
@@ -254,6 +378,7 @@ def _raise_head(per_head: torch.Tensor, rtol: float, branch: str, layer: int, wh
 
 
 @torch.no_grad()
+@_in_float32
 def check_query_split(split: AttentionSplit, at: QuerySplit, *, branch: str, layer: int, rtol: float) -> float:
     """Cheap per-head completeness at the split queries: (a)_h + (b)_h = head output, both routes of (1-α).
 
@@ -271,8 +396,15 @@ def check_query_split(split: AttentionSplit, at: QuerySplit, *, branch: str, lay
 
 @torch.no_grad()
 def check_module_output(ours: torch.Tensor, module_output: torch.Tensor, *, branch: str, layer: int,
-                        rtol: float) -> float:
-    """Raise :class:`CompletenessError` unless the recomputed attention equals the module's own output."""
+                        rtol: float | None = None) -> float:
+    """Raise :class:`CompletenessError` unless the recomputed attention equals the module's own output.
+
+    ``rtol`` defaults to :func:`completeness_rtol` of ``module_output.dtype``: the dtype the block
+    actually computed in (its weights', or autocast's), against which our float32 recomputation is
+    compared. Returns the relative error.
+    """
+    if rtol is None:
+        rtol = completeness_rtol(module_output.dtype)
     ref = module_output.float()
     err = float((ours.float() - ref).abs().amax() / ref.abs().amax().clamp_min(1e-30))
     if err > rtol:
@@ -285,8 +417,9 @@ def check_module_output(ours: torch.Tensor, module_output: torch.Tensor, *, bran
 
 
 @torch.no_grad()
+@_in_float32
 def check_completeness(split: AttentionSplit, module_output: torch.Tensor, *, branch: str, layer: int,
-                       rtol: float, rebuilt: torch.Tensor | None = None) -> float:
+                       rtol: float | None = None, rebuilt: torch.Tensor | None = None) -> float:
     """Raise :class:`CompletenessError` unless (a)+(b)+(c) equals the module's attention output, all queries.
 
     Two identities are checked: per head, (1-α)Σâv + αΣãv equals the unsplit head context a·v
@@ -294,10 +427,12 @@ def check_completeness(split: AttentionSplit, module_output: torch.Tensor, *, br
     (a)+(b)+(c) equals the block's own output ``module_output`` (its first rows may be given alone).
     ``rebuilt`` is :func:`attention_output` when the caller has it already. Returns the relative
     error of the sum. The trace itself uses the cheaper :func:`check_query_split` and
-    :func:`check_module_output`.
+    :func:`check_module_output`. ``rtol`` defaults to the tolerance of ``module_output``'s dtype
+    (:func:`completeness_rtol`); the per-head identity, all float32, is held to float32's.
     """
+    head_rtol = COMPLETENESS_RTOL[torch.float32] if rtol is None else rtol
     split_context = split.original_mass[..., None] * split.context_original + \
         split.prompt_mass[..., None] * split.context_prompt
-    _raise_head(_relative(split_context, split.context, dims=(0, 2, 3)), rtol, branch, layer, "")
+    _raise_head(_relative(split_context, split.context, dims=(0, 2, 3)), head_rtol, branch, layer, "")
     total = rebuilt if rebuilt is not None else attention_output(split)
     return check_module_output(total[: len(module_output)], module_output, branch=branch, layer=layer, rtol=rtol)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from mmlens.models.prompted import ROLE_CODES, BlockCall, block_forward, finish_block
-from mmlens.trace.decompose import AttentionSplit, merged_output, split_attention
+from mmlens.trace.decompose import AttentionSplit, float32_region, merged_output, split_attention
 
 __all__ = ["VARIANTS", "Route", "ROUTES", "SplitHook", "intervene", "measure_mean_bias"]
 
@@ -54,7 +54,9 @@ ROUTES = {
 }
 
 # recorder(call, split, z, rebuilt): z = ln_1(x); rebuilt = split.output(), the attention output the
-# stream continues with while recording (equal to the module's own output to float tolerance).
+# stream continues with while recording (equal to the module's own output to float tolerance). It is
+# called with autocast off (float32); to run the module itself in the model's precision, enter
+# float32_region(device_type, split.autocast).
 Recorder = Callable[[BlockCall, AttentionSplit, torch.Tensor, torch.Tensor], None]
 
 
@@ -90,23 +92,26 @@ class SplitHook:
         z = call.block.ln_1(call.x)
         split = split_attention(call.block, z, call.attn_mask, call.roles == ROLE_CODES["prompt"])
         rebuilt = None
-        if recording:
-            # the stream continues with the recomputed attention (a·v, all queries), so the module's
-            # own attention is not computed a second time; the recorder splits it where it needs to
-            rebuilt = split.output()
-            self.recorder(call, split, z, rebuilt)
-        if self.capture_bias is not None:
-            beta = merged_output(split, split.prompt_context)
-            if call.post_attn_bias is not None:
-                beta = beta + call.post_attn_bias.float()
-            self.capture_bias(call, beta)
-        post_bias = call.post_attn_bias
-        if route is None or route == ROUTES["full"]:
-            if rebuilt is None:
-                return block_forward(call.block, call.x, call.attn_mask, post_attn_bias=post_bias)
-            attention = rebuilt
-        else:
-            attention, post_bias = self._rebuild(call, split, route)
+        # recording and rebuilding stay in float32 under any autocast (the statistics' promise); the
+        # rest of the block (MLP) runs in the model's own precision, below
+        with float32_region(z.device.type):
+            if recording:
+                # the stream continues with the recomputed attention (a·v, all queries), so the module's
+                # own attention is not computed a second time; the recorder splits it where it needs to
+                rebuilt = split.output()
+                self.recorder(call, split, z, rebuilt)
+            if self.capture_bias is not None:
+                beta = merged_output(split, split.prompt_context)
+                if call.post_attn_bias is not None:
+                    beta = beta + call.post_attn_bias.float()
+                self.capture_bias(call, beta)
+            post_bias = call.post_attn_bias
+            if route is None or route == ROUTES["full"]:
+                attention = rebuilt
+            else:
+                attention, post_bias = self._rebuild(call, split, route)
+        if attention is None:
+            return block_forward(call.block, call.x, call.attn_mask, post_attn_bias=post_bias)
         return finish_block(call.block, call.x, attention, post_bias)
 
     def _rebuild(self, call: BlockCall, split: AttentionSplit, route: Route):

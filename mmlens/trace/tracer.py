@@ -22,7 +22,15 @@ import xarray as xr
 
 from mmlens.models.prompted import ROLE_CODES, BlockCall
 from mmlens.store import schema
-from mmlens.trace.decompose import AttentionSplit, check_module_output, check_query_split, head_outputs
+from mmlens.trace.decompose import (
+    AttentionSplit,
+    check_module_output,
+    check_query_split,
+    completeness_rtol,
+    compute_dtype,
+    float32_region,
+    head_outputs,
+)
 from mmlens.trace.interventions import SplitHook, routes_for
 
 __all__ = ["trace", "trace_to_store", "iter_trace_batches"]
@@ -38,9 +46,9 @@ class _Collector:
     """Per forward pass: readout statistics of every block of one tower, as numpy arrays."""
 
     def __init__(self, branch: str, *, grid: tuple[int, int] | None, all_queries: bool, vectors: bool,
-                 check: bool, rtol: float) -> None:
+                 check: bool) -> None:
         self.branch, self.grid, self.all_queries, self.vectors = branch, grid, all_queries, vectors
-        self.check, self.rtol = check, rtol
+        self.check = check
         self.layers: dict[int, dict[str, np.ndarray]] = {}
         self.query_roles: np.ndarray | None = None
         self.max_completeness_error = 0.0
@@ -53,11 +61,15 @@ class _Collector:
         if self.check:
             # (a)+(b) = a·v per head at the readout of every row (cheap), and the recomputed attention
             # = the module's own output, all tokens, on the first row (the module runs once more there)
-            err = check_query_split(split, at, branch=call.branch, layer=call.layer, rtol=self.rtol)
+            # the split is float32 whatever the model's precision, so its own identity holds to float32's
+            # tolerance; the module runs in the model's precision (autocast as where the block ran) and is
+            # held to the tolerance of the dtype it computed in (its output's)
+            err = check_query_split(split, at, branch=call.branch, layer=call.layer,
+                                    rtol=completeness_rtol(torch.float32))
             n = min(batch, CHECK_ROWS)
-            ref = call.block.attention(z[:n], attn_mask=call.attn_mask)
-            err = max(err, check_module_output(rebuilt[:n], ref, branch=call.branch, layer=call.layer,
-                                               rtol=self.rtol))
+            with float32_region(z.device.type, split.autocast):
+                ref = call.block.attention(z[:n], attn_mask=call.attn_mask)
+            err = max(err, check_module_output(rebuilt[:n], ref, branch=call.branch, layer=call.layer))
             self.max_completeness_error = max(self.max_completeness_error, err)
         positions = torch.arange(tokens, device=roles.device).expand(batch, -1)
         out: dict[str, torch.Tensor] = {}
@@ -179,7 +191,17 @@ def _foreground(masks: torch.Tensor | None, grid: tuple[int, int]) -> np.ndarray
     return F.adaptive_avg_pool2d(m[:, None], grid)[:, 0].cpu().numpy()
 
 
-def _provenance(model, extra: dict | None, device: torch.device, dtype: torch.dtype) -> dict:
+def _dtypes(model, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(weights, compute) dtype of the model's blocks on ``device``, under the autocast active now.
+
+    Read off a residual block, not the first parameter: open_clip keeps ``positional_embedding``
+    in float32 when the weights are half precision.
+    """
+    block = model.clip.visual.transformer.resblocks[0]
+    return block.attn.in_proj_weight.dtype, compute_dtype(block, device.type)
+
+
+def _provenance(model, extra: dict | None, device: torch.device) -> dict:
     import open_clip
 
     from mmlens._version import __version__
@@ -187,6 +209,7 @@ def _provenance(model, extra: dict | None, device: torch.device, dtype: torch.dt
 
     source = model.clip_source
     pretrained = source.get("pretrained") or {}
+    weights, computed = _dtypes(model, device)
     fields = {
         "mmlens_schema": schema.SCHEMA_VERSION,
         "model_name": source.get("name", type(model.clip).__name__),
@@ -202,7 +225,10 @@ def _provenance(model, extra: dict | None, device: torch.device, dtype: torch.dt
         "torch_version": torch.__version__,
         "open_clip_version": getattr(open_clip, "__version__", "unknown"),
         "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
+        # the weights' dtype; compute_dtype: what the blocks computed in (autocast's, else the weights');
+        # the statistics themselves are float32 either way
+        "dtype": str(weights).replace("torch.", ""),
+        "compute_dtype": str(computed).replace("torch.", ""),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if not fields["weights_sha256"] and hasattr(model.clip, "state_dict"):
@@ -313,8 +339,6 @@ def iter_trace_batches(
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    dtype = next(model.clip.parameters()).dtype
-    rtol = 1e-5 if dtype == torch.float32 else 5e-3
     grid = tuple(model.clip.visual.grid_size)
     kinds = {b: model.layer_kinds(b) for b in ("vision", "text")}
     was_training = model.training
@@ -327,7 +351,7 @@ def iter_trace_batches(
         with torch.no_grad():
             for variant in variants:  # the text tower sees no image: trace it once per variant
                 col = _Collector("text", grid=None, all_queries=False, vectors=store_bias_vectors,
-                                 check=check_completeness, rtol=rtol)
+                                 check=check_completeness)
                 routes = routes_for(model, variant, **(intervention or {}))
                 model.block_hook = SplitHook(routes, mean_bias, col, record_branches=("text",))
                 model.prompts_enabled = variant != "zeroshot"
@@ -361,7 +385,7 @@ def iter_trace_batches(
                 per_variant, logits = [], []
                 for variant in variants:
                     col = _Collector("vision", grid=grid, all_queries=all_queries, vectors=store_bias_vectors,
-                                     check=check_completeness and first, rtol=rtol)
+                                     check=check_completeness and first)
                     routes = routes_for(model, variant, **(intervention or {}))
                     model.block_hook = SplitHook(routes, mean_bias, col, record_branches=("vision",))
                     model.prompts_enabled = variant != "zeroshot"
@@ -503,9 +527,8 @@ def trace(
         raise ValueError("trace() got no images: the input was empty.")
     groups = {name: xr.concat(p, dim="image", data_vars="minimal", coords="minimal", compat="override")
               for name, p in parts.items() if p}
-    dtype = next(model.clip.parameters()).dtype
     return xr.DataTree.from_dict(
-        {"/": xr.Dataset(attrs=_provenance(model, provenance, device, dtype)), "vision": groups["vision"],
+        {"/": xr.Dataset(attrs=_provenance(model, provenance, device)), "vision": groups["vision"],
          "text": text, **{k: v for k, v in groups.items() if k != "vision"}}
     )
 
@@ -532,8 +555,7 @@ def trace_to_store(
     from mmlens.store.io import StoreWriter
 
     device = torch.device(kwargs.pop("device", None) or next(model.parameters()).device)
-    dtype = next(model.clip.parameters()).dtype
-    prov = _provenance(model, provenance, device, dtype)
+    prov = _provenance(model, provenance, device)
     if total is None and hasattr(loader, "__len__") and not isinstance(loader, torch.utils.data.DataLoader):
         total = len(loader)
     with StoreWriter(path, prov, overwrite=overwrite) as writer:
