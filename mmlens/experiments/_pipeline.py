@@ -30,6 +30,7 @@ class Config:
     model: str = "mmlens-toy"
     pretrained: str | None = "toyworld"
     device: str = "cpu"
+    precision: str = "auto"  # mmlens.models.precision: one choice for fit, evaluate and trace
     maple_weights: str | None = None
     methods: list[str] = field(default_factory=lambda: ["maple", "bias"])
     # the toyworld recipe unless from_args picks MaPLe's for real data
@@ -80,7 +81,8 @@ class Config:
         if args.maple_weights and not Path(args.maple_weights).expanduser().is_dir():
             raise FileNotFoundError(f"--maple-weights {args.maple_weights} is not a folder.")
         return cls(out=str(args.out), datasets=datasets, seeds=seeds, data_root=args.data_root, model=args.model,
-                   pretrained=pretrained, device=args.device, maple_weights=args.maple_weights, methods=methods,
+                   pretrained=pretrained, device=args.device, precision=getattr(args, "precision", None) or "auto",
+                   maple_weights=args.maple_weights, methods=methods,
                    toy_size=args.toy_size, threads=args.threads or 1,
                    explorer=not args.no_explorer, restart=args.restart, progress=not args.no_progress,
                    quick=bool(args.quick), **recipe, **extra)
@@ -208,7 +210,8 @@ class _Runner:
         torch.manual_seed(seed)
         model = PromptedCLIP(self.clip, train.classnames, method, depth=self.depth(), init_seed=seed)
         result = fit(model, train, seed=seed, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                     crop_scale=cfg.crop_scale, device=cfg.device, checkpoint_dir=path.parent,
+                     crop_scale=cfg.crop_scale, device=cfg.device, precision=cfg.precision,
+                     checkpoint_dir=path.parent,
                      progress=cfg.progress, name=dataset)
         last = result.history[-1] if result.history else {}
         return {"prompts": str(result.prompts_path), "train_loss": last.get("loss"),
@@ -239,7 +242,7 @@ class _Runner:
                 "novel": src.test("novel", size=self.size, max_images=cfg.max_images), "train": train}
         model = self.model(dataset, seed, method, train.classnames)
         result = evaluate(model, {dataset: data}, seeds=seed, variants=self.variants(method), device=cfg.device,
-                          progress=cfg.progress)
+                          precision=cfg.precision, progress=cfg.progress)
         path = self.eval_path(dataset, seed, method)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_netcdf(result, path)
@@ -267,8 +270,7 @@ class _Runner:
         return self._mean_bias[key]
 
     def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
-        import torch
-
+        from mmlens.models.precision import resolve_precision
         from mmlens.trace.tracer import trace_to_store
         from mmlens.train.transforms import input_spec
 
@@ -281,8 +283,8 @@ class _Runner:
         path = self.store_path(dataset, seed, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         manifest = src.manifest
-        cuda = str(cfg.device).startswith("cuda")
-        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        # autocast as in training and evaluation, on the run's own device; the statistics stay float32
+        with resolve_precision(cfg.precision, cfg.device).autocast():
             trace_to_store(model, test, path, with_reference=True, variants=list(TRACE_VARIANTS),
                            store_bias_vectors=True, mean_bias=mean_bias, batch_size=32, device=cfg.device,
                            image_split=split, class_split=[split] * len(test.classnames), progress=cfg.progress,

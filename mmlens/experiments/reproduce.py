@@ -46,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights: an open_clip tag or a file; 'none' for random weights (default: 'toyworld' "
                              "for mmlens-toy, 'openai' otherwise)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "amp", "bf16"],
+                        help="how training, evaluation and tracing run: amp = float16 autocast (+ gradient "
+                             "scaling), bf16 = bfloat16 autocast; auto = amp on cuda, fp32 elsewhere. Trace "
+                             "statistics are float32 whatever it is")
     parser.add_argument("--maple-weights", default=None,
                         help="import published MaPLe checkpoints instead of training: a folder laid out as "
                              "<dataset>/base/seed<k>/MultiModalPromptLearner/model.pth.tar-5")

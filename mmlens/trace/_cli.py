@@ -52,11 +52,22 @@ def register(subparsers) -> None:
                         "zeroshot): " + ", ".join(_ATTRIBUTION_METHODS) + ". Costly: integrated gradients run "
                         "the model n_steps (32; prompt_ig 16) times per image, occlusion once per patch")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (autocast fp16 model, fp32 statistics)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "amp", "bf16"],
+                   help="how the model runs (statistics are float32 whatever it is): fp16 = float16 weights "
+                        "under float16 autocast; amp / bf16 = float32 weights under float16 / bfloat16 "
+                        "autocast; auto = fp16 on cuda, fp32 elsewhere (default)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for anything random (random weights / prompt init), so a rerun resumes the same run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming")
     p.set_defaults(func=_run)
+
+
+def _precision(args: argparse.Namespace):
+    """The resolved ``--precision`` of ``args`` on ``--device`` (``auto``: fp16 on cuda, fp32 elsewhere)."""
+    from mmlens.models.precision import resolve_precision
+
+    return resolve_precision(getattr(args, "precision", "auto"), args.device, auto_cuda="fp16")
 
 
 def build_prompted(args: argparse.Namespace, classnames: list[str]):
@@ -68,8 +79,7 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
     from mmlens.models import PromptedCLIP, load_clip, load_maple_checkpoint, load_prompts
 
     torch.manual_seed(getattr(args, "seed", 0))  # random weights and prompt inits repeat on a rerun
-    precision = "fp16" if str(args.device).startswith("cuda") else "fp32"
-    clip = load_clip(args.model, args.pretrained, device=args.device, precision=precision)
+    clip = load_clip(args.model, args.pretrained, device=args.device, precision=_precision(args).weights)
     if args.prompts is None:
         return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=args.depth).to(args.device)
     path = Path(args.prompts)
@@ -100,7 +110,9 @@ def _run(args: argparse.Namespace) -> int:
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
     subset = args.subset
-    with torch.autocast("cuda", dtype=torch.float16, enabled=str(args.device).startswith("cuda")):
+    # autocast on the device the model runs on (not always "cuda"): --device cpu --precision amp runs the
+    # GPU path on CPU; the split inside stays float32 (mmlens.trace.decompose)
+    with _precision(args).autocast():
         path = trace_to_store(
             model, loader, args.out, with_reference=args.with_reference, all_queries=args.all_queries,
             store_bias_vectors=args.bias_vectors, attribution=args.attribution, attribution_target="label",

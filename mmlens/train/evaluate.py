@@ -23,6 +23,8 @@ import numpy as np
 if TYPE_CHECKING:
     import xarray as xr
 
+    from mmlens.models.precision import Precision
+
 __all__ = [
     "ROUTES",
     "BRANCHES",
@@ -307,7 +309,9 @@ def evaluate(
     shots : int
         Few-shot size for ``constant_bias`` training images when a file does not record it.
     batch_size, device, precision, normalize, num_workers, progress
-        As in :func:`mmlens.train.fit` (``precision="auto"``: float16 autocast on CUDA).
+        As in :func:`mmlens.train.fit`; ``precision`` is ``"auto"`` (float16 autocast on CUDA, float32
+        elsewhere), ``"fp32"``, ``"amp"`` (float16 autocast) or ``"bf16"`` (bfloat16 autocast), on any
+        device (:mod:`mmlens.models.precision`). Features and logits are compared in float32.
 
     Returns
     -------
@@ -325,6 +329,7 @@ def evaluate(
     import torch
     import xarray as xr
 
+    from mmlens.models.precision import resolve_precision
     from mmlens.train.transforms import input_spec
 
     if protocol not in PROTOCOLS:
@@ -342,7 +347,7 @@ def evaluate(
     probe = entries[0].model(clip)
     data = _Data(datasets, root, input_spec(probe).size, shots)
     dev = torch.device(device)
-    use_amp = dev.type == "cuda" and precision in ("auto", "amp")
+    amp = resolve_precision(precision, dev, allowed=("auto", "fp32", "amp", "bf16"))
 
     keys = [(e.dataset, e.seed, e.method) for e in entries]
     dup = {k for k in keys if keys.count(k) > 1}
@@ -390,7 +395,7 @@ def evaluate(
                     continue
                 try:
                     c, t = _accuracy(model, ds, variant, mean_bias, cache, batch_size=batch_size,
-                                     normalize=normalize, num_workers=num_workers, device=dev, use_amp=use_amp)
+                                     normalize=normalize, num_workers=num_workers, device=dev, amp=amp)
                 except (ValueError, NotImplementedError) as err:
                     if variant.route in ("full", "zeroshot"):
                         raise
@@ -426,7 +431,8 @@ def evaluate(
             "layers": ("variant", [v.layers for v in parsed]),
             "trainable_parameters": ("method", [int(params[m] or 0) for m in methods]),
         },
-        attrs=_provenance(protocol, clip or getattr(probe, "clip_source", None), dev, skipped),
+        attrs={**_provenance(protocol, clip or getattr(probe, "clip_source", None), dev, skipped),
+               "precision": amp.name},
     )
     return out
 
@@ -494,7 +500,7 @@ def _vision_key(model, variant: Variant) -> tuple:
 
 
 def _accuracy(model, ds, variant: Variant, mean_bias, cache: dict, *, batch_size, normalize, num_workers, device,
-              use_amp) -> tuple[int, int]:
+              amp: Precision | None = None) -> tuple[int, int]:
     """Correct predictions and images of ``ds`` under ``variant``; image features are reused via ``cache``."""
     import torch
 
@@ -502,7 +508,7 @@ def _accuracy(model, ds, variant: Variant, mean_bias, cache: dict, *, batch_size
 
     key = _vision_key(model, variant)
     store = cache.setdefault(key, {})
-    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+    with torch.no_grad(), (amp.autocast() if amp is not None else nullcontext()):
         with _intervention(model, variant, mean_bias):
             text = model.text_features().float()
         if "features" not in store:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmlens.models.precision import resolve_precision
 from mmlens.train._data import batches, build_split, classnames_of, dataset_identity
 from mmlens.train.schedule import WarmupCosine
 from mmlens.train.transforms import input_spec, random_resized_crop_flip, resize_batch
@@ -211,8 +212,11 @@ def fit(
     device : str
         ``"cpu"`` or ``"cuda"``; the model is moved there.
     precision : str
-        ``"auto"``: mixed precision (autocast float16 + gradient scaling) on CUDA, float32 on CPU;
-        ``"fp32"``: float32 everywhere; ``"amp"``: force mixed precision (CUDA only).
+        ``"auto"``: mixed precision (autocast float16 + gradient scaling) on CUDA, float32 elsewhere;
+        ``"fp32"``: float32 everywhere; ``"amp"``: autocast float16 + gradient scaling
+        (``torch.amp.GradScaler`` of the device) on any device, CPU included; ``"bf16"``: autocast
+        bfloat16, no scaling (:mod:`mmlens.models.precision`). The prompts, their gradients and the
+        optimizer state stay float32; the loss is taken on float32 logits.
     checkpoint_dir : path, optional
         Where per-epoch checkpoints and the final ``prompts.safetensors`` go. ``None``: no files.
     resume : bool
@@ -254,11 +258,8 @@ def fit(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     device = torch.device(device)
-    if precision not in ("auto", "fp32", "amp"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'amp', got {precision!r}.")
-    use_amp = device.type == "cuda" and precision in ("auto", "amp")
-    if precision == "amp" and device.type != "cuda":
-        raise ValueError("precision='amp' needs device='cuda' (mixed precision is for GPUs); use 'auto' or 'fp32'.")
+    # fp16 is a choice of frozen weights (load_clip), not of training: the model comes as it was loaded
+    amp = resolve_precision(precision, device, allowed=("auto", "fp32", "amp", "bf16"))
     spec = input_spec(model)
     ds, ds_name = _resolve_dataset(dataset, root, shots, seed, subset, spec.size)
     ds_name = name or ds_name
@@ -277,7 +278,10 @@ def fit(
     cfg = {"seed": int(seed), "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
            "warmup_epochs": int(warmup_epochs), "warmup_lr": float(warmup_lr), "momentum": float(momentum),
            "weight_decay": float(weight_decay), "augment": bool(augment), "crop_scale": list(map(float, crop_scale)),
-           "normalize": bool(normalize), "amp": bool(use_amp)}
+           "normalize": bool(normalize), "amp": amp.autocast_dtype is not None,
+           # "amp" alone meant float16 autocast before bf16 existed: only bf16 adds a key, so older
+           # checkpoints still resume
+           **({"amp_dtype": "bfloat16"} if amp.autocast_dtype == torch.bfloat16 else {})}
     fingerprint = _fingerprint(model, ds, classnames, cfg)
     training_meta = {"dataset": ds_name, "seed": int(seed), "shots": shots if isinstance(dataset, str) else None,
                      "subset": subset if isinstance(dataset, str) else None, "images": n, **cfg}
@@ -286,7 +290,7 @@ def fit(
 
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay) if params else None
     schedule = WarmupCosine(lr, epochs, warmup_epochs, warmup_lr)
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    scaler = amp.grad_scaler()
     history: list[dict[str, float]] = []
     start_epoch = 0
 
@@ -320,7 +324,7 @@ def fit(
     for epoch in epochs_to_run:
         entry = _train_epoch(model, ds, optimizer, schedule, scaler, epoch=epoch, epochs=epochs, seed=seed,
                              batch_size=batch_size, spec=spec, augment=augment, crop_scale=crop_scale,
-                             normalize=normalize, device=device, use_amp=use_amp, num_workers=num_workers,
+                             normalize=normalize, device=device, amp=amp, num_workers=num_workers,
                              progress=progress, text_cache=text_cache)
         schedule.step()
         history.append(entry)
@@ -381,7 +385,7 @@ def _static_text_features(model: Any) -> torch.Tensor | None:
 
 
 def _train_epoch(model, ds, optimizer, schedule, scaler, *, epoch, epochs, seed, batch_size, spec, augment,
-                 crop_scale, normalize, device, use_amp, num_workers, progress, text_cache) -> dict[str, float]:
+                 crop_scale, normalize, device, amp, num_workers, progress, text_cache) -> dict[str, float]:
     from tqdm.auto import tqdm
 
     lr = schedule.apply(optimizer)
@@ -403,7 +407,7 @@ def _train_epoch(model, ds, optimizer, schedule, scaler, *, epoch, epochs, seed,
                 images = spec.normalize(images)
             images = images.to(device, non_blocking=True)
             labels = batch["label"].to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with amp.autocast():
                 logits = model(images, text_cache)
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)

@@ -225,7 +225,7 @@ def test_reused_image_features_equal_the_ones_each_variant_computes(tiny_clip):
         for label in ("full", "zeroshot", "drop_prompts:text", "bias_only:vision", "redistribution_only:both:injected"):
             variant = parse_variant(label)
             _accuracy(model, items, variant, None, cache, batch_size=4, normalize=True, num_workers=0,
-                      device=torch.device("cpu"), use_amp=False)
+                      device=torch.device("cpu"))
             with torch.no_grad(), (intervene(model, variant.route, branch=variant.branch,
                                              layers=None if variant.layers == "all" else variant.layers)
                                    if variant.route != "full" else _null()):

@@ -219,7 +219,7 @@ def test_dataset_by_name_uses_the_protocol(tiny_clip, tmp_path):
 def test_errors_say_what_to_do(tiny_clip):
     with pytest.raises(ValueError, match="root"):
         fit(_model(tiny_clip), "EuroSAT", progress=False)
-    with pytest.raises(ValueError, match="amp"):
-        fit(_model(tiny_clip), Items(), precision="amp", progress=False)
+    with pytest.raises(ValueError, match="precision='fp16'.*auto, fp32, amp, bf16"):
+        fit(_model(tiny_clip), Items(), precision="fp16", progress=False)
     with pytest.raises(ValueError, match="empty"):
         fit(_model(tiny_clip), Items(labels=[]), progress=False)
