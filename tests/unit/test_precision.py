@@ -294,3 +294,28 @@ def test_precision_names():
     assert resolve_precision("fp32", "cpu").grad_scaler() is None
     with pytest.raises(ValueError, match="precision='fp8'"):
         resolve_precision("fp8", "cpu")
+
+
+# ---------------------------------------------------------------------------------------------- gpu_check
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_code_path_runs_on_cpu_with_a_tiny_model():
+    lines: list[str] = []
+    assert _gpu_check().run_check("cpu", tiny=True, n_images=4, steps=3, log=lines.append), lines
+    assert lines[-1] == "PASS gpu_check on cpu"
+    assert sum("autocast" in line and "float32" in line for line in lines) == 3  # three traces, stored float32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_gpu_check_without_cuda_exits_0(capsys):
+    assert _gpu_check().main([]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
