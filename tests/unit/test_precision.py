@@ -319,3 +319,22 @@ def test_gpu_check_code_path_runs_on_cpu_with_a_tiny_model():
 def test_gpu_check_without_cuda_exits_0(capsys):
     assert _gpu_check().main([]) == 0
     assert "no CUDA device" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_trace_cli_runs_the_gpu_path_on_cpu(tmp_path, tiny_clip, precision):
+    """``mmlens trace --precision``: the autocast follows --device, so the CUDA path runs here on CPU."""
+    import mmlens
+    from mmlens.cli import main
+    from mmlens.data import make_fake_tree
+
+    make_fake_tree(tmp_path / "data", ["EuroSAT"], image_size=40, per_class={"train": 1, "val": 1, "test": 2})
+    out = tmp_path / "store.zarr"
+    assert main(["trace", "--model", "test-tiny", "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
+                 "--data-root", str(tmp_path / "data"), "--limit", "4", "--batch-size", "4", "--device", "cpu",
+                 "--precision", precision, "--out", str(out)]) == 0
+    tree = mmlens.open(out)
+    assert (tree.attrs["dtype"], tree.attrs["compute_dtype"]) == (
+        ("float16", "float16") if precision == "fp16" else ("float32", "bfloat16"))
+    assert tree["vision"]["prompt_mass"].dtype == np.float32 and tree["vision"].sizes["image"] == 4
