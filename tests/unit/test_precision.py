@@ -338,3 +338,19 @@ def test_trace_cli_runs_the_gpu_path_on_cpu(tmp_path, tiny_clip, precision):
     assert (tree.attrs["dtype"], tree.attrs["compute_dtype"]) == (
         ("float16", "float16") if precision == "fp16" else ("float32", "bfloat16"))
     assert tree["vision"]["prompt_mass"].dtype == np.float32 and tree["vision"].sizes["image"] == 4
+
+
+@pytest.mark.slow
+def test_reproduce_steps_run_in_bf16_on_cpu(tmp_path):
+    """``mmlens reproduce --precision bf16``: fit and trace under bfloat16 autocast on the run's device."""
+    import mmlens
+    from mmlens.experiments._pipeline import Config, _Runner
+
+    cfg = Config(out=str(tmp_path), datasets=["ToySatellite"], seeds=[1], precision="bf16", shots=1, epochs=1,
+                 max_images=4, progress=False, methods=["maple"])
+    runner = _Runner(cfg)
+    assert np.isfinite(runner.prompts("ToySatellite", 1, "maple")["train_loss"])
+    runner.trace("ToySatellite", 1, "base")
+    tree = mmlens.open(runner.store_path("ToySatellite", 1, "base"))
+    assert (tree.attrs["dtype"], tree.attrs["compute_dtype"]) == ("float32", "bfloat16")
+    assert tree["vision"]["prompt_mass"].dtype == np.float32
