@@ -201,9 +201,13 @@ def resolve_dassl_checkpoint(path: str | os.PathLike, *, epoch: int | None = Non
     if _holds_checkpoints(path):
         folder = path
     else:
-        names = [DASSL_MODEL_FOLDERS[method]] if method in DASSL_MODEL_FOLDERS else list(DASSL_MODEL_FOLDERS.values())
-        folders = sorted({d for name in names for d in [path / name, *path.rglob(name)]
-                          if d.is_dir() and _holds_checkpoints(d)})
+        def model_folders(names: list[str]) -> list[Path]:
+            return sorted({d for name in names for d in [path / name, *path.rglob(name)]
+                           if d.is_dir() and _holds_checkpoints(d)})
+
+        # the method's own folder first; any other method's next, so that the reader can say what it found
+        folders = model_folders([DASSL_MODEL_FOLDERS[method]]) if method in DASSL_MODEL_FOLDERS else []
+        folders = folders or model_folders(list(DASSL_MODEL_FOLDERS.values()))
         if not folders:
             raise FileNotFoundError(f"No Dassl checkpoint ({_BEST_FILE} or model.pth.tar-<epoch>) under {path}; "
                                     f"{_LAYOUT}.")
@@ -260,7 +264,11 @@ def _load_dassl_file(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         text = str(err)
         m = re.search(r"GLOBAL ([\w.]+)", text)
-        found = f"a pickled {m.group(1)}" if m else "pickled objects " + text.strip().splitlines()[-1][:200]
+        detail = re.search(r"(Can only [^\n]*|Trying to call reduce [^\n]*)", text)
+        if not (m or detail):  # not a refused object: the bytes are not a pickle torch can read
+            raise ValueError(f"{path} cannot be read as a torch checkpoint ({text.strip().splitlines()[-1][:200]}); "
+                             "it is damaged or not a checkpoint. Download it again.") from err
+        found = f"a pickled {m.group(1)}" if m else f"pickled objects ({detail.group(1)[:200]})"
         allowed = ", ".join(sorted({g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
                                     for g in _dassl_safe_globals()}))
         raise ValueError(f"{path} holds {found}, which a Dassl checkpoint does not contain (expected tensors, "

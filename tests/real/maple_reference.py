@@ -301,3 +301,43 @@ def openai_state_dict(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
     sd["context_length"] = torch.tensor(cfg["text_cfg"]["context_length"])
     sd["vocab_size"] = torch.tensor(cfg["text_cfg"]["vocab_size"])
     return sd
+
+
+# ------------------------------------------------------------------------------------------- CoOp and IVLP
+def prompted_logits(clip: OpenAICLIP, classnames: list[str], images: torch.Tensor, *, prefix_text: str,
+                    ctx: torch.Tensor, deep_text=(), visual_ctx: torch.Tensor | None = None,
+                    deep_vision=()) -> torch.Tensor:
+    """Logits of OpenAI's CLIP with learned tokens put where CoOp / IVLP put them (MaPLe's blocks do the swapping).
+
+    Text: ``"{prefix_text} {name}."`` (``_`` written as a space), the n_ctx tokens after SOT replaced by ``ctx``,
+    and by ``deep_text[i-1]`` before block i. Vision: ``visual_ctx`` appended after the patches, replaced by
+    ``deep_vision[i-1]`` before block i (CoOp: none).
+    """
+    tokenize = open_clip.get_tokenizer("ViT-B-16")
+    tokens = tokenize([f"{prefix_text} {c.replace('_', ' ')}." for c in classnames])
+    emb = clip.token_embedding(tokens)
+    n_ctx = ctx.shape[0]
+    prompts = torch.cat([emb[:, :1], ctx.float().unsqueeze(0).expand(len(classnames), -1, -1), emb[:, 1 + n_ctx:]],
+                        dim=1)
+    text = TextEncoder(clip)(prompts, tokens, [t.float() for t in deep_text], n_ctx)
+    if visual_ctx is None:
+        visual_ctx = torch.zeros(0, clip.visual.conv1.weight.shape[0])
+    img = clip.visual(images, visual_ctx.float(), [v.float() for v in deep_vision])
+    img = img / img.norm(dim=-1, keepdim=True)
+    text = text / text.norm(dim=-1, keepdim=True)
+    return clip.logit_scale.exp() * img @ text.t()
+
+
+class CoOpPromptLearner(nn.Module):
+    """CoOp's ``PromptLearner`` (generic context, class token at the end), the module CoOp registers and saves."""
+
+    def __init__(self, classnames: list[str], clip: OpenAICLIP, n_ctx: int = 16):
+        super().__init__()
+        t_width = clip.ln_final.weight.shape[0]
+        self.ctx = nn.Parameter((torch.randn(n_ctx, t_width) * 0.02).half())  # CoOp's fp16 recipe
+        self.prefix_text = " ".join(["X"] * n_ctx)
+        tokens = open_clip.get_tokenizer("ViT-B-16")([f"{self.prefix_text} {c.replace('_', ' ')}." for c in classnames])
+        with torch.no_grad():
+            emb = clip.token_embedding(tokens)
+        self.register_buffer("token_prefix", emb[:, :1])
+        self.register_buffer("token_suffix", emb[:, 1 + n_ctx:])
