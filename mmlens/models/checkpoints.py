@@ -21,6 +21,10 @@ __all__ = ["save_prompts", "load_prompts", "read_prompt_file", "prompt_sha256", 
 
 _METADATA_KEY = "mmlens"
 _META_HASH_KEY = "metadata_sha256"
+# /2 files must record both hashes; /1 files (written before the metadata hash) may lack them. One flipped bit
+# cannot turn "/2" into "/1" (0x32 -> 0x31 is two bits), nor drop a hash key without being noticed.
+_FORMAT = "mmlens-prompts/2"
+_FORMATS = ("mmlens-prompts/1", _FORMAT)
 
 
 def prompt_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -57,7 +61,7 @@ def save_prompts(model, path: str | os.PathLike, *, extra: dict[str, Any] | None
     state = {k: v.contiguous() for k, v in model.prompt_state_dict().items()}
     source = model.clip_source
     meta = {
-        "format": "mmlens-prompts/1",
+        "format": _FORMAT,
         "hparams": model.hparams,
         "classnames": model.classnames,
         "base_model": source.get("name"),
@@ -103,9 +107,16 @@ def read_prompt_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise ValueError(f"{path} is not a readable prompt file ({type(err).__name__}: {err}): it is damaged or "
                          f"not a safetensors file. {damaged}") from err
-    if not isinstance(meta, dict) or meta.get("format") != "mmlens-prompts/1":
-        raise ValueError(f"{path} is a safetensors file but not an mmlens prompt checkpoint "
-                         "(no 'mmlens' metadata). For published Dassl files (MaPLe, IVLP, CoOp) use import_prompts().")
+    if not isinstance(meta, dict) or meta.get("format") not in _FORMATS:
+        raise ValueError(f"{path} is a safetensors file but not an mmlens prompt checkpoint (its 'mmlens' metadata "
+                         f"has format {meta.get('format') if isinstance(meta, dict) else None!r}, expected one of "
+                         f"{list(_FORMATS)}). For published Dassl files (MaPLe, IVLP, CoOp) use import_prompts(); "
+                         f"if this file was written by mmlens, it is damaged. {damaged}")
+    if meta["format"] == _FORMAT:
+        lacking = [k for k in ("prompt_sha256", _META_HASH_KEY) if not isinstance(meta.get(k), str)]
+        if lacking:
+            raise ValueError(f"{path} is damaged: it lacks {', '.join(lacking)}, which every {_FORMAT} file records. "
+                             f"{damaged}")
     recorded_meta = meta.get(_META_HASH_KEY)
     if recorded_meta is not None and recorded_meta != _metadata_sha256(meta):
         raise ValueError(f"{path} is damaged: its metadata (class names, hyper-parameters, training record) does not "
