@@ -13,8 +13,8 @@ import xarray as xr
 from mmlens.experiments._findings import evaluate_claims, find_results_table
 from mmlens.experiments._ledger import Ledger, SettingsMismatch
 from mmlens.experiments._sources import balanced_subset, find_maple_checkpoint, resolve_datasets
-from mmlens.models.checkpoints import dassl_hparams
 from mmlens.experiments._study import stack_runs
+from mmlens.models.checkpoints import dassl_hparams
 from mmlens.store.synthetic import example_tree
 
 
