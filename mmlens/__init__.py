@@ -20,6 +20,7 @@ _LAZY = {
     "PromptedCLIP": "mmlens.models.prompted",
     "save_prompts": "mmlens.models.checkpoints",
     "load_prompts": "mmlens.models.checkpoints",
+    "import_prompts": "mmlens.models.checkpoints",
     "trace": "mmlens.trace",  # the package is callable: mmlens.trace(...) runs tracer.trace
     "trace_to_store": "mmlens.trace.tracer",
     "intervene": "mmlens.trace.interventions",

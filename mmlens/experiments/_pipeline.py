@@ -189,18 +189,17 @@ class _Runner:
         """Train prompts (fit resumes by itself) or import a MaPLe checkpoint; write prompts.safetensors."""
         import torch
 
-        from mmlens.models import PromptedCLIP, load_maple_checkpoint, save_prompts
+        from mmlens.models import PromptedCLIP, save_prompts
 
         cfg = self.cfg
         path = self.prompts_path(dataset, seed, method)
         train = self.source(dataset).train(seed=seed, shots=cfg.shots, size=self.size)
         if cfg.maple_weights:
-            from mmlens.experiments._sources import find_maple_checkpoint, maple_hparams
+            from mmlens.experiments._sources import find_maple_checkpoint
+            from mmlens.models.checkpoints import import_prompts
 
             ckpt = find_maple_checkpoint(cfg.maple_weights, dataset, seed)
-            state = load_maple_checkpoint(ckpt)
-            model = PromptedCLIP(self.clip, train.classnames, "maple", **maple_hparams(state))
-            model.load_prompt_state(state, source=str(ckpt))
+            model = import_prompts(ckpt, self.clip, train.classnames, method="maple")
             save_prompts(model, path, extra={"training": {"dataset": dataset, "seed": seed, "imported_from": str(ckpt),
                                                           "shots": cfg.shots, "subset": "base"}})
             return {"prompts": str(path), "imported_from": str(ckpt), "trainable_parameters":

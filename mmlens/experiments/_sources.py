@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataSource", "find_maple_checkpoint", "maple_hparams", "balanced_subset", "resolve_datasets"]
+__all__ = ["DataSource", "find_maple_checkpoint", "balanced_subset", "resolve_datasets"]
 
 
 def resolve_datasets(names: Sequence[str] | None, data_root: str | os.PathLike | None) -> list[str]:
@@ -159,48 +159,31 @@ def _candidates(name: str) -> set[str]:
 def find_maple_checkpoint(weights_dir: str | os.PathLike, dataset: str, seed: int) -> Path:
     """The published MaPLe checkpoint of (dataset, seed) under ``weights_dir``.
 
-    Layout: ``<dataset>/base/seed<k>/MultiModalPromptLearner/model.pth.tar-<epoch>`` (the last epoch
-    found is used); ``<dataset>`` may be spelled as the manifest name, its folder or an alias, in
-    any case (MaPLe's own configs use ``eurosat``, ``oxford_pets``, ``fgvc_aircraft`` ...).
+    Layout: ``<dataset>/base/seed<k>/MultiModalPromptLearner/``, where ``<dataset>`` may be spelled as
+    the manifest name, its folder or an alias, in any case (MaPLe's own configs use ``eurosat``,
+    ``oxford_pets``, ``fgvc_aircraft`` ...). The file in that folder is chosen by
+    :func:`mmlens.models.checkpoints.resolve_dassl_checkpoint` (``model-best.pth.tar``, else the
+    highest epoch by number), the resolver ``import_prompts`` uses too.
     """
-    import re
+    from mmlens.models.checkpoints import DASSL_MODEL_FOLDERS, resolve_dassl_checkpoint
 
     root = Path(weights_dir).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--maple-weights {root} is not a folder.")
     wanted = _candidates(dataset)
-    folders = [p for p in root.iterdir() if p.is_dir() and p.name.lower() in wanted]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in wanted)
+    model_folder = DASSL_MODEL_FOLDERS["maple"]
     if not folders:
         raise FileNotFoundError(
             f"No MaPLe weights for {dataset} under {root}: expected a folder named one of {sorted(wanted)} "
-            f"holding base/seed{seed}/MultiModalPromptLearner/model.pth.tar-5 (found folders: "
+            f"holding base/seed{seed}/{model_folder}/model.pth.tar-5 (found folders: "
             f"{sorted(p.name for p in root.iterdir() if p.is_dir())[:12]})."
         )
-    found = []
-    for folder in folders:
-        d = folder / "base" / f"seed{seed}" / "MultiModalPromptLearner"
-        for p in d.glob("model.pth.tar-*") if d.is_dir() else []:
-            m = re.match(r"model\.pth\.tar-(\d+)$", p.name)
-            if m:
-                found.append((int(m.group(1)), p))
-    if not found:
+    runs = [f / "base" / f"seed{seed}" / model_folder for f in folders]
+    present = [d for d in runs if d.is_dir()]
+    if not present:
         raise FileNotFoundError(
-            f"No checkpoint at {folders[0]}/base/seed{seed}/MultiModalPromptLearner/model.pth.tar-<epoch> "
-            f"for {dataset}, seed {seed}. Published base-to-novel weights use this layout."
+            f"No checkpoint at {runs[0]}/model.pth.tar-<epoch> for {dataset}, seed {seed}. "
+            "Published base-to-novel weights use this layout."
         )
-    return max(found)[1]
-
-
-def maple_hparams(state: dict[str, Any]) -> dict[str, int]:
-    """``n_ctx`` and ``depth`` of MaPLe prompts from their tensors (``ctx`` rows; 1 + deeper text prompts).
-
-    Examples
-    --------
-    >>> import torch
-    >>> maple_hparams({"ctx": torch.zeros(2, 8), "compound_prompts_text.0": torch.zeros(2, 8)})
-    {'n_ctx': 2, 'depth': 2}
-    """
-    if "ctx" not in state:
-        raise ValueError(f"not MaPLe prompts: no 'ctx' tensor (found {sorted(state)[:5]}).")
-    deeper = {k.split(".")[1] for k in state if k.startswith("compound_prompts_text.")}
-    return {"n_ctx": int(state["ctx"].shape[0]), "depth": 1 + len(deeper)}
+    return resolve_dassl_checkpoint(present[0], method="maple")

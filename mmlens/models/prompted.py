@@ -18,7 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["METHODS", "PromptedCLIP", "ROLE_CODES", "BlockCall", "block_forward"]
+__all__ = ["METHODS", "PromptedCLIP", "ROLE_CODES", "BlockCall", "block_forward", "classname_in_prompt"]
+
+
+def classname_in_prompt(name: str) -> str:
+    """A class name as it is written into a prompt: ``_`` becomes a space.
+
+    MaPLe's, IVLP's and CoOp's ``PromptLearner`` (and CoOp's zero-shot CLIP) rewrite the names this way,
+    while CoOp split files keep the underscores (Food101's ``apple_pie``); prompts learned there only
+    agree with ours when the text they were learned with is rebuilt the same way. Only prompt text
+    is rewritten: ``PromptedCLIP.classnames`` and the stored ``classname`` coordinate keep the
+    dataset's own names.
+
+    Examples
+    --------
+    >>> classname_in_prompt("american_bulldog")
+    'american bulldog'
+    """
+    return str(name).replace("_", " ")
 
 # Token roles are stored as small integer codes so they can ride along with tensors.
 ROLE_CODES = {"cls": 0, "patch": 1, "prompt": 2, "sot": 3, "word": 4, "eot": 5, "pad": 6, "classname": 7}
@@ -362,18 +379,22 @@ class PromptedCLIP(nn.Module):
         return self.spec.text_prompts and self.prompts_enabled
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        """Switch the classes (e.g. base -> novel) without touching the learned prompts."""
+        """Switch the classes (e.g. base -> novel) without touching the learned prompts.
+
+        ``classnames`` are kept as given; prompts spell them with :func:`classname_in_prompt`.
+        """
         self.classnames = [str(c) for c in classnames]
         if not self.classnames:
             raise ValueError("classnames is empty: pass at least one class name.")
         device = self.clip.token_embedding.weight.device
-        zs = self.tokenizer([self.template.format(c) for c in self.classnames]).to(device)
+        written = [classname_in_prompt(c) for c in self.classnames]
+        zs = self.tokenizer([self.template.format(c) for c in written]).to(device)
         self.register_buffer("zeroshot_tokens", zs, persistent=False)
         self.register_buffer("zeroshot_classname", self._classname_mask(zs, self.template.split("{}")[0]),
                              persistent=False)
         if self.spec.text_prompts:
             prefix = self.ctx_init if self._ctx_from_init else " ".join(["X"] * self.n_ctx)
-            tokens = self.tokenizer([f"{prefix} {c}." for c in self.classnames]).to(device)
+            tokens = self.tokenizer([f"{prefix} {c}." for c in written]).to(device)
             self.register_buffer("prompt_tokens", tokens, persistent=False)
             self.register_buffer("prompt_classname", self._classname_mask(tokens, prefix + " "), persistent=False)
 
@@ -386,7 +407,7 @@ class PromptedCLIP(nn.Module):
         mask = torch.zeros_like(tokens, dtype=torch.bool)
         start = 1 + len(self._word_ids(prefix)) if prefix.strip() else 1
         for row, name in enumerate(self.classnames):
-            ids = self._word_ids(name)
+            ids = self._word_ids(classname_in_prompt(name))
             if ids and tokens[row, start:start + len(ids)].tolist() == ids:
                 mask[row, start:start + len(ids)] = True
             # else: the tokenizer merged across the boundary; these tokens stay 'word'

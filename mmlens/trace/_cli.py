@@ -33,10 +33,13 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default: mmlens-toy)")
     p.add_argument("--pretrained", default=None, help="open_clip tag or weights file (mmlens-toy: toyworld)")
     p.add_argument("--prompts", default=None,
-                   help="mmlens prompt file (.safetensors) or a MaPLe checkpoint (model.pth.tar-N or its folder)")
-    p.add_argument("--method", default="maple", help="prompt method for MaPLe checkpoints / no prompts (zeroshot)")
-    p.add_argument("--depth", type=int, default=9, help="prompt depth for MaPLe checkpoints")
-    p.add_argument("--n-ctx", type=int, default=2, help="prompt tokens for MaPLe checkpoints")
+                   help="mmlens prompt file (.safetensors) or a published MaPLe / IVLP / CoOp checkpoint "
+                        "(model.pth.tar-N or its folder, e.g. eurosat/base/seed1); its method, depth and n_ctx "
+                        "come from the file")
+    p.add_argument("--method", default="maple", help="prompt method without --prompts (random prompts; zeroshot: "
+                                                     "none)")
+    p.add_argument("--depth", type=int, default=9, help="prompt depth without --prompts")
+    p.add_argument("--n-ctx", type=int, default=2, help="prompt tokens without --prompts")
     p.add_argument("--dataset", required=True, help="dataset name (see `mmlens data list`)")
     p.add_argument("--data-root", required=True, help="folder holding the datasets in the CoOp layout")
     p.add_argument("--split", default="test", help="train / val / test (default: test)")
@@ -57,8 +60,10 @@ def register(subparsers) -> None:
                    help="how the model runs (statistics are float32 whatever it is): fp16 = float16 weights "
                         "under float16 autocast; amp / bf16 = float32 weights under float16 / bfloat16 "
                         "autocast; auto = fp16 on cuda, fp32 elsewhere (default)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed for anything random (random weights / prompt init), so a rerun resumes the same run")
+    p.add_argument("--seed", type=int, default=None,
+                   help="the run's seed, stored as the store's `seed`: read from --prompts when the file records "
+                        "its training seed (a different --seed is refused); otherwise this value (default 0), "
+                        "which also seeds random weights and prompt inits")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming")
     p.set_defaults(func=_run)
 
@@ -70,24 +75,48 @@ def _precision(args: argparse.Namespace):
     return resolve_precision(getattr(args, "precision", "auto"), args.device, auto_cuda="fp16")
 
 
+def run_seed(prompts: str | None, seed: int | None) -> int:
+    """The run's seed: the training seed ``prompts`` records, else ``seed``, else 0.
+
+    Seeds are the unit of every statistic over runs, so a ``--seed`` that disagrees with the
+    prompts' own is refused rather than stored.
+
+    Examples
+    --------
+    >>> run_seed(None, 3)
+    3
+    >>> run_seed(None, None)
+    0
+    """
+    from mmlens.models.checkpoints import checkpoint_seed
+
+    recorded = checkpoint_seed(prompts) if prompts is not None else None
+    if recorded is None:
+        return 0 if seed is None else int(seed)
+    if seed is not None and int(seed) != recorded:
+        raise SystemExit(f"mmlens trace: --seed {seed} disagrees with --prompts {prompts}, which were trained "
+                         f"with seed {recorded}. Drop --seed (the prompts' seed is the run's seed) or pass "
+                         f"--seed {recorded}.")
+    return recorded
+
+
 def build_prompted(args: argparse.Namespace, classnames: list[str]):
-    """A PromptedCLIP from CLI arguments (shared by trace, evaluate and reproduce)."""
+    """A PromptedCLIP from CLI arguments (``args.seed`` is the run's seed, see :func:`run_seed`)."""
     from pathlib import Path
 
     import torch
 
-    from mmlens.models import PromptedCLIP, load_clip, load_maple_checkpoint, load_prompts
+    from mmlens.models import PromptedCLIP, import_prompts, load_clip, load_prompts
 
-    torch.manual_seed(getattr(args, "seed", 0))  # random weights and prompt inits repeat on a rerun
+    seed = getattr(args, "seed", None)
+    torch.manual_seed(0 if seed is None else seed)  # random weights and prompt inits repeat on a rerun
     clip = load_clip(args.model, args.pretrained, device=args.device, precision=_precision(args).weights)
     if args.prompts is None:
         return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=args.depth).to(args.device)
     path = Path(args.prompts)
     if path.suffix == ".safetensors":
         return load_prompts(path, clip, classnames=classnames).to(args.device)
-    model = PromptedCLIP(clip, classnames, method="maple", n_ctx=args.n_ctx, depth=args.depth)
-    model.load_prompt_state(load_maple_checkpoint(path), source=str(path))
-    return model.to(args.device)
+    return import_prompts(path, clip, classnames).to(args.device)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -97,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     from mmlens.data.transforms import eval_mask_transform
     from mmlens.trace.tracer import trace_to_store
 
+    args.seed = run_seed(args.prompts, args.seed)
     manifest = get_manifest(args.dataset)
     probe = build(manifest, args.data_root, args.split, subset=args.subset)
     model = build_prompted(args, probe.classnames)
@@ -118,7 +148,8 @@ def _run(args: argparse.Namespace) -> int:
             store_bias_vectors=args.bias_vectors, attribution=args.attribution, attribution_target="label",
             batch_size=args.batch_size, device=args.device,
             image_split=subset, class_split=[subset] * len(model.classnames), total=len(dataset),
-            provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version)},
+            provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version),
+                        "seed": args.seed},
             overwrite=args.overwrite,
         )
     print(f"wrote {path}")

@@ -66,7 +66,8 @@ def real_path_run(tmp_path_factory):
         write_dassl_checkpoint(weights / folder / "base" / "seed1" / "MultiModalPromptLearner" / "model.pth.tar-5",
                                learned[name], n_base)
     out = base / "out"
-    code = main(["reproduce", "--data-root", str(root), "--model", "ViT-B-16", "--pretrained", "none",
+    # OpenAI's architecture (QuickGELU), which the published prompts were learned on
+    code = main(["reproduce", "--data-root", str(root), "--model", "ViT-B-16-quickgelu", "--pretrained", "none",
                  "--maple-weights", str(weights), "--datasets", *DATASETS, "--seeds", "1", "--max-images", "2",
                  "--ablations", "routes", "--n-boot", "100", "--no-explorer", "--no-progress",
                  "--out", str(out)])
@@ -103,7 +104,7 @@ def test_stores_follow_maple_layers_and_masks(real_path_run):
     for name in DATASETS:
         tree = mmlens.open(out / "stores" / name / "seed1" / "base.zarr")
         assert json.loads(tree.attrs["method_hparams"])["depth"] == DEPTH
-        assert tree.attrs["model_name"] == "ViT-B-16" and tree.attrs["dataset"] == name
+        assert tree.attrs["model_name"] == "ViT-B-16-quickgelu" and tree.attrs["dataset"] == name
         vision = tree["vision"].to_dataset()
         kinds = [str(k) for k in vision["layer_kind"].values]
         assert kinds == ["injected"] * DEPTH + ["carried"] * (12 - DEPTH)

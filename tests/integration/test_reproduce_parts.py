@@ -12,8 +12,9 @@ import xarray as xr
 
 from mmlens.experiments._findings import evaluate_claims, find_results_table
 from mmlens.experiments._ledger import Ledger, SettingsMismatch
-from mmlens.experiments._sources import balanced_subset, find_maple_checkpoint, maple_hparams, resolve_datasets
+from mmlens.experiments._sources import balanced_subset, find_maple_checkpoint, resolve_datasets
 from mmlens.experiments._study import stack_runs
+from mmlens.models.checkpoints import dassl_hparams
 from mmlens.store.synthetic import example_tree
 
 
@@ -94,9 +95,9 @@ def test_find_maple_checkpoint_layout(tmp_path):
 
 def test_maple_hparams_from_published_shapes():
     state = {"ctx": torch.zeros(2, 512), **{f"compound_prompts_text.{k}": torch.zeros(2, 512) for k in range(8)}}
-    assert maple_hparams(state) == {"n_ctx": 2, "depth": 9}
+    assert dassl_hparams(state, "maple") == {"n_ctx": 2, "depth": 9, "ctx_init": "a photo of a"}
     with pytest.raises(ValueError, match="ctx"):
-        maple_hparams({"visual_ctx": torch.zeros(2, 8)})
+        dassl_hparams({"visual_ctx": torch.zeros(2, 8)}, "maple")
 
 
 def test_balanced_subset_takes_classes_in_turn():
