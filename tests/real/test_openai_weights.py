@@ -272,3 +272,12 @@ def test_vit_b_16_openai_every_route(tmp_path, monkeypatch):
     gelu.load_state_dict(w.hf_state)
     print("GELU vs QuickGELU (image, text)", [rel(a, b) for a, b in zip(w.features(gelu.eval()),
                                                                           (w.image_ref, w.text_ref))])
+
+
+def test_trace_provenance_records_the_activation(world):
+    from mmlens import PromptedCLIP
+    from mmlens.trace.tracer import _provenance
+
+    for clip, expected in ((load_clip(NAME, world.archive), "quick_gelu"), (load_clip(NAME), "gelu")):
+        model = PromptedCLIP(clip, ["cat", "dog"], method="zeroshot")
+        assert _provenance(model, None, torch.device("cpu"), torch.float32)["activation"] == expected
