@@ -24,6 +24,8 @@ def _attribution_methods(text: str) -> list[str]:
 
 def register(subparsers) -> None:
     """Add ``mmlens trace``."""
+    from mmlens.models._cli import add_quick_gelu_argument
+
     p = subparsers.add_parser(
         "trace",
         help="trace a prompted CLIP on a dataset into a zarr store",
@@ -32,6 +34,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default: mmlens-toy)")
     p.add_argument("--pretrained", default=None, help="open_clip tag or weights file (mmlens-toy: toyworld)")
+    add_quick_gelu_argument(p)
     p.add_argument("--prompts", default=None,
                    help="mmlens prompt file (.safetensors) or a MaPLe checkpoint (model.pth.tar-N or its folder)")
     p.add_argument("--method", default="maple", help="prompt method for MaPLe checkpoints / no prompts (zeroshot)")
@@ -69,7 +72,8 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
 
     torch.manual_seed(getattr(args, "seed", 0))  # random weights and prompt inits repeat on a rerun
     precision = "fp16" if str(args.device).startswith("cuda") else "fp32"
-    clip = load_clip(args.model, args.pretrained, device=args.device, precision=precision)
+    clip = load_clip(args.model, args.pretrained, device=args.device, precision=precision,
+                     quick_gelu=getattr(args, "quick_gelu", None))
     if args.prompts is None:
         return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=args.depth).to(args.device)
     path = Path(args.prompts)

@@ -281,3 +281,28 @@ def test_trace_provenance_records_the_activation(world):
     for clip, expected in ((load_clip(NAME, world.archive), "quick_gelu"), (load_clip(NAME), "gelu")):
         model = PromptedCLIP(clip, ["cat", "dog"], method="zeroshot")
         assert _provenance(model, None, torch.device("cpu"), torch.float32)["activation"] == expected
+
+
+@pytest.mark.parametrize("command", ["trace", "train", "evaluate", "reproduce"])
+def test_quick_gelu_flag_declares_the_file(world, tmp_path, command):
+    """`--quick-gelu` on every command that loads a CLIP; `trace`'s model builder passes it to load_clip."""
+    from mmlens.cli import build_parser
+
+    path = tmp_path / "plain.safetensors"
+    path.write_bytes((world.snapshot / HF_SAFE_WEIGHTS_NAME).read_bytes())
+    required = {"trace": ["--dataset", "d", "--data-root", "r", "--out", "o"],
+                "train": ["--dataset", "d", "--data-root", "r", "--out", "o"],
+                "evaluate": ["--prompts", "p", "--data-root", "r"], "reproduce": ["--out", "o"]}[command]
+    base = [command, "--model", NAME, "--pretrained", str(path), *required]
+    if command == "trace":
+        base += ["--depth", "1"]
+    assert build_parser().parse_args(base).quick_gelu is None  # not declared: load_clip decides
+    args = build_parser().parse_args([*base, "--quick-gelu"])
+    assert args.quick_gelu is True
+    if command == "trace":
+        from mmlens.trace._cli import build_prompted
+
+        model = build_prompted(args, ["cat", "dog"])
+        assert activation_name(model.clip) == "quick_gelu"
+        f = model.clip.encode_image(world.images).detach()
+        assert rel(f, world.image_ref) < TOL
