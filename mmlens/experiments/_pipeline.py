@@ -154,10 +154,11 @@ class _Runner:
         return self._clip
 
     @property
-    def size(self) -> tuple[int, int]:
+    def size(self) -> Any:
+        """The CLIP's input spec: size plus its own resize geometry (what trace's preprocess uses)."""
         from mmlens.train.transforms import input_spec
 
-        return input_spec(self.clip).size
+        return input_spec(self.clip)
 
     def depth(self) -> int:
         n = min(len(self.clip.model.visual.transformer.resblocks), len(self.clip.model.transformer.resblocks))

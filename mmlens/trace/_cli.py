@@ -90,14 +90,15 @@ def _run(args: argparse.Namespace) -> int:
     from mmlens.data import build, get_manifest
     from mmlens.data.transforms import eval_mask_transform
     from mmlens.trace.tracer import trace_to_store
+    from mmlens.train.transforms import input_spec
 
     manifest = get_manifest(args.dataset)
     probe = build(manifest, args.data_root, args.split, subset=args.subset)
     model = build_prompted(args, probe.classnames)
-    size = model.clip.visual.image_size
+    spec = input_spec(model)  # the geometry of model.preprocess, for the masks
 
     dataset = build(manifest, args.data_root, args.split, subset=args.subset, transform=model.preprocess,
-                    mask_transform=eval_mask_transform(size), on_error="skip")
+                    mask_transform=eval_mask_transform(spec), on_error="skip")
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     from mmlens.data import collate

@@ -260,7 +260,7 @@ def fit(
     if precision == "amp" and device.type != "cuda":
         raise ValueError("precision='amp' needs device='cuda' (mixed precision is for GPUs); use 'auto' or 'fp32'.")
     spec = input_spec(model)
-    ds, ds_name = _resolve_dataset(dataset, root, shots, seed, subset, spec.size)
+    ds, ds_name = _resolve_dataset(dataset, root, shots, seed, subset, spec)
     ds_name = name or ds_name
     n = len(ds)
     if n == 0:
@@ -396,7 +396,7 @@ def _train_epoch(model, ds, optimizer, schedule, scaler, *, epoch, epochs, seed,
                leave=False, unit="batch")
     try:
         for batch in batches(ds, batch_size, order=order.tolist(), drop_last=drop_last, num_workers=num_workers):
-            images = resize_batch(batch["image"], spec.size)
+            images = resize_batch(batch["image"], spec)
             if augment:
                 images = random_resized_crop_flip(images, spec.size, generator=aug_gen, scale=tuple(crop_scale))
             if normalize:
