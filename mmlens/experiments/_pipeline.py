@@ -29,6 +29,7 @@ class Config:
     data_root: str | None = None
     model: str = "mmlens-toy"
     pretrained: str | None = "toyworld"
+    quick_gelu: bool | None = None  # --quick-gelu: the weights file is OpenAI's (None: load_clip decides)
     device: str = "cpu"
     precision: str = "auto"  # mmlens.models.precision: one choice for fit, evaluate and trace
     maple_weights: str | None = None
@@ -81,7 +82,8 @@ class Config:
         if args.maple_weights and not Path(args.maple_weights).expanduser().is_dir():
             raise FileNotFoundError(f"--maple-weights {args.maple_weights} is not a folder.")
         return cls(out=str(args.out), datasets=datasets, seeds=seeds, data_root=args.data_root, model=args.model,
-                   pretrained=pretrained, device=args.device, precision=getattr(args, "precision", None) or "auto",
+                   pretrained=pretrained, quick_gelu=getattr(args, "quick_gelu", None), device=args.device,
+                   precision=getattr(args, "precision", None) or "auto",
                    maple_weights=args.maple_weights, methods=methods,
                    toy_size=args.toy_size, threads=args.threads or 1,
                    explorer=not args.no_explorer, restart=args.restart, progress=not args.no_progress,
@@ -93,6 +95,8 @@ class Config:
                 "depth", "crop_scale", "max_images", "toy_size")
         s = {k: getattr(self, k) for k in keep}
         s["crop_scale"] = [float(v) for v in self.crop_scale]  # a list, as it reads back from JSON
+        if self.quick_gelu is not None:  # only when declared, so folders made before the flag still match
+            s["quick_gelu"] = self.quick_gelu
         s["data_root"] = str(Path(self.data_root).expanduser().resolve()) if self.data_root else None
         s["maple_weights"] = str(Path(self.maple_weights).expanduser().resolve()) if self.maple_weights else None
         return s
@@ -147,14 +151,16 @@ class _Runner:
             from mmlens.models import load_clip
 
             torch.manual_seed(0)  # random weights (--pretrained none) repeat on a rerun, so resuming matches
-            self._clip = load_clip(self.cfg.model, self.cfg.pretrained, device=self.cfg.device)
+            self._clip = load_clip(self.cfg.model, self.cfg.pretrained, device=self.cfg.device,
+                                   quick_gelu=self.cfg.quick_gelu)
         return self._clip
 
     @property
-    def size(self) -> tuple[int, int]:
+    def size(self) -> Any:
+        """The CLIP's input spec: size plus its own resize geometry (what trace's preprocess uses)."""
         from mmlens.train.transforms import input_spec
 
-        return input_spec(self.clip).size
+        return input_spec(self.clip)
 
     def depth(self) -> int:
         n = min(len(self.clip.model.visual.transformer.resblocks), len(self.clip.model.transformer.resblocks))
@@ -537,6 +543,8 @@ def _command(cfg: Config) -> str:
     if cfg.model != "mmlens-toy":
         parts.append(f"--model {cfg.model}")
     parts.append(f"--pretrained {cfg.pretrained or 'none'}")
+    if cfg.quick_gelu:
+        parts.append("--quick-gelu")
     if cfg.maple_weights:
         parts.append(f"--maple-weights {cfg.maple_weights}")
     parts.append("--datasets " + " ".join(cfg.datasets))

@@ -118,8 +118,10 @@ class DataSource:
                              f"Check the tree with `mmlens data verify --data-root {self.root}`.")
         return ds
 
-    def train(self, *, seed: int, shots: int | None, size: tuple[int, int]) -> Any:
-        """Few-shot training images of the base classes, as [0, 1] tensors of ``size`` (fit normalises)."""
+    def train(self, *, seed: int, shots: int | None, size: Any) -> Any:
+        """Few-shot training images of the base classes, as [0, 1] tensors of ``size`` (fit normalises).
+
+        ``size``: the model's ``InputSpec`` (its geometry), or a bare (height, width) for OpenAI's."""
         from mmlens.train.transforms import pil_to_tensor_transform
 
         ds = self._build("train", shots=shots, seed=seed, subset="base", transform=pil_to_tensor_transform(size),
@@ -127,7 +129,7 @@ class DataSource:
         ds.name = self.name
         return ds
 
-    def test(self, subset: str, *, size: tuple[int, int], normalize: Any | None = None,
+    def test(self, subset: str, *, size: Any, normalize: Any | None = None,
              max_images: int | None = None) -> Any:
         """Test images of ``subset`` (base/novel): [0, 1] tensors, or normalised with ``normalize`` (an InputSpec).
 

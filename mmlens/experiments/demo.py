@@ -52,6 +52,7 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
     from mmlens.data.transforms import eval_mask_transform
     from mmlens.stats import bias_norm_ratio, prompt_mass
     from mmlens.train import fit
+    from mmlens.train.transforms import input_spec
 
     start = time.perf_counter()
     out = Path(out)
@@ -75,7 +76,7 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
     for subset in ("base", "novel"):
         # the model's own evaluation transform (normalisation included), masks through the same geometry
         test = build_in_memory(dataset, "test", subset=subset, transform=model.preprocess,
-                               mask_transform=eval_mask_transform(model.clip.visual.image_size))
+                               mask_transform=eval_mask_transform(input_spec(model)))
         model.set_classnames(test.classnames)
         stores[subset] = mmlens.trace_to_store(
             model, test, out / f"trace_{subset}.zarr", with_reference=True, image_split=subset,

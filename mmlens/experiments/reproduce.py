@@ -34,6 +34,8 @@ ABLATIONS = ("routes", "branches", "grid")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mmlens reproduce``."""
+    from mmlens.models._cli import add_quick_gelu_argument
+
     parser.add_argument("--out", required=True, help="output folder (created; rerun with the same folder to resume)")
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="dataset names (default: the six toyworld datasets; with --data-root, every "
@@ -45,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", default=None,
                         help="weights: an open_clip tag or a file; 'none' for random weights (default: 'toyworld' "
                              "for mmlens-toy, 'openai' otherwise)")
+    add_quick_gelu_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "amp", "bf16"],
                         help="how training, evaluation and tracing run: amp = float16 autocast (+ gradient "

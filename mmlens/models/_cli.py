@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 
 
+def add_quick_gelu_argument(parser: argparse.ArgumentParser) -> None:
+    """``--quick-gelu``: declare a plain weights file as OpenAI's (or fine-tuned from it), for commands that
+    load a CLIP. Absent it is ``None`` (not declared), so ``load_clip`` decides from the weights."""
+    parser.add_argument("--quick-gelu", action="store_true", default=None,
+                        help="build the CLIP with QuickGELU: the weights file is OpenAI's or fine-tuned from it "
+                             "(tags, OpenAI's .pt and the Hugging Face cache are recognised without it; "
+                             "see docs/real_weights.md)")
+
+
 def register(subparsers) -> None:
     """Add ``mmlens toy pretrain --out FILE [--steps N] [--seed S] ...`` to ``subparsers``."""
     from mmlens.train.pretrain_toy import PretrainConfig

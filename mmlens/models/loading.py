@@ -1,4 +1,4 @@
-"""Load real open_clip CLIP models offline-safely: open_clip tags, local checkpoints, OpenAI files."""
+"""Load real open_clip CLIP models offline-safely: open_clip tags through the caches, local files, OpenAI's."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import socket
+import warnings
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["LoadedCLIP", "activation_name", "load_clip", "register_config", "state_dict_sha256"]
+__all__ = ["LoadedCLIP", "WeightsNotFoundError", "activation_name", "load_clip", "register_config",
+           "state_dict_sha256"]
 
 # Keys an OpenAI-format file carries besides the open_clip CLIP state dict.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -39,7 +41,9 @@ class LoadedCLIP:
     pretrained : dict
         What was loaded: ``source`` (``random``, ``tag``, ``file``), ``tag`` or ``path``, ``format``
         (``open_clip``, ``openai-jit``, ``openai-state-dict``, ``safetensors``), ``quick_gelu``,
-        ``sha256`` (of the file when there is one).
+        ``sha256`` (of the file when there is one), ``activation_from`` (what decided the activation:
+        ``tag``, ``file``, ``hf_cache``, ``declared`` or ``config``), and ``hf_repo`` for a file found in
+        (or identified as coming from) the Hugging Face cache.
     """
 
     model: Any
@@ -54,6 +58,14 @@ class LoadedCLIP:
         if not self.pretrained.get("sha256"):
             self.pretrained["sha256"] = state_dict_sha256(self.model)
         return self.pretrained["sha256"]
+
+
+class WeightsNotFoundError(FileNotFoundError, RuntimeError):
+    """The weights of a pretrained tag are in none of the caches and cannot be downloaded.
+
+    A :class:`FileNotFoundError` (the file is absent) and a :class:`RuntimeError` (what offline
+    loading raised before the caches were searched), so handlers of either keep working.
+    """
 
 
 def activation_name(model: torch.nn.Module) -> str:
@@ -156,39 +168,68 @@ def load_clip(
     *,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    quick_gelu: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> LoadedCLIP:
     """Load an open_clip CLIP by model name, with weights from a tag or a local file.
+
+    Every route to OpenAI's weights builds OpenAI's model, whose MLPs use QuickGELU
+    (``x * sigmoid(1.702 x)``): the ``openai`` tag, OpenAI's TorchScript archive ``ViT-B-16.pt``, a
+    state dict carrying OpenAI's extra keys, and the Hugging Face file of
+    ``timm/vit_base_patch16_clip_224.openai`` (recognised by its place in the Hugging Face cache). A
+    plain state dict elsewhere does not say whose it is: declare it with ``quick_gelu=True`` or an
+    open_clip ``-quickgelu`` model name; without either, an architecture OpenAI published is loaded
+    with its config's GELU and a warning names the choice. See docs/real_weights.md.
 
     Parameters
     ----------
     name : str
-        Any open_clip model name (``"ViT-B-16"``, ``"ViT-B-32"``, ``"ViT-L-14"``), a config
+        Any open_clip model name (``"ViT-B-16"``, ``"ViT-B-16-quickgelu"``, ``"ViT-L-14"``), a config
         registered with :func:`register_config`, or ``"mmlens-toy"`` (the embedded toyworld CLIP).
     pretrained : str or path, optional
-        ``None``: random weights. An open_clip tag (``"openai"``, ``"laion2b_s34b_b88k"``; needs the
-        network or a cached file). A local file: an open_clip checkpoint, a safetensors file, or an
-        OpenAI-format ``ViT-B-16.pt`` (JIT archive or plain state dict) — OpenAI weights switch the
-        config to QuickGELU, as they were trained with it. For ``"mmlens-toy"``: ``"toyworld"``.
+        ``None``: random weights. An open_clip tag (``"openai"``, ``"laion2b_s34b_b88k"``): its file is
+        taken from the Hugging Face cache or open_clip's download cache, and downloaded only when it
+        is in neither and the machine is online. A local file: an open_clip checkpoint, a safetensors
+        file, or OpenAI's ``ViT-B-16.pt`` (JIT archive or plain state dict). For ``"mmlens-toy"``:
+        ``"toyworld"``.
     device : str or torch.device
         Where the model lives.
     precision : str
         ``"fp32"`` (default), ``"fp16"``, ``"bf16"`` or another open_clip precision.
+    quick_gelu : bool, optional
+        Declare the activation of a plain state dict of unknown origin (``True``: OpenAI's weights or
+        weights fine-tuned from them). Contradicting what the weights are known to be raises.
+    cache_dir : str or path, optional
+        open_clip's ``cache_dir``: the Hugging Face hub cache root (the folder holding
+        ``models--<org>--<name>``) and the folder of URL downloads. Default: Hugging Face's cache
+        (``HF_HOME``/``HF_HUB_CACHE``) and ``~/.cache/clip``.
 
     Returns
     -------
     LoadedCLIP
 
+    Raises
+    ------
+    WeightsNotFoundError
+        A tag's file is in no cache and the machine is offline (the message names where it looked and
+        the file to fetch).
+    ValueError
+        Unknown model name or tag, weights of another model, or a ``quick_gelu`` that contradicts the weights.
+
     Examples
     --------
     >>> clip = load_clip("ViT-B-32")            # random weights, offline
-    >>> clip.pretrained["source"]
-    'random'
+    >>> clip.pretrained["source"], activation_name(clip.model)
+    ('random', 'gelu')
+    >>> activation_name(load_clip("ViT-B-32", quick_gelu=True).model)
+    'quick_gelu'
     """
     import open_clip
 
     if precision not in _PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {_PRECISIONS}.")
     tokenizer = None
+    known_origin = False  # the shipped toy weights: made for their config, nothing to declare
     pretrained_tag = None if pretrained is None else str(pretrained)
     if name == "mmlens-toy":
         from mmlens.models import toy
@@ -203,8 +244,10 @@ def load_clip(
                 )
             pretrained = toy.WEIGHTS_FILE
             pretrained_tag = str(pretrained)
+            known_origin = True
 
-    if open_clip.get_model_config(name) is None:
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
         known = open_clip.list_models()
         import difflib
 
@@ -214,57 +257,190 @@ def load_clip(
             f"Unknown open_clip model name {name!r}.{hint} See open_clip.list_models(), or register "
             "a config with mmlens.models.loading.register_config(name, config)."
         )
+    name_quick = bool(model_cfg.get("quick_gelu", False))
+    declared = quick_gelu
+    if name_quick:  # an open_clip `-quickgelu` name (or a QuickGELU config) is itself a declaration
+        if declared is False:
+            raise ValueError(f"quick_gelu=False contradicts the model name {name!r}, whose config uses "
+                             "QuickGELU. Pass the plain name (without -quickgelu) for GELU.")
+        declared = True
 
     info: dict[str, Any] = {"source": "random", "quick_gelu": False, "sha256": None}
-    state_dict = None
+    path: Path | None = None
+    tag_cfg: dict | None = None  # the open_clip pretrained config the weights are known to come from
     if pretrained_tag is not None:
-        path = Path(pretrained_tag).expanduser()
-        if path.is_file():
-            state_dict, fmt = _read_state_dict(path)
-            info.update(source="file", path=str(path.resolve()), format=fmt, sha256=_file_sha256(path))
-            info["quick_gelu"] = fmt.startswith("openai")
-        elif pretrained_tag in open_clip.list_pretrained_tags_by_model(name):
-            info.update(source="tag", tag=pretrained_tag)
+        given = Path(pretrained_tag).expanduser()
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if given.is_file():
+            path = given
+            info.update(source="file", path=str(given.resolve()))
+            origin = _hf_origin(given, name)
+            if origin is not None:
+                info["hf_repo"], tag_cfg = origin
+        elif pretrained_tag in tags:
+            tag_cfg = open_clip.get_pretrained_cfg(name, pretrained_tag)
+            path = _resolve_tag_file(name, pretrained_tag, tag_cfg, cache_dir)
+            info.update(source="tag", tag=pretrained_tag, path=str(path))
+            hub = tag_cfg.get("hf_hub") or ""
+            if _hf_origin(path, name) is not None and hub:
+                info["hf_repo"] = os.path.split(hub)[0]
         elif os.sep in pretrained_tag or pretrained_tag.endswith((".pt", ".pth", ".bin", ".safetensors", ".tar")):
             raise FileNotFoundError(
                 f"Weights file {pretrained_tag!r} does not exist. Pass the path of an open_clip "
                 f"checkpoint or of OpenAI's {name}.pt, or pretrained=None for random weights."
             )
         else:
-            tags = open_clip.list_pretrained_tags_by_model(name)
+            others = [m for m in open_clip.list_pretrained_models_by_tag(pretrained_tag) if m != name]
+            elsewhere = (f" It is a tag of {', '.join(map(repr, others[:4]))}: pass one of those names."
+                         if others else "")
             raise ValueError(
                 f"{pretrained_tag!r} is neither a file nor a pretrained tag of {name!r} "
-                f"(known tags: {tags or 'none'})."
+                f"(known tags: {tags or 'none'}).{elsewhere}"
             )
 
-    if info["source"] == "tag":
-        cfg = open_clip.get_pretrained_cfg(name, pretrained_tag)
-        if _is_offline():
-            expected = cfg.get("hf_hub") or cfg.get("url") or "(see open_clip.get_pretrained_cfg)"
-            filename = "open_clip_pytorch_model.bin" if cfg.get("hf_hub") else Path(str(cfg.get("url"))).name
-            raise RuntimeError(
-                f"Cannot load pretrained tag {pretrained_tag!r} for {name!r}: this machine is offline "
-                f"(HF_HUB_OFFLINE is set or the hub does not resolve). The tag needs the file {filename!r} "
-                f"from {expected}. Download it on a connected machine and pass its local path: "
-                f"load_clip({name!r}, pretrained='/path/to/{filename}')."
+    state_dict = None
+    if path is not None:
+        state_dict, fmt = _read_state_dict(path)
+        info.update(format=fmt, sha256=_file_sha256(path))
+        _check_url_digest(path, info["sha256"], tag_cfg)
+
+    # Which activation the weights need: known from the tag, the file format or the cache it sits in;
+    # else declared by the caller (quick_gelu=, a -quickgelu name); else the config's own.
+    weights_quick: bool | None = None
+    if tag_cfg is not None:
+        weights_quick, info["activation_from"] = bool(tag_cfg.get("quick_gelu", False)), (
+            "tag" if info["source"] == "tag" else "hf_cache")
+    elif state_dict is not None and info["format"].startswith("openai"):
+        weights_quick, info["activation_from"] = True, "file"
+    elif known_origin:
+        weights_quick, info["activation_from"] = name_quick, "config"
+    if weights_quick is not None:
+        if declared is not None and declared != weights_quick:
+            what = "QuickGELU" if weights_quick else "GELU"
+            raise ValueError(
+                f"The weights {info.get('tag') or info.get('path')!r} were trained with {what} "
+                f"({info['activation_from']}), but quick_gelu={declared} was asked for (argument or model "
+                f"name {name!r}). Drop the argument, or use the model name without/with -quickgelu to match."
             )
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained_tag, device=device, precision=precision
-        )
-        info["quick_gelu"] = bool(cfg.get("quick_gelu", False))
+        use_quick = weights_quick
+    elif declared is not None:
+        use_quick, info["activation_from"] = declared, "declared"
     else:
-        # open_clip warns "initialized randomly" when it loads nothing itself: false when we load next
-        with _drop_log_records("No pretrained weights loaded") if state_dict is not None else nullcontext():
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=None, device="cpu", precision="fp32", force_quick_gelu=info["quick_gelu"]
+        use_quick, info["activation_from"] = False, "config"
+        if state_dict is not None and "openai" in open_clip.list_pretrained_tags_by_model(name):
+            alt = f"{name}-quickgelu"
+            by_name = f", or the model name {alt!r}" if open_clip.get_model_config(alt) is not None else ""
+            warnings.warn(
+                f"{info['path']} is a plain state dict whose origin mmlens cannot tell; it was loaded as "
+                f"{name!r} with GELU, as that config says. If these are OpenAI's weights, or weights "
+                f"fine-tuned from them (MaPLe, CoOp), the model needs QuickGELU: pass quick_gelu=True "
+                f"(CLI: --quick-gelu){by_name}. Pass quick_gelu=False to confirm GELU. See docs/real_weights.md.",
+                UserWarning,
+                stacklevel=2,
             )
-        if state_dict is not None:
-            _load_into(model, state_dict, name=name, path=info.get("path"))
-        model = _to_precision(model.to(device), precision)
+    info["quick_gelu"] = use_quick
+
+    # The tag's preprocessing (mean/std, resize_mode: DFN and CLIPA squash) travels with its weights.
+    pp_kwargs = {f"image_{k}": tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
+                 if (tag_cfg or {}).get(k) is not None}
+    # open_clip warns "initialized randomly" when it loads nothing itself: false when we load next
+    with _drop_log_records("No pretrained weights loaded") if state_dict is not None else nullcontext():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None, device="cpu", precision="fp32", force_quick_gelu=use_quick, **pp_kwargs
+        )
+    if state_dict is not None:
+        _load_into(model, state_dict, name=name, path=info.get("path"))
+    model = _to_precision(model.to(device), precision)
     model.eval()
     if tokenizer is None:
         tokenizer = open_clip.get_tokenizer(name)
     return LoadedCLIP(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, pretrained=info)
+
+
+def _hf_origin(path: Path, name: str) -> tuple[str, dict] | None:
+    """(repo id, open_clip pretrained config) when ``path`` lies in a Hugging Face cache folder
+    ``models--<org>--<repo>`` that an open_clip tag downloads from, else None."""
+    import open_clip
+
+    # not resolved: the cache's snapshot files are symlinks into blobs/, both under models--<org>--<repo>
+    repo = next((part[len("models--"):].replace("--", "/") for part in Path(os.path.abspath(path)).parts
+                 if part.startswith("models--")), None)
+    if repo is None:
+        return None
+    matches = []
+    for model_name, tag in open_clip.list_pretrained():
+        cfg = open_clip.get_pretrained_cfg(model_name, tag)
+        if os.path.split(cfg.get("hf_hub") or "")[0] == repo:
+            matches.append((model_name != name and model_name != name.removesuffix("-quickgelu"), cfg))
+    if not matches:
+        return None
+    return repo, sorted(matches, key=lambda m: m[0])[0][1]  # this model's own tag first
+
+
+def _resolve_tag_file(name: str, tag: str, cfg: dict, cache_dir: str | os.PathLike | None) -> Path:
+    """The local file of an open_clip tag: Hugging Face cache, then open_clip's URL cache, then a download.
+
+    Looks where and for what open_clip's ``download_pretrained`` would (its file-name order, its
+    ``cache_dir`` meaning), without touching the network; downloads through open_clip only when
+    nothing is cached and the machine is online.
+    """
+    from open_clip.constants import HF_WEIGHTS_NAME
+    from open_clip.pretrained import _get_safe_alternatives, download_pretrained
+
+    looked: list[str] = []
+    fetch: list[str] = []
+    hub = cfg.get("hf_hub") or ""
+    if hub:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)  # open_clip's convention: "org/repo/" means its default file
+        filename = filename or HF_WEIGHTS_NAME
+        names = [*_get_safe_alternatives(filename), filename]
+        for fname in names:
+            found = try_to_load_from_cache(repo, fname, cache_dir=None if cache_dir is None else str(cache_dir))
+            if isinstance(found, str):
+                return Path(found)
+        root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+        looked.append(f"Hugging Face cache: {root / ('models--' + repo.replace('/', '--'))}/snapshots/<revision>/"
+                      f"{' or '.join(names)} (found no snapshot holding either)")
+        fetch.append(f"python -c \"from huggingface_hub import hf_hub_download; print(hf_hub_download("
+                     f"'{repo}', '{names[0]}'))\"  (then copy the hub cache here, or point HF_HOME / cache_dir= "
+                     "at it)")
+    url = cfg.get("url") or ""
+    if url:
+        target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if target.is_file():
+            return target
+        looked.append(f"open_clip's download cache: {target}")
+        fetch.append(f"{url}  (save it as {target})")
+    if not _is_offline():
+        try:
+            return Path(download_pretrained(cfg, cache_dir=None if cache_dir is None else str(cache_dir)))
+        except Exception as err:  # network or hub failure: report what was looked for, as offline
+            looked.append(f"a download through open_clip, which failed ({type(err).__name__}: {err})")
+        state = "the download failed"
+    else:
+        state = "this machine is offline (HF_HUB_OFFLINE or MMLENS_OFFLINE is set, or huggingface.co does not resolve)"
+    example = names[-1] if hub else os.path.basename(url)
+    raise WeightsNotFoundError(
+        f"Cannot load pretrained tag {tag!r} for {name!r}: its weights are in no cache and {state}.\n"
+        "Looked in:\n" + "".join(f"  - {where}\n" for where in looked)
+        + "Fetch the file on a machine with internet, one of:\n" + "".join(f"  - {how}\n" for how in fetch)
+        + f"or pass the file itself: load_clip({name!r}, pretrained='/path/to/{example}'"
+        + (", quick_gelu=True)" if cfg.get("quick_gelu") and example != os.path.basename(url) else ")")
+        + ". See docs/real_weights.md."
+    )
+
+
+def _check_url_digest(path: Path, sha256: str, cfg: dict | None) -> None:
+    """OpenAI's download URLs carry the file's sha256: a file taken from open_clip's URL cache must match it."""
+    url = (cfg or {}).get("url") or ""
+    if "openaipublic" in url and path.name == os.path.basename(url):
+        expected = url.split("/")[-2]
+        if not sha256.startswith(expected):
+            raise ValueError(f"{path} is not the file published at {url}: its sha256 is {sha256}, the URL "
+                             f"names {expected}. The download is incomplete or another file; delete it and fetch "
+                             "it again.")
 
 
 @contextmanager
@@ -283,19 +459,25 @@ def _drop_log_records(prefix: str):
 
 
 def _load_into(model: torch.nn.Module, state_dict: dict, *, name: str, path: str | None) -> None:
-    sd = {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRA_KEYS}
+    from open_clip.convert import convert_state_dict
+
+    # open_clip's own conversions of third-party layouts (MobileCLIP) run first, as in its load_checkpoint
+    sd = convert_state_dict(model, {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRA_KEYS})
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     wrong = [(k, tuple(sd[k].shape), tuple(expected[k].shape)) for k in expected
              if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    wrong += [(k, sd[k].dtype, expected[k].dtype) for k in expected
+              if k in sd and expected[k].is_floating_point() and not sd[k].is_floating_point()]
     if missing or unexpected or wrong:
         lines = [f"The weights in {path} do not fit the open_clip config {name!r}:"]
         for label, keys in (("missing", missing), ("unexpected", unexpected)):
             if keys:
                 lines.append(f"  {label} keys ({len(keys)}): {keys[:5]}{' ...' if len(keys) > 5 else ''}")
         for k, found, want in wrong[:5]:
-            lines.append(f"  {k}: found shape {found}, expected {want}")
+            kind = "shape" if isinstance(found, tuple) else "dtype"
+            lines.append(f"  {k}: found {kind} {found}, expected {want}")
         lines.append("  Is this the checkpoint of another model (e.g. ViT-L-14 weights for ViT-B-16)? "
                      "Pass the matching model name.")
         raise ValueError("\n".join(lines))

@@ -24,6 +24,8 @@ def _attribution_methods(text: str) -> list[str]:
 
 def register(subparsers) -> None:
     """Add ``mmlens trace``."""
+    from mmlens.models._cli import add_quick_gelu_argument
+
     p = subparsers.add_parser(
         "trace",
         help="trace a prompted CLIP on a dataset into a zarr store",
@@ -32,6 +34,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default: mmlens-toy)")
     p.add_argument("--pretrained", default=None, help="open_clip tag or weights file (mmlens-toy: toyworld)")
+    add_quick_gelu_argument(p)
     p.add_argument("--prompts", default=None,
                    help="mmlens prompt file (.safetensors) or a published MaPLe / IVLP / CoOp checkpoint "
                         "(model.pth.tar-N or its folder, e.g. eurosat/base/seed1); its method, depth and n_ctx "
@@ -110,7 +113,8 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
 
     seed = getattr(args, "seed", None)
     torch.manual_seed(0 if seed is None else seed)  # random weights and prompt inits repeat on a rerun
-    clip = load_clip(args.model, args.pretrained, device=args.device, precision=_precision(args).weights)
+    clip = load_clip(args.model, args.pretrained, device=args.device, precision=_precision(args).weights,
+                     quick_gelu=getattr(args, "quick_gelu", None))
     if args.prompts is None:
         return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=args.depth).to(args.device)
     path = Path(args.prompts)
@@ -125,15 +129,16 @@ def _run(args: argparse.Namespace) -> int:
     from mmlens.data import build, get_manifest
     from mmlens.data.transforms import eval_mask_transform
     from mmlens.trace.tracer import trace_to_store
+    from mmlens.train.transforms import input_spec
 
     args.seed = run_seed(args.prompts, args.seed)
     manifest = get_manifest(args.dataset)
     probe = build(manifest, args.data_root, args.split, subset=args.subset)
     model = build_prompted(args, probe.classnames)
-    size = model.clip.visual.image_size
+    spec = input_spec(model)  # the geometry of model.preprocess, for the masks
 
     dataset = build(manifest, args.data_root, args.split, subset=args.subset, transform=model.preprocess,
-                    mask_transform=eval_mask_transform(size), on_error="skip")
+                    mask_transform=eval_mask_transform(spec), on_error="skip")
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     from mmlens.data import collate

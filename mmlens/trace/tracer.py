@@ -206,6 +206,7 @@ def _provenance(model, extra: dict | None, device: torch.device) -> dict:
 
     from mmlens._version import __version__
     from mmlens.models.checkpoints import prompt_sha256
+    from mmlens.models.loading import activation_name
 
     source = model.clip_source
     pretrained = source.get("pretrained") or {}
@@ -215,6 +216,8 @@ def _provenance(model, extra: dict | None, device: torch.device) -> dict:
         "model_name": source.get("name", type(model.clip).__name__),
         "pretrained": pretrained.get("tag") or pretrained.get("path") or pretrained.get("source", "unknown"),
         "weights_sha256": pretrained.get("sha256") or "",
+        # read off the built modules, whichever route built them: QuickGELU (OpenAI's) or GELU
+        "activation": activation_name(model.clip),
         "method": model.method,
         "method_hparams": json.dumps(model.hparams, sort_keys=True),
         "prompt_sha256": prompt_sha256(model.prompt_state_dict()),

@@ -18,10 +18,10 @@ def default_depth(n_blocks: int) -> int:
     return max(1, (3 * int(n_blocks)) // 4)
 
 
-def _load_clip(name: str, pretrained: str | None, device: str):
+def _load_clip(name: str, pretrained: str | None, device: str, quick_gelu: bool | None = None):
     from mmlens.models.loading import load_clip
 
-    return load_clip(name, pretrained, device=device)
+    return load_clip(name, pretrained, device=device, quick_gelu=quick_gelu)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -32,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    clip = _load_clip(args.model, args.pretrained, args.device)
+    clip = _load_clip(args.model, args.pretrained, args.device, args.quick_gelu)
     blocks = min(len(clip.model.visual.transformer.resblocks), len(clip.model.transformer.resblocks))
     depth = args.depth if args.depth is not None else default_depth(blocks)
     ctx_init = None if args.ctx_init in ("", "none", "None") else args.ctx_init
@@ -72,7 +72,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     pretrained = args.pretrained
     if pretrained is None and model_name == "mmlens-toy" and meta.get("base_weights_sha256"):
         pretrained = "toyworld"
-    clip = _load_clip(model_name, pretrained, args.device)
+    clip = _load_clip(model_name, pretrained, args.device, args.quick_gelu)
     variants = [v for spec in (args.variants or ["full"]) for v in spec.split(",") if v]
     ds = evaluate(files, args.dataset or None, seeds=args.seeds, variants=variants, protocol=args.protocol,
                   root=args.data_root, clip=clip, batch_size=args.batch_size, device=args.device,
@@ -94,6 +94,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``mmlens train`` and ``mmlens evaluate`` to ``subparsers``."""
+    from mmlens.models._cli import add_quick_gelu_argument
+
     p = subparsers.add_parser(
         "train",
         help="few-shot prompt learning / bias tuning (MaPLe's recipe)",
@@ -103,6 +105,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default mmlens-toy)")
     p.add_argument("--pretrained", default=None, help="pretrained tag or weights file (toy: toyworld)")
+    add_quick_gelu_argument(p)
     p.add_argument("--method", default="maple",
                    help="zeroshot, coop, deep_vision, deep_language, ivlp, maple, bias, bias_coupled")
     p.add_argument("--dataset", required=True, help="dataset name (see `mmlens data list`)")
@@ -146,6 +149,7 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="only prompt files of these seeds")
     p.add_argument("--model", default=None, help="base model (default: the one named in the prompt file)")
     p.add_argument("--pretrained", default=None, help="base weights (default for mmlens-toy: toyworld)")
+    add_quick_gelu_argument(p)
     p.add_argument("--out", help="write the table: .md (markdown), .csv (long format) or .nc (netCDF)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")

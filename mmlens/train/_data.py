@@ -43,13 +43,14 @@ def build_split(
     name: str,
     root: str | Path,
     split: str,
-    size: tuple[int, int],
+    size: tuple[int, int] | InputSpec,
     *,
     shots: int | None = None,
     seed: int = 1,
     subset: str = "all",
 ) -> torch.utils.data.Dataset:
-    """``mmlens.data.build`` with images as ``[0, 1]`` tensors resized/centre-cropped to ``size``."""
+    """``mmlens.data.build`` with images as ``[0, 1]`` tensors in the model's geometry (``size``: an
+    :class:`InputSpec`, or a bare size for OpenAI's resize-and-centre-crop)."""
     from mmlens.data.dataset import build
 
     if root is None:
@@ -110,5 +111,5 @@ def batches(
 
 def model_inputs(images: Any, spec: InputSpec, normalize: bool) -> torch.Tensor:
     """Batch images to ``spec.size`` and normalise (no augmentation): the evaluation input."""
-    x = resize_batch(images, spec.size)
+    x = resize_batch(images, spec)
     return spec.normalize(x) if normalize else x

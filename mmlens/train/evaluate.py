@@ -345,7 +345,7 @@ def evaluate(
     if datasets is None:
         datasets = _default_datasets(protocol, entries, root)
     probe = entries[0].model(clip)
-    data = _Data(datasets, root, input_spec(probe).size, shots)
+    data = _Data(datasets, root, input_spec(probe), shots)  # the spec: size and the model's resize geometry
     dev = torch.device(device)
     amp = resolve_precision(precision, dev, allowed=("auto", "fp32", "amp", "bf16"))
 

@@ -261,7 +261,7 @@ def fit(
     # fp16 is a choice of frozen weights (load_clip), not of training: the model comes as it was loaded
     amp = resolve_precision(precision, device, allowed=("auto", "fp32", "amp", "bf16"))
     spec = input_spec(model)
-    ds, ds_name = _resolve_dataset(dataset, root, shots, seed, subset, spec.size)
+    ds, ds_name = _resolve_dataset(dataset, root, shots, seed, subset, spec)
     ds_name = name or ds_name
     n = len(ds)
     if n == 0:
@@ -400,7 +400,7 @@ def _train_epoch(model, ds, optimizer, schedule, scaler, *, epoch, epochs, seed,
                leave=False, unit="batch")
     try:
         for batch in batches(ds, batch_size, order=order.tolist(), drop_last=drop_last, num_workers=num_workers):
-            images = resize_batch(batch["image"], spec.size)
+            images = resize_batch(batch["image"], spec)
             if augment:
                 images = random_resized_crop_flip(images, spec.size, generator=aug_gen, scale=tuple(crop_scale))
             if normalize:
