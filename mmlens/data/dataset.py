@@ -285,8 +285,9 @@ class ImageDataset(torch.utils.data.Dataset):
         except ImageDecodeError as exc:
             if self.on_error == "raise":
                 raise
-            self.failures.append((exc.path, str(exc.cause)))
-            return {"failed": True, "path": exc.path, "error": str(exc.cause), "index": index}
+            error = f"{type(exc.cause).__name__}: {exc.cause}"  # "Truncated File Read" alone says too little
+            self.failures.append((exc.path, error))
+            return {"failed": True, "path": exc.path, "error": error, "index": index}
         image = self.transform(img) if self.transform is not None else _to_tensor(img)
         if mask is not None:
             mask = _to_tensor(self.mask_transform(mask) if self.mask_transform is not None else mask).float()
