@@ -52,15 +52,20 @@ def _line_bar_class():
         Its stream is wrapped (:class:`_Lines`), so ``tqdm.write`` does not redraw it after every message.
         """
 
-        _shown: float | None = None
+        _shown: float | None = None  # the count of the last line printed
+        _shown_at = float("-inf")
 
         def clear(self, nolock: bool = False) -> None:  # nothing was drawn in place: nothing to erase
             pass
 
         def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-            if self.n == self._shown and msg is None:
+            # refresh() (set_postfix, tqdm.write) calls this at any time: print only what is new and due;
+            # tqdm sets disable before its last display in close()
+            now = self._time()
+            due = now - self._shown_at >= self.mininterval or self.disable
+            if msg is None and (self.n == self._shown or not due):
                 return True
-            self._shown = self.n
+            self._shown, self._shown_at = self.n, now
             self.fp.write((msg or self.__str__()).strip() + "\n")
             self.fp.flush()
             return True

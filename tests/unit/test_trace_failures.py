@@ -144,3 +144,24 @@ def test_skip_lines_do_not_break_the_bar():
     bar.update(4)
     bar.close()
     assert quiet.getvalue() == ""
+
+
+def test_log_lines_are_periodic_and_postfix_updates_add_none(monkeypatch):
+    import mmlens._progress as progress
+
+    log = io.StringIO()
+    bar = progress_bar(total=50, desc="train", file=log)  # the default interval: only the first and last line
+    for i in range(50):
+        bar.update(1)
+        bar.set_postfix(loss=f"{i}")  # refreshes: a terminal redraw, no log line
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("train: 100%") and lines[-1].endswith("loss=49]")
+    monkeypatch.setattr(progress, "LINE_INTERVAL", 0.0)  # every update is due: one line each
+    log = io.StringIO()
+    bar = progress_bar(total=5, desc="train", file=log)
+    for _ in range(5):
+        bar.update(1)
+    bar.close()
+    assert [line.split("|")[0] for line in log.getvalue().splitlines()] == [
+        f"train: {p:3d}%" for p in (0, 20, 40, 60, 80, 100)]
