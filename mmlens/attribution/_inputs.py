@@ -226,9 +226,9 @@ def progress(iterable: Sequence[Any] | range, *, enabled: bool, desc: str, total
     if not enabled or len(items) <= 1:
         yield from items
         return
-    from tqdm.auto import tqdm
+    from mmlens._progress import progress_bar
 
-    yield from tqdm(items, desc=desc, total=total or len(items), leave=False)
+    yield from progress_bar(items, desc=desc, total=total or len(items), leave=False)
 
 
 def chunks(n: int, size: int | None) -> list[slice]:

@@ -59,7 +59,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     reports = verify_root(
-        root, datasets, decode=not args.quick, check_counts=not args.skip_counts, workers=args.workers
+        root, datasets, decode=not args.quick, check_counts=not args.skip_counts, workers=args.workers,
+        progress=True,
     )
     if not reports:
         print(f"No known dataset folder under {root} (see `mmlens data list --root {root}`).")
@@ -85,7 +86,9 @@ def register(subparsers) -> None:
     p = data_sub.add_parser(
         "verify",
         help="check local copies against their manifests (non-zero exit on problems)",
-        description="Check missing files, corrupt images, unexpected class folders and split sizes.",
+        description="Check missing files, corrupt images and masks, masks whose size is not their image's, "
+        "unexpected class folders and split sizes (a toyworld copy: those of the size it was generated at). "
+        "Also lists files the loader decodes by a special rule (EXIF orientation, 16-bit, transparency, CMYK).",
     )
     p.add_argument("--root", required=True, help="data root holding the dataset folders")
     p.add_argument(
@@ -93,7 +96,7 @@ def register(subparsers) -> None:
         action="append",
         help="dataset name (case-insensitive; repeatable); default: every dataset found under --root",
     )
-    p.add_argument("--quick", action="store_true", help="check that files exist, do not decode images")
+    p.add_argument("--quick", action="store_true", help="check that files exist, do not decode images or masks")
     p.add_argument("--skip-counts", action="store_true", help="do not compare split sizes with the manifest")
     p.add_argument("--workers", type=int, default=2, help="threads used to decode images (default 2)")
     p.add_argument("--max-listed", type=int, default=10, help="problems listed per kind (default 10)")

@@ -3,53 +3,156 @@
 from __future__ import annotations
 
 import math
+import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import default_collate
 
 from mmlens.data.loaders import Item, load_split
 from mmlens.data.manifest import Manifest, get_manifest
 from mmlens.data.protocol import base_novel, few_shot
 
-__all__ = ["ImageDataset", "ImageDecodeError", "build", "collate", "decode_image", "decode_mask"]
+__all__ = ["ImageDataset", "ImageDecodeError", "MaskSizeError", "build", "collate", "decode_image", "decode_item",
+           "decode_mask"]
 
 
 class ImageDecodeError(OSError):
     """An image (or mask) file is missing or cannot be decoded; ``.path`` names it."""
 
-    def __init__(self, path: str, cause: BaseException):
+    def __init__(self, path: str, cause: BaseException, message: str | None = None):
         self.path = str(path)
         self.cause = cause
-        super().__init__(
+        super().__init__(message or (
             f"Could not read image {self.path}: {type(cause).__name__}: {cause}. Check or re-download the "
             "file (`mmlens data verify` lists all bad files), or pass on_error='skip' to skip and record it."
-        )
+        ))
 
 
-def decode_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB; raise :class:`ImageDecodeError` naming the path.
+class MaskSizeError(ImageDecodeError):
+    """A mask's size differs from its image's (after EXIF orientation); ``.path`` is the image, ``.mask_path``."""
+
+    def __init__(self, path: str, mask_path: str, image_size: tuple[int, int], mask_size: tuple[int, int]):
+        self.mask_path = str(mask_path)
+        cause = ValueError(f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} pixels, its image is "
+                           f"{image_size[0]}x{image_size[1]}")
+        super().__init__(path, cause, (
+            f"Mask {mask_path} is {mask_size[0]}x{mask_size[1]} pixels but its image {path} is "
+            f"{image_size[0]}x{image_size[1]} (width x height, after EXIF orientation); expected the same size. "
+            "The mask belongs to another image or was drawn on differently oriented pixels: fix or remove the "
+            "mask file (`mmlens data verify` lists every mismatch), or pass on_error='skip' to skip the image."
+        ))
+
+
+#: EXIF tag of the orientation (1 = upright; 2-8 = mirrored and/or rotated, as cameras write it).
+_EXIF_ORIENTATION = 0x0112
+# Image.open is where Pillow warns about decompression bombs, without the file's name. The warning is
+# caught there and raised again naming the file; catch_warnings is process-global, so openings that catch
+# take turns (opening reads the header only: the decoding itself runs in parallel).
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(path: str | Path) -> Image.Image:
+    """``Image.open`` whose decompression-bomb warning names the file (other warnings pass unchanged)."""
+    with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        im = Image.open(path)
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn(f"{path}: {w.message}", Image.DecompressionBombWarning, stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return im
+
+
+def _orient(im: Image.Image, notes: list[str]) -> Image.Image:
+    """Apply the EXIF orientation (cameras store pixels as the sensor read them and the turn in EXIF)."""
+    orientation = im.getexif().get(_EXIF_ORIENTATION)
+    if orientation in (None, 1):
+        return im
+    notes.append(f"EXIF orientation {orientation} applied")
+    return ImageOps.exif_transpose(im)
+
+
+def _range_scaled(arr: np.ndarray, top: float, what: str, notes: list[str]) -> Image.Image:
+    """Grey values on ``0..top`` scaled to ``0..255`` (rounded), as an RGB image."""
+    notes.append(f"{what} scaled from 0..{top:g} to 0..255")
+    grey = np.rint(arr.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
+    """8-bit RGB of any Pillow mode, by the mode's real range (Pillow's own convert clips 16-bit at 255)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF, PGM), any byte order
+        return _range_scaled(np.asarray(im), 65535, f"16-bit grey ({mode})", notes)
+    if mode in ("I", "F"):
+        arr = np.asarray(im)
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        # the file does not say its range: 'I' is read as 16-bit (Pillow opens 16-bit PGM and old 16-bit PNG
+        # as 'I'), 'F' as 0..1; values outside these ranges have no known meaning
+        top = 65535.0 if mode == "I" else 1.0
+        if lo < 0 or hi > top:
+            raise ValueError(f"{'32-bit integer' if mode == 'I' else 'floating-point'} pixels (mode {mode}) in "
+                             f"[{lo:g}, {hi:g}], outside the range 0..{top:g} the loader can read; convert the "
+                             "file to 8- or 16-bit")
+        return _range_scaled(arr, top, f"{'integer' if mode == 'I' else 'floating-point'} grey ({mode})", notes)
+    if (mode == "P" and "transparency" in im.info) or mode == "PA":
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode in ("LA", "RGBA"):
+        alpha = np.asarray(im.getchannel("A"), dtype=np.float64)
+        if alpha.size == 0 or alpha.min() == 255:
+            return im.convert("RGB")
+        # over black: a transparent pixel is black, whatever colour the encoder left under it
+        notes.append(f"transparent pixels ({mode}) composited over black")
+        colour = np.asarray(im.convert("RGB"), dtype=np.float64)
+        return Image.fromarray(np.rint(colour * alpha[..., None] / 255.0).astype(np.uint8), mode="RGB")
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB without colour management")
+    return im.convert("RGB")
+
+
+def decode_image(path: str | Path, *, notes: list[str] | None = None) -> Image.Image:
+    """Open and fully decode an image as upright 8-bit RGB; raise :class:`ImageDecodeError` naming the path.
+
+    The EXIF orientation is applied; 16-bit, 32-bit integer and float grey images are scaled by their
+    range (``0..65535``, ``0..65535``, ``0..1``), palette and CMYK images converted, and transparent pixels
+    composited over black. Each such step is appended to ``notes`` (``mmlens data verify`` lists them).
 
     Examples
     --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "deep.png")
+    >>> Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16)).save(p)  # 16-bit grey PNG
+    >>> notes = []
+    >>> np.asarray(decode_image(p, notes=notes))[0, :, 0].tolist(), notes
+    ([0, 100, 255], ['16-bit grey (I;16) scaled from 0..65535 to 0..255'])
     >>> decode_image("/nonexistent.jpg")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     mmlens.data.dataset.ImageDecodeError: Could not read image /nonexistent.jpg: FileNotFoundError...
     """
+    found: list[str] = []
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")  # convert() forces the full decode inside the try
+        with _open(path) as im:
+            rgb = _to_rgb(_orient(im, found), found)
+            rgb.load()  # force the full decode inside the try
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad files
         raise ImageDecodeError(str(path), exc) from exc
+    if notes is not None:
+        notes.extend(found)
+    return rgb
 
 
-def decode_mask(path: str | Path, foreground_values: Sequence[int]) -> Image.Image:
-    """Read a label/trimap image and return a binary ``L`` image: 255 where the value is foreground.
+def decode_mask(path: str | Path, foreground_values: Sequence[int], *, notes: list[str] | None = None) -> Image.Image:
+    """Read a label/trimap image, upright, and return a binary ``L`` image: 255 where the value is foreground.
 
     Examples
     --------
@@ -59,15 +162,45 @@ def decode_mask(path: str | Path, foreground_values: Sequence[int]) -> Image.Ima
     >>> np.asarray(decode_mask(p, [1])).tolist()
     [[255, 0], [0, 255]]
     """
+    found: list[str] = []
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
+        with _open(path) as im:
+            arr = np.asarray(_orient(im, found))  # label values as stored (palette indices for 'P')
     except Exception as exc:
         raise ImageDecodeError(str(path), exc) from exc
+    if notes is not None:
+        notes.extend(f"mask: {n}" for n in found)
     if arr.ndim == 3:
         arr = arr[..., 0]
     fg = np.isin(arr, np.asarray(list(foreground_values)))
     return Image.fromarray((fg * 255).astype(np.uint8), mode="L")
+
+
+def decode_item(item: Item, foreground_values: Sequence[int] = (1,), *,
+                notes: list[str] | None = None) -> tuple[Image.Image, Image.Image | None]:
+    """The upright RGB image of an item and its binary mask (None without one), checked to be the same size.
+
+    Raises :class:`ImageDecodeError` naming the file that cannot be read, and :class:`MaskSizeError`
+    naming both files when the sizes differ.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> Image.new("RGB", (4, 3)).save(os.path.join(d, "a.png"))
+    >>> Image.new("L", (3, 4)).save(os.path.join(d, "a_mask.png"))
+    >>> decode_item(Item(os.path.join(d, "a.png"), 0, "cat", os.path.join(d, "a_mask.png")))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mmlens.data.dataset.MaskSizeError: Mask .../a_mask.png is 3x4 pixels but its image .../a.png is 4x3 ...
+    """
+    img = decode_image(item.path, notes=notes)
+    if item.mask_path is None:
+        return img, None
+    mask = decode_mask(item.mask_path, foreground_values, notes=notes)
+    if mask.size != img.size:
+        raise MaskSizeError(item.path, item.mask_path, img.size, mask.size)
+    return img, mask
 
 
 def _to_tensor(img: Any) -> torch.Tensor:
@@ -148,15 +281,13 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         it = self.items[index]
         try:
-            img = decode_image(it.path)
-            mask = None
-            if it.mask_path is not None:
-                mask = decode_mask(it.mask_path, self.foreground_values)
+            img, mask = decode_item(it, self.foreground_values)
         except ImageDecodeError as exc:
             if self.on_error == "raise":
                 raise
-            self.failures.append((exc.path, str(exc.cause)))
-            return {"failed": True, "path": exc.path, "error": str(exc.cause), "index": index}
+            error = f"{type(exc.cause).__name__}: {exc.cause}"  # "Truncated File Read" alone says too little
+            self.failures.append((exc.path, error))
+            return {"failed": True, "path": exc.path, "error": error, "index": index}
         image = self.transform(img) if self.transform is not None else _to_tensor(img)
         if mask is not None:
             mask = _to_tensor(self.mask_transform(mask) if self.mask_transform is not None else mask).float()

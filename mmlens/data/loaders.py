@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from mmlens.data.manifest import Manifest, get_manifest
 
-__all__ = ["Item", "SplitData", "SplitFileError", "IMAGE_EXTENSIONS", "load_split", "mask_path_for"]
+__all__ = ["Item", "SplitData", "SplitFileError", "IMAGE_EXTENSIONS", "load_split", "mask_path_for", "toyworld_record"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -321,13 +321,31 @@ def load_split(name: str | Manifest, root: str | Path, split: str, *, check_clas
     return data
 
 
+def toyworld_record(m: Manifest, root: str | Path) -> dict | None:
+    """The generator's own record (``toyworld.json``) of a toyworld copy under ``root``; None for other data.
+
+    It says which generator version, seed and size (``small``, ``full`` or ``custom`` with ``per_class``)
+    wrote the files: the sizes a copy should have depend on it, not on the manifest alone.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> toyworld_record(get_manifest("EuroSAT"), tempfile.mkdtemp()) is None
+    True
+    """
+    info = m.dataset_dir(Path(root).expanduser()) / "toyworld.json"
+    if m.kind != "toyworld" or not info.is_file():
+        return None
+    return json.loads(info.read_text())
+
+
 def _warn_if_stale_toyworld(m: Manifest, root: Path) -> None:
     """A toyworld tree written by another generator version has other pixels than the manifest describes."""
     wanted = m.extra.get("generator_version")
-    info = m.dataset_dir(root) / "toyworld.json"
-    if wanted is None or not info.is_file():
+    record = toyworld_record(m, root)
+    if wanted is None or record is None:
         return
-    found = json.loads(info.read_text()).get("generator_version")
+    found = record.get("generator_version")
     if found != wanted:
         import warnings
 

@@ -1,4 +1,4 @@
-"""Check a local copy of a dataset against its manifest: files, decodability, class folders, split sizes."""
+"""Check a local copy of a dataset against its manifest: files, decoding, masks, class folders, split sizes."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
-from mmlens.data.loaders import IMAGE_EXTENSIONS, SplitFileError, load_split
+from mmlens.data.dataset import ImageDecodeError, MaskSizeError, decode_item
+from mmlens.data.loaders import IMAGE_EXTENSIONS, Item, SplitFileError, load_split, toyworld_record
 from mmlens.data.manifest import Manifest, get_manifest, list_manifests
 
-__all__ = ["SplitCheck", "VerifyReport", "verify", "verify_root", "format_reports"]
+__all__ = ["SplitCheck", "VerifyReport", "expected_split_sizes", "verify", "verify_root", "format_reports"]
 
 
 @dataclass
@@ -31,9 +30,13 @@ class VerifyReport:
     """The result of :func:`verify` for one dataset; ``ok`` is False when anything is wrong.
 
     Problems: ``errors`` (unreadable split/list/classnames files, absent folder, class-count mismatch),
-    ``missing_files``, ``corrupt_files`` ((path, error) pairs), ``unexpected_dirs`` (image folders that
-    are no class of the split files and not in the manifest's ``ignored_dirs``), ``count_mismatches``.
-    ``warnings`` (e.g. images without a mask) do not make the report fail.
+    ``missing_files``, ``corrupt_files`` ((path, error) pairs: images or masks the loader cannot read),
+    ``mask_mismatches`` ((image, error) pairs: a mask whose size is not its image's), ``unexpected_dirs``
+    (image folders that are no class of the split files and not in the manifest's ``ignored_dirs``),
+    ``count_mismatches``. ``warnings`` (e.g. images without a mask) and ``conversions`` ((path, what)
+    pairs: files the loader decodes by a rule a plain ``convert("RGB")`` gets wrong: EXIF orientation,
+    16-bit, palette transparency, CMYK...) do not make the report fail; ``expected_from`` says where the
+    expected split sizes come from.
     """
 
     name: str
@@ -43,6 +46,9 @@ class VerifyReport:
     errors: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
     corrupt_files: list[tuple[str, str]] = field(default_factory=list)
+    mask_mismatches: list[tuple[str, str]] = field(default_factory=list)
+    conversions: list[tuple[str, str]] = field(default_factory=list)
+    expected_from: str = "manifest"
     unexpected_dirs: list[str] = field(default_factory=list)
     count_mismatches: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -62,18 +68,49 @@ class VerifyReport:
 
         cap("missing file", self.missing_files)
         cap("corrupt image", [f"{p} ({e})" for p, e in self.corrupt_files])
+        cap("mask size", [e for _, e in self.mask_mismatches])
         cap("unexpected folder", self.unexpected_dirs)
         out.extend(f"count mismatch: {c}" for c in self.count_mismatches)
         return out
 
 
-def _check_image(path: str) -> str | None:
+def _check_item(item: Item, foreground_values: tuple[int, ...]) -> tuple[str, str | None, list[str]]:
+    """Decode an item as the loader does: ``(kind, error, conversions)``, kind "ok", "corrupt" or "mask size"."""
+    notes: list[str] = []
     try:
-        with Image.open(path) as im:
-            im.load()
-        return None
-    except Exception as exc:  # any decoder failure is a corrupt image
-        return f"{type(exc).__name__}: {exc}"
+        decode_item(item, foreground_values, notes=notes)
+    except MaskSizeError as exc:
+        return "mask size", str(exc.cause), notes
+    except ImageDecodeError as exc:
+        return "corrupt", f"{type(exc.cause).__name__}: {exc.cause}" + (
+            "" if exc.path == item.path else f" (mask {exc.path})"), notes
+    return "ok", None, notes
+
+
+def expected_split_sizes(m: Manifest, root: str | Path) -> tuple[dict[str, int], str]:
+    """The split sizes a copy under ``root`` should have, and where that expectation comes from.
+
+    A toyworld copy is written at a chosen size (``small``, ``full`` or custom images per class); its
+    ``toyworld.json`` says which, and the expectation follows it. Other datasets: the manifest's sizes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from mmlens.data.toyworld.export import write_domain
+    >>> root = tempfile.mkdtemp()
+    >>> _ = write_domain("satellite", root, size="small", per_class={"train": 1, "val": 1, "test": 2})
+    >>> expected_split_sizes(get_manifest("ToySatellite"), root)
+    ({'train': 32, 'val': 32, 'test': 64}, 'toyworld.json: 1/1/2 images per class')
+    """
+    record = toyworld_record(m, root)
+    if record is None:
+        return dict(m.expected_split_sizes), "manifest"
+    size, per_class = record.get("size"), record.get("per_class") or {}
+    if size in (m.extra.get("sizes") or {}):
+        return dict(m.extra["sizes"][size]), f"toyworld --size {size}"
+    counts = "/".join(str(per_class.get(s, "?")) for s in m.splits)
+    return {s: int(per_class[s]) * m.num_classes for s in m.splits if s in per_class}, \
+        f"toyworld.json: {counts} images per class"
 
 
 def _image_dirs(top: Path) -> set[str]:
@@ -94,6 +131,7 @@ def verify(
     expected_sizes: dict[str, int] | None = None,
     check_counts: bool = True,
     workers: int = 2,
+    progress: bool = False,
 ) -> VerifyReport:
     """Check a local copy of one dataset against its manifest.
 
@@ -104,13 +142,18 @@ def verify(
     root
         Data root (must exist; raises FileNotFoundError otherwise).
     decode
-        Fully decode every image (slow for ImageNet; False checks existence only).
+        Decode every image and mask as the loader does (slow for ImageNet; False checks existence only):
+        unreadable files and masks whose size is not their image's are problems; files decoded by a special
+        rule (EXIF orientation, 16-bit, transparency, CMYK) are listed in ``conversions``.
     expected_sizes
-        Override of the manifest's ``expected_split_sizes`` (e.g. for a fake or partial tree).
+        Override of the expected split sizes (default: :func:`expected_split_sizes`: the manifest's, or for
+        a toyworld copy those of the size it was generated at).
     check_counts
         Compare split sizes with the expected ones.
     workers
         Threads used to decode images.
+    progress
+        Show a progress bar while decoding.
 
     Examples
     --------
@@ -132,9 +175,12 @@ def verify(
         report.present = False
         report.errors.append(f"dataset folder {m.dataset_dir(root)} not found (source: {m.source.get('data')})")
         return report
-    expected = dict(m.expected_split_sizes if expected_sizes is None else expected_sizes)
+    if expected_sizes is None:
+        expected, report.expected_from = expected_split_sizes(m, root)
+    else:
+        expected, report.expected_from = dict(expected_sizes), "given"
     referenced_dirs: set[str] = set()
-    to_decode: list[tuple[str, str]] = []  # (path, split)
+    to_decode: list[tuple[Item, str]] = []
     for split in m.splits:
         check = report.splits[split] = SplitCheck(split, expected.get(split))
         try:
@@ -150,7 +196,7 @@ def verify(
         for it in data.items:
             referenced_dirs.add(os.path.normpath(os.path.dirname(it.path)))
             if os.path.isfile(it.path):
-                to_decode.append((it.path, split))
+                to_decode.append((it, split))
             else:
                 check.missing += 1
                 report.missing_files.append(it.path)
@@ -159,13 +205,27 @@ def verify(
         if no_mask:
             report.warnings.append(f"{split}: {no_mask} image(s) without a mask file under {m.masks['dir']}")
         if check_counts and check.expected is not None and check.listed != check.expected:
-            report.count_mismatches.append(f"{split}: {check.listed} images listed, manifest expects {check.expected}")
+            want = f"manifest expects {check.expected}" if report.expected_from == "manifest" else \
+                f"expected {check.expected} ({report.expected_from})"
+            report.count_mismatches.append(f"{split}: {check.listed} images listed, {want}")
     if decode and to_decode:
+        from mmlens._progress import progress_bar
+
+        fg = tuple(m.masks["foreground_values"]) if m.masks else (1,)
+        bar = progress_bar(total=len(to_decode), desc=f"verify {m.name}", unit="img", enabled=progress)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(pool.map(_check_image, [p for p, _ in to_decode], chunksize=64))
-        for (path, split), err in zip(to_decode, results):
-            if err is not None:
-                report.corrupt_files.append((path, err))
+            results = []
+            for result in pool.map(lambda job: _check_item(job[0], fg), to_decode, chunksize=64):
+                results.append(result)
+                bar.update(1)
+        bar.close()
+        for (it, split), (kind, err, notes) in zip(to_decode, results):
+            report.conversions.extend((it.path, n) for n in notes)
+            if kind == "corrupt":
+                report.corrupt_files.append((it.path, err))
+                report.splits[split].corrupt += 1
+            elif kind == "mask size":
+                report.mask_mismatches.append((it.path, err))
                 report.splits[split].corrupt += 1
     image_root = m.image_root(root)
     if image_root.is_dir() and referenced_dirs:
@@ -227,11 +287,17 @@ def format_reports(reports: list[VerifyReport], max_listed: int = 10) -> str:
     out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
     for r in reports:
         probs = r.problems(max_listed)
-        if probs or r.warnings:
+        if probs or r.warnings or r.conversions:
             out.append("")
-            out.append(f"{r.name} ({r.dataset_dir}):")
+            out.append(f"{r.name} ({r.dataset_dir}; expected sizes: {r.expected_from}):")
             out.extend(f"  PROBLEM {p}" for p in probs)
             out.extend(f"  warning {w}" for w in r.warnings)
+        if r.conversions:
+            out.append(f"  note {len(r.conversions)} decoding rule(s) applied that a plain convert('RGB') misses "
+                       "(the loader applies them; other tools may not):")
+            out.extend(f"    {p}: {what}" for p, what in r.conversions[:max_listed])
+            if len(r.conversions) > max_listed:
+                out.append(f"    ... and {len(r.conversions) - max_listed} more")
     n_bad = sum(not r.ok for r in reports)
     out.append("")
     out.append(f"{len(reports)} dataset(s) checked, {n_bad} with problems.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -339,7 +338,7 @@ def iter_trace_batches(
     passed over (resume); image indices continue from there. With ``attribution`` every batch
     also carries an ``attribution`` group.
     """
-    from tqdm.auto import tqdm
+    from mmlens._progress import progress_bar
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     grid = tuple(model.clip.visual.grid_size)
@@ -368,7 +367,8 @@ def iter_trace_batches(
                  "split": ("class", np.array(list(class_split or ["all"] * len(model.classnames)), dtype=object))})
             first = True
             consumed = 0  # input items seen so far (resume skips the first `skip`)
-            bar = tqdm(total=total, desc="trace", unit="img", disable=not progress, initial=skip)
+            bar = progress_bar(total=total, desc="trace", unit="img", enabled=progress, initial=skip)
+            carried: list = []  # failures of batches without one readable image: committed with the next images
             for batch in _batches(images_or_loader, batch_size):
                 failures = list(batch.get("failures") or [])
                 n_in = len(batch["image"]) + len(failures)  # input items, unreadable ones included
@@ -382,6 +382,12 @@ def iter_trace_batches(
                 if cut:  # a batch straddling the resume point
                     batch = {k: v[cut:] if isinstance(v, (torch.Tensor, list, tuple, np.ndarray)) else v
                              for k, v in batch.items()}
+                _report_skipped(failures)
+                bar.update(n_in - cut)
+                if len(batch["image"]) == 0:  # every image unreadable: nothing to run the model on
+                    carried += failures
+                    continue
+                failures, carried = carried + failures, []
                 images = batch["image"]
                 n = len(images)
                 images = images.to(device)
@@ -402,10 +408,7 @@ def iter_trace_batches(
                     [float(b.attn.out_proj.bias.float().norm()) if b.attn.out_proj.bias is not None else 0.0
                      for b in model.clip.visual.transformer.resblocks]))
                 if failures:
-                    _warn_failures(failures)
-                    vision["failures"] = xr.DataArray(
-                        np.array([err for _, err in failures], dtype=object), dims="failure",
-                        coords={"failure_path": ("failure", np.array([p for p, _ in failures], dtype=object))})
+                    vision["failures"] = _failures(failures)
                 fg = _foreground(batch.get("mask"), grid)
                 if fg is not None:
                     vision["foreground"] = (("image", "patch_row", "patch_col"), fg)
@@ -427,8 +430,9 @@ def iter_trace_batches(
                          for b in model.clip.transformer.resblocks]))
                     groups["text"] = text
                 first = False
-                bar.update(n)
                 yield groups, n + len(failures)
+            if carried:  # the last batches had no readable image: their failures alone
+                yield {"vision": xr.Dataset({"failures": _failures(carried)})}, len(carried)
             bar.close()
     finally:
         model.block_hook, model.prompts_enabled = previous_hook, previous_enabled
@@ -514,6 +518,7 @@ def trace(
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": [], "attribution": []}
+    failed: list[xr.DataArray] = []  # along `failure`, from every batch (concat along `image` keeps one)
     text = None
     for groups, _n in iter_trace_batches(
         model, images_or_loader, variants=_variants(with_reference, variants), all_queries=all_queries,
@@ -523,13 +528,25 @@ def trace(
         attribution_target=attribution_target,
     ):
         text = groups.get("text", text)
+        if "failures" in groups["vision"]:
+            failed.append(groups["vision"]["failures"])
+            groups["vision"] = groups["vision"].drop_vars(["failures", "failure_path"])
         for name in parts:
-            if name in groups:
+            if name in groups and (name != "vision" or "image" in groups[name].dims):
                 parts[name].append(groups[name])
+    n_failed = sum(f.sizes["failure"] for f in failed)
     if text is None:
-        raise ValueError("trace() got no images: the input was empty.")
+        raise ValueError("trace() got no images: the input was empty." if not n_failed else
+                         f"trace() got no readable image: all {n_failed} inputs failed to decode (the lines above "
+                         "name each file and its error).")
     groups = {name: xr.concat(p, dim="image", data_vars="minimal", coords="minimal", compat="override")
               for name, p in parts.items() if p}
+    if failed:
+        groups["vision"]["failures"] = xr.concat(failed, dim="failure")
+    if progress or n_failed:
+        from mmlens._progress import write_line
+
+        write_line(_summary(groups["vision"].sizes["image"], n_failed))
     return xr.DataTree.from_dict(
         {"/": xr.Dataset(attrs=_provenance(model, provenance, device)), "vision": groups["vision"],
          "text": text, **{k: v for k, v in groups.items() if k != "vision"}}
@@ -562,16 +579,33 @@ def trace_to_store(
     if total is None and hasattr(loader, "__len__") and not isinstance(loader, torch.utils.data.DataLoader):
         total = len(loader)
     with StoreWriter(path, prov, overwrite=overwrite) as writer:
-        if writer.complete:
-            return Path(path)
-        for groups, n in iter_trace_batches(
-            model, loader, variants=_variants(with_reference, variants), skip=writer.n_done,
-            batch_size=batch_size, device=device, total=total, **kwargs,
-        ):
-            writer.append(groups, n_items=n)
+        if not writer.complete:
+            for groups, n in iter_trace_batches(
+                model, loader, variants=_variants(with_reference, variants), skip=writer.n_done,
+                batch_size=batch_size, device=device, total=total, **kwargs,
+            ):
+                writer.append(groups, n_items=n)
+    if kwargs.get("progress", True) or writer.n_failures:
+        from mmlens._progress import write_line
+
+        write_line(_summary(writer.n_images, writer.n_failures))
     return Path(path)
 
 
-def _warn_failures(failures: Iterable[tuple[str, str]]) -> None:
+def _failures(failures: Sequence[tuple[str, str]]) -> xr.DataArray:
+    """``vision/failures``: the error of each unreadable input, its path as the ``failure_path`` coordinate."""
+    return xr.DataArray(np.array([err for _, err in failures], dtype=object), dims="failure",
+                        coords={"failure_path": ("failure", np.array([p for p, _ in failures], dtype=object))})
+
+
+def _report_skipped(failures: Iterable[tuple[str, str]]) -> None:
+    """One line per unreadable input, printed above the progress bar (not a warning: data, not code)."""
+    from mmlens._progress import write_line
+
     for path, err in failures:
-        warnings.warn(f"skipped unreadable image {path}: {err}", stacklevel=3)
+        write_line(f"skipped {path}: {err}")
+
+
+def _summary(n_images: int, n_skipped: int) -> str:
+    """The last line of a trace: how many images were traced and how many inputs were skipped."""
+    return f"{n_images} images, {n_skipped} skipped (see vision/failures)"

@@ -369,9 +369,10 @@ def evaluate(
         raise ValueError(f"No prompts were trained on the datasets {data.names} (they were trained on "
                          f"{sorted({str(e.dataset) for e in entries})}); pass protocol='cross_dataset' to evaluate "
                          "them on other datasets.")
-    from tqdm.auto import tqdm
+    from mmlens._progress import progress_bar
 
-    bar = tqdm(total=len(jobs) * len(split_names) * len(parsed), desc="evaluate", disable=not progress, unit="eval")
+    bar = progress_bar(total=len(jobs) * len(split_names) * len(parsed), desc="evaluate", enabled=progress,
+                       unit="eval")
     frozen_cache: dict[tuple, Any] = {}  # frozen-CLIP image features, shared by every entry
     for entry, dname in jobs:
         model = entry.model(clip).to(dev)

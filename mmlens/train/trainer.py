@@ -386,7 +386,7 @@ def _static_text_features(model: Any) -> torch.Tensor | None:
 
 def _train_epoch(model, ds, optimizer, schedule, scaler, *, epoch, epochs, seed, batch_size, spec, augment,
                  crop_scale, normalize, device, amp, num_workers, progress, text_cache) -> dict[str, float]:
-    from tqdm.auto import tqdm
+    from mmlens._progress import progress_bar
 
     lr = schedule.apply(optimizer)
     n = len(ds)
@@ -396,8 +396,8 @@ def _train_epoch(model, ds, optimizer, schedule, scaler, *, epoch, epochs, seed,
     n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
     total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
-    bar = tqdm(total=n_batches, desc=f"{model.method} epoch {epoch + 1}/{epochs}", disable=not progress,
-               leave=False, unit="batch")
+    bar = progress_bar(total=n_batches, desc=f"{model.method} epoch {epoch + 1}/{epochs}", enabled=progress,
+                       leave=False, unit="batch")
     try:
         for batch in batches(ds, batch_size, order=order.tolist(), drop_last=drop_last, num_workers=num_workers):
             images = resize_batch(batch["image"], spec)
