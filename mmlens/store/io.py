@@ -231,7 +231,7 @@ def to_zarr(tree: xr.DataTree, path: str | os.PathLike, *, mode: str = "w-") -> 
     out.to_zarr(path, mode=mode, consolidated=False, zarr_format=_ZARR_FORMAT)
     record = integrity.update_record(path, {})
     root = zarr.open_group(path, mode="r+", zarr_format=_ZARR_FORMAT, use_consolidated=False)
-    root.attrs.update({schema.CHUNKS_ATTR: json.dumps(record, separators=(",", ":"))})
+    root.update_attributes({schema.CHUNKS_ATTR: json.dumps(record, separators=(",", ":"))})
     zarr.consolidate_metadata(path, zarr_format=_ZARR_FORMAT)
     return path
 
@@ -557,11 +557,19 @@ class StoreWriter:
                 raise
             total = self._progress.get("total")
             full = StoreFullError(
-                f"no space left on {self.path}, {self._progress['items']} of {total if total is not None else '?'} "
+                f"no space left on {self.path}, {self._committed_items()} of {total if total is not None else '?'} "
                 "images committed; free space and rerun (the store resumes from there)"
             )
             full.errno = errno.ENOSPC
             raise full from err
+
+    def _committed_items(self) -> int:
+        """Items committed on disk (a failed write may have landed the counts yet failed after them)."""
+        try:
+            attrs = json.loads((self.path / ".zattrs").read_text())
+            return int(json.loads(attrs[schema.PROGRESS_ATTR])["items"])
+        except (OSError, ValueError, KeyError):
+            return int(self._progress["items"])
 
     def _remove_existing(self) -> None:
         if not self.path.exists():
@@ -608,7 +616,7 @@ class StoreWriter:
         if any(not p.retraceable for p in problems):
             raise integrity.integrity_error(self.path, problems)
         self.damaged = problems
-        root.attrs.update({schema.CHUNKS_ATTR: _dumps(self._record)})
+        root.update_attributes({schema.CHUNKS_ATTR: _dumps(self._record)})
         zarr.consolidate_metadata(self.path, zarr_format=_ZARR_FORMAT)
         return True
 
@@ -783,8 +791,8 @@ class StoreWriter:
             "runs": runs,
         }
         root = zarr.open_group(self.path, mode="r+", zarr_format=_ZARR_FORMAT, use_consolidated=False)
-        # one atomic file replace for both
-        root.attrs.update({schema.PROGRESS_ATTR: _dumps(progress), schema.CHUNKS_ATTR: _dumps(self._record)})
+        # one atomic file replace for both (attrs.update would write once per key)
+        root.update_attributes({schema.PROGRESS_ATTR: _dumps(progress), schema.CHUNKS_ATTR: _dumps(self._record)})
         self._progress = progress
         zarr.consolidate_metadata(self.path, zarr_format=_ZARR_FORMAT)
 
