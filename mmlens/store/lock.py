@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["StoreLockedError", "WriterLock"]
@@ -66,6 +67,11 @@ class WriterLock:
                 _lock(fd)
             except OSError:
                 holder = _read_holder(fd)
+                for _ in range(10):  # the holder writes its pid right after locking: give it a moment
+                    if not holder.startswith("another"):
+                        break
+                    time.sleep(0.02)
+                    holder = _read_holder(fd)
                 os.close(fd)
                 raise StoreLockedError(
                     f"{self.store} is being written by {holder} (lock {self.path}); wait for that writer to "
