@@ -562,7 +562,8 @@ def store_status(path: str | os.PathLike) -> StoreStatus:
     >>> w.append(tree.isel(image=slice(0, 3)))
     >>> store_status(path).message
     'incomplete: 3 of 6 images'
-    >>> w.close(); store_status(path).message
+    >>> w.append(tree.isel(image=slice(3, 6))); w.close()
+    >>> store_status(path).message
     'complete: 6 images'
     """
     path = Path(path)
