@@ -502,12 +502,12 @@ def checked_store(path: str | os.PathLike, meta: Mapping[str, Any], record: Mapp
             want = expected.get(key)
             if want is None or buf is None or byte_range is not None:
                 return buf
-            data = buf.as_numpy_array().tobytes()
-            if len(data) != want[0] or zlib.crc32(data) != want[1]:
+            data = buf.as_numpy_array()  # crc32 reads the buffer in place: no copy
+            if data.nbytes != want[0] or zlib.crc32(data) != want[1]:
                 array, chunk = key.rsplit("/", 1)
                 dim, lo, hi = _span(infos.get(array), chunk)
-                kind = "size" if len(data) != want[0] else "checksum"
-                detail = (f"read {len(data)} bytes, the writer wrote {want[0]}" if kind == "size" else
+                kind = "size" if data.nbytes != want[0] else "checksum"
+                detail = (f"read {data.nbytes} bytes, the writer wrote {want[0]}" if kind == "size" else
                           "the bytes read are not those the writer wrote (bit rot, or a chunk copied from another "
                           "store)")
                 problem = Problem(array, chunk, kind, detail, dim, lo, hi)
