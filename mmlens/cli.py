@@ -17,6 +17,7 @@ _COMMAND_MODULES = [
     "mmlens.models._cli",  # toy pretrain
     "mmlens.train._cli",  # train, evaluate
     "mmlens.trace._cli",  # trace
+    "mmlens.store._cli",  # store verify
 ]
 
 

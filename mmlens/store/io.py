@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,23 @@ import numpy as np
 import xarray as xr
 
 from mmlens.store import accessor as _accessor  # noqa: F401  (.mml on what open returns)
-from mmlens.store import schema
+from mmlens.store import integrity, schema
+from mmlens.store.integrity import StoreIntegrityError, store_status
+from mmlens.store.lock import StoreLockedError, WriterLock
 
-__all__ = ["open", "to_zarr", "to_netcdf", "StoreWriter", "StoreIdentityError", "IncompleteStoreWarning"]
+__all__ = [
+    "open",
+    "to_zarr",
+    "to_netcdf",
+    "StoreWriter",
+    "StoreIdentityError",
+    "StoreIntegrityError",
+    "StoreLockedError",
+    "StoreFullError",
+    "IncompleteStoreWarning",
+    "OldStoreWarning",
+    "store_status",
+]
 
 _ZARR_FORMAT = 2
 _APPEND_DIMS = ("image", "failure")
@@ -34,17 +49,34 @@ class IncompleteStoreWarning(UserWarning):
     """The store was opened while its writer is still running, or after the writer was interrupted."""
 
 
+class OldStoreWarning(UserWarning):
+    """The store was written with an older schema: it reads, but lacks what later schemas record."""
+
+
+class StoreFullError(OSError):
+    """The disk filled up while writing; the store is left resumable at its last commit."""
+
+
 # ----------------------------------------------------------------------------------------------
 # opening
 # ----------------------------------------------------------------------------------------------
 
 
-def open(path: str | os.PathLike, *, chunks: Any = None, validate: bool = True) -> xr.DataTree:  # noqa: A001
+def open(  # noqa: A001
+    path: str | os.PathLike, *, chunks: Any = None, validate: bool = True, check: bool = True
+) -> xr.DataTree:
     """Open a trace store (zarr directory or netCDF file) lazily as a DataTree.
 
     Arrays are dask arrays (one block per stored chunk) and nothing is read until used. The
     ``ds.mml`` accessor is registered on the result. A zarr store still being written (or whose
     writer was killed) opens at its last complete chunk, with an :class:`IncompleteStoreWarning`.
+
+    By default (``check=True``) a zarr store is checked against its writer's integrity record from
+    directory listings alone (no chunk is read): every recorded chunk must exist with its recorded
+    byte size, every metadata file must exist. Reads then check each chunk's size and crc32 as they
+    read it. Either failure is one :class:`~mmlens.store.integrity.StoreIntegrityError` naming the
+    variable, the chunk (its image range) and the way out. A store of an older schema opens with an
+    :class:`OldStoreWarning` saying what it lacks.
 
     Parameters
     ----------
@@ -56,6 +88,9 @@ def open(path: str | os.PathLike, *, chunks: Any = None, validate: bool = True) 
     validate
         Check the tree against the schema (structure only, no data read) and raise
         :class:`~mmlens.store.schema.SchemaError` if it does not match.
+    check
+        Check the integrity record on opening and every chunk as it is read (zarr stores). Turn off
+        only to look into a damaged store; ``mmlens store verify`` is the deep check.
 
     Returns
     -------
@@ -77,7 +112,7 @@ def open(path: str | os.PathLike, *, chunks: Any = None, validate: bool = True) 
     elif chunks is False:
         chunks = None
     if path.is_dir():
-        tree = _open_zarr(path, chunks)
+        tree = _open_zarr(path, chunks, check)
     elif path.is_file():
         if not _is_netcdf(path):
             raise ValueError(
@@ -103,23 +138,42 @@ def _is_netcdf(path: Path) -> bool:
     return head == _HDF5_MAGIC or head[:3] == b"CDF"
 
 
-def _open_zarr(path: Path, chunks: Any) -> xr.DataTree:
-    consolidated = (path / ".zmetadata").exists() or None
+def _open_zarr(path: Path, chunks: Any, check: bool) -> xr.DataTree:
+    meta, consolidated = integrity.read_metadata(path)
+    attrs = meta.get(".zattrs", {})
+    record = integrity.load_record(attrs)
+    store: Any = path
+    if check and record is not None:
+        problems = integrity.listing_problems(path, meta, record)
+        if problems:
+            raise integrity.integrity_error(path, problems)
+        store = integrity.checked_store(path, meta, record)
+    version = attrs.get("mmlens_schema")
+    if integrity_lacks := schema.lacks(version):
+        warnings.warn(
+            f"{path} was written with store schema {version} (this mmlens writes {schema.SCHEMA_VERSION}); it opens "
+            f"for reading, but it lacks {'; '.join(integrity_lacks)}. Re-trace it to get them; writing or resuming "
+            "into it is refused.",
+            OldStoreWarning,
+            stacklevel=2,
+        )
     with warnings.catch_warnings():
         # zarr v3 stores without consolidated metadata: falling back to listing is fine here
         warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
-        tree = xr.open_datatree(path, engine="zarr", chunks=chunks, consolidated=consolidated)
+        tree = xr.open_datatree(store, engine="zarr", chunks=chunks, consolidated=consolidated or None)
     tree = _map_groups(tree, _plain_strings, keep_root=True)
     raw = tree.attrs.get(schema.PROGRESS_ATTR)
+    tree.attrs = {k: v for k, v in tree.attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
     if raw is None:
         return tree
     progress = json.loads(raw)
-    tree.attrs = {k: v for k, v in tree.attrs.items() if k != schema.PROGRESS_ATTR}
     tree = _trim_view(tree, progress)
     if not progress.get("complete", False):
+        total = progress.get("total")
+        of = f" of {total}" if total is not None else ""
         warnings.warn(
-            f"{path} is incomplete: {progress['images']} images committed so far; its writer is still "
-            "running or was interrupted (rerun the same trace_to_store call to resume it)",
+            f"{path} is incomplete: {progress['images']} images committed so far ({progress['items']}{of} input "
+            "items); its writer is still running or was interrupted (rerun the same trace to resume it)",
             IncompleteStoreWarning,
             stacklevel=2,
         )
@@ -169,9 +223,16 @@ def to_zarr(tree: xr.DataTree, path: str | os.PathLike, *, mode: str = "w-") -> 
     >>> to_zarr(example_tree(), tempfile.mkdtemp() + "/run.zarr").name
     'run.zarr'
     """
+    import zarr
+
     path = Path(path)
     out = _map_groups(tree, _vlen_strings)
-    out.to_zarr(path, mode=mode, consolidated=True, zarr_format=_ZARR_FORMAT)
+    out.attrs = {k: v for k, v in out.attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
+    out.to_zarr(path, mode=mode, consolidated=False, zarr_format=_ZARR_FORMAT)
+    record = integrity.update_record(path, {})
+    root = zarr.open_group(path, mode="r+", zarr_format=_ZARR_FORMAT, use_consolidated=False)
+    root.update_attributes({schema.CHUNKS_ATTR: json.dumps(record, separators=(",", ":"))})
+    zarr.consolidate_metadata(path, zarr_format=_ZARR_FORMAT)
     return path
 
 
@@ -202,7 +263,7 @@ def to_netcdf(tree: xr.DataTree, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     out = _map_groups(tree, lambda ds: ds.drop_encoding())
-    out.attrs = {k: v for k, v in tree.attrs.items() if k != schema.PROGRESS_ATTR}
+    out.attrs = {k: v for k, v in tree.attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
     out.to_netcdf(path, engine="h5netcdf", mode="w")
     return path
 
@@ -256,14 +317,20 @@ class StoreWriter:
     Each :meth:`append` writes one batch: variables with an ``image`` dim are appended along
     ``image`` (one zarr chunk per batch of ``chunk_images``), ``failures`` along ``failure``;
     everything else (coordinates of other dims, ``output_bias_norm``, the ``text`` group) is
-    written once, with the first batch. After the data, the committed counts are written to
-    the root attr ``_progress`` (one atomic file replace), then the metadata is consolidated.
-    The first batch is written into ``<path>.partial`` and renamed into place, so a store
-    either exists with at least one complete batch or not at all.
+    written once, with the first batch. After the data, the committed counts (``_progress``) and
+    the integrity record (``_chunks``: byte size and crc32 of every chunk written) go into the root
+    attrs in one atomic file replace, then the metadata is consolidated. The first batch is written
+    into ``<path>.partial`` and renamed into place, so a store either exists with at least one
+    complete batch or not at all. One writer at a time: ``<path>.lock`` is held with an
+    operating-system lock (:class:`~mmlens.store.lock.WriterLock`); a second writer gets
+    :class:`~mmlens.store.lock.StoreLockedError` naming the holder.
 
     Opening an existing store resumes it: identity provenance keys must match (else
     :class:`StoreIdentityError` says which differs and what to do); anything written after the
     last commit is trimmed away; :attr:`n_done` tells the caller how many input items to skip.
+    Chunks of images that were lost or truncated since are listed in :attr:`damaged`, and
+    :meth:`repairs` / :meth:`rewrite` put them back (``trace_to_store`` re-traces exactly them).
+    Running out of disk space raises :class:`StoreFullError` and leaves the store resumable.
 
     Parameters
     ----------
@@ -279,6 +346,8 @@ class StoreWriter:
         Delete an existing store at ``path`` instead of resuming it.
     validate
         Check each batch against the schema before writing it.
+    total
+        Input items the run will write (for ``store_status`` and messages); optional.
 
     Examples
     --------
@@ -302,16 +371,18 @@ class StoreWriter:
         chunk_images: int | None = None,
         overwrite: bool = False,
         validate: bool = True,
+        total: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.provenance = {
-            k: v for k, v in schema.provenance_attrs(**dict(provenance)).items() if k != schema.PROGRESS_ATTR
+            k: v
+            for k, v in schema.provenance_attrs(**dict(provenance)).items()
+            if k not in schema.BOOKKEEPING_ATTRS
         }
         self.identity_keys = tuple(identity_keys)
         self.chunk_images = chunk_images
         self.validate = validate
         self._partial = self.path.with_name(self.path.name + ".partial")
-        self._lock = self.path.with_name(self.path.name + ".lock")
         self._progress: dict[str, Any] = {
             "images": 0,
             "failures": 0,
@@ -319,17 +390,24 @@ class StoreWriter:
             "batches": 0,
             "complete": False,
             "arrays": [],
+            "total": total,
+            "runs": [],
         }
+        self._record: dict[str, dict[str, list[int]]] = {}
+        #: Lost or truncated chunks of images found on resume, not yet re-traced (see :meth:`repairs`).
+        self.damaged: list[integrity.Problem] = []
         self._pending: list[tuple[dict[str, xr.Dataset], int]] = []
         self._closed = False
-        self._acquire_lock()
+        self._lock = WriterLock(self.path).acquire()
         try:
             if overwrite:
                 self._remove_existing()
             shutil.rmtree(self._partial, ignore_errors=True)
             self.resumed = self._resume()
+            if total is not None:
+                self._progress["total"] = total
         except BaseException:
-            self._release_lock()
+            self._lock.release()
             raise
 
     # -- public state ---------------------------------------------------------------------------
@@ -380,26 +458,82 @@ class StoreWriter:
         n_img = _count(groups, "image")
         n_fail = _count(groups, "failure")
         items = n_img + n_fail if n_items is None else int(n_items)
-        if self._progress["batches"] == 0 and not self.path.exists():
-            self._pending.append((groups, items))
-            if n_img > 0:
-                self._create_from_pending()
-            return
-        self._append_groups(groups, n_img, n_fail)
-        self._commit(images=n_img, failures=n_fail, items=items)
+        with self._disk_full_is_clear():
+            if self._progress["batches"] == 0 and not self.path.exists():
+                self._pending.append((groups, items))
+                if n_img > 0:
+                    self._create_from_pending()
+                return
+            self._append_groups(groups, n_img, n_fail)
+            self._commit(images=n_img, failures=n_fail, items=items)
+
+    def repairs(self) -> list[tuple[int, int, int, int]]:
+        """What to re-trace to mend :attr:`damaged`: ``(image_lo, image_hi, item_lo, item_hi)`` per range.
+
+        Each range is the whole committed batches holding a damaged chunk (the store records which
+        input items every batch consumed), so re-tracing items ``item_lo:item_hi`` gives back images
+        ``image_lo:image_hi`` exactly; pass them to :meth:`rewrite`.
+        """
+        out: list[tuple[int, int, int, int]] = []
+        runs = [r for r in self._progress.get("runs", []) if r[1] > 0]
+        for lo, hi in integrity.image_ranges(self.damaged):
+            cover = [r for r in runs if r[0] < hi and r[0] + r[1] > lo]
+            if not cover or cover[0][0] > lo or cover[-1][0] + cover[-1][1] < hi:
+                raise integrity.integrity_error(self.path, [p for p in self.damaged if p.lo == lo] or self.damaged)
+            span = (cover[0][0], cover[-1][0] + cover[-1][1], cover[0][2], cover[-1][2] + cover[-1][3])
+            if out and span[0] < out[-1][1]:
+                prev = out.pop()
+                span = (prev[0], max(prev[1], span[1]), prev[2], max(prev[3], span[3]))
+            out.append(span)
+        return out
+
+    def rewrite(self, batch: xr.DataTree | Mapping[str, xr.Dataset], image_lo: int) -> None:
+        """Write re-traced images over the store's images ``image_lo:image_lo + n`` (repairing lost chunks).
+
+        Only variables along ``image`` are written; static variables and failure records are kept.
+        The batch must hold exactly the images of whole committed batches (:meth:`repairs`).
+        """
+        import zarr
+
+        groups = _batch_groups(batch)
+        n = _count(groups, "image")
+        hi = image_lo + n
+        if hi > self.n_images:
+            raise ValueError(f"rewrite of images {image_lo}-{hi - 1} goes past the {self.n_images} committed images "
+                             f"of {self.path}; re-trace the ranges that repairs() gives")
+        with self._disk_full_is_clear():
+            for p in self.damaged:  # a truncated chunk must not be read back by a partial-chunk write
+                if p.lo is not None and p.hi is not None and image_lo <= p.lo and p.hi <= hi:
+                    (self.path / p.array / p.chunk).unlink(missing_ok=True)
+            root = zarr.open_group(self.path, mode="r", zarr_format=_ZARR_FORMAT, use_consolidated=False)
+            stored = {name for name, _ in root.groups()}
+            for name, ds in groups.items():
+                part = _along(ds, "image")
+                if part is None or name not in stored:
+                    continue
+                part = _vlen_strings(_renumber(part, image_lo))
+                part.attrs = {}
+                part.to_zarr(self.path, group=name, mode="r+", region={"image": slice(image_lo, hi)},
+                             zarr_format=_ZARR_FORMAT, consolidated=False)
+            integrity.update_record(self.path, self._record, {"image": (image_lo, hi)})
+            self.damaged = [p for p in self.damaged if not (p.lo is not None and image_lo <= p.lo and p.hi <= hi)]
+            self._commit(images=0, failures=0, items=0, batches=0, complete=self.complete)
 
     def close(self) -> None:
         """Mark the store complete, consolidate its metadata and release the lock."""
         if self._closed:
             return
         try:
-            if self._pending:
-                self._create_from_pending()
-            if self.path.exists():
-                self._commit(images=0, failures=0, items=0, batches=0, complete=True)
+            if self.damaged:
+                raise integrity.integrity_error(self.path, self.damaged)
+            with self._disk_full_is_clear():
+                if self._pending:
+                    self._create_from_pending()
+                if self.path.exists():
+                    self._commit(images=0, failures=0, items=0, batches=0, complete=True)
         finally:
             self._closed = True
-            self._release_lock()
+            self._lock.release()
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -409,32 +543,33 @@ class StoreWriter:
             self.close()
         else:  # leave the store resumable, not complete
             self._closed = True
-            self._release_lock()
+            self._lock.release()
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _acquire_lock(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pid = _read_pid(self._lock)
-                if pid is not None and pid != os.getpid() and _pid_alive(pid):
-                    raise RuntimeError(
-                        f"{self.path} is being written by process {pid} (lock file {self._lock}); wait for it, "
-                        "or delete the lock file if no such writer is running"
-                    ) from None
-                self._lock.unlink(missing_ok=True)  # stale: its writer died
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return
-        raise RuntimeError(f"could not take the writer lock {self._lock}; delete it and retry")
+    @contextlib.contextmanager
+    def _disk_full_is_clear(self) -> Iterator[None]:
+        """Turn zarr's raw ENOSPC into one error saying where, how far, and what to do."""
+        try:
+            yield
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(err, StoreFullError):
+                raise
+            total = self._progress.get("total")
+            full = StoreFullError(
+                f"no space left on {self.path}, {self._committed_items()} of {total if total is not None else '?'} "
+                "images committed; free space and rerun (the store resumes from there)"
+            )
+            full.errno = errno.ENOSPC
+            raise full from err
 
-    def _release_lock(self) -> None:
-        if _read_pid(self._lock) == os.getpid():
-            self._lock.unlink(missing_ok=True)
+    def _committed_items(self) -> int:
+        """Items committed on disk (a failed write may have landed the counts yet failed after them)."""
+        try:
+            attrs = json.loads((self.path / ".zattrs").read_text())
+            return int(json.loads(attrs[schema.PROGRESS_ATTR])["items"])
+        except (OSError, ValueError, KeyError):
+            return int(self._progress["items"])
 
     def _remove_existing(self) -> None:
         if not self.path.exists():
@@ -445,12 +580,14 @@ class StoreWriter:
         raise FileExistsError(f"overwrite=True refused: {self.path} exists and is not a zarr store; move it away")
 
     def _resume(self) -> bool:
-        """Check an existing store, trim anything uncommitted; return whether there was one."""
+        """Check an existing store, trim anything uncommitted, find lost chunks; return whether there was one."""
         if not self.path.exists():
             return False
         if self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()  # an empty directory (made by the user): the first batch renames into it
             return False
+        if self.path.is_dir():
+            _restore_metadata(self.path)
         if not (self.path.is_dir() and (self.path / ".zgroup").exists()):
             raise FileExistsError(f"{self.path} exists and is not a zarr store; choose another path or move it away")
         import zarr
@@ -464,18 +601,73 @@ class StoreWriter:
                 "or write to a new path"
             )
         self._check_identity(attrs)
-        self._progress = json.loads(attrs[schema.PROGRESS_ATTR])
+        self._progress = {**self._progress, **json.loads(attrs[schema.PROGRESS_ATTR])}
+        self._record = integrity.load_record(attrs) or {}
         _remove_uncommitted(self.path, set(self._progress["arrays"]))
         root = zarr.open_group(self.path, mode="r+", zarr_format=_ZARR_FORMAT, use_consolidated=False)
         _trim_arrays(root, {"image": self._progress["images"], "failure": self._progress["failures"]})
+        meta, _ = integrity.read_metadata(self.path, consolidated=False)
+        integrity.forget_beyond(self._record, meta)
+        self._record_rewritten_boundaries(root, meta)
+        problems = [
+            p for p in integrity.listing_problems(self.path, meta, self._record)
+            if p.chunk != ".zmetadata"  # consolidated again below
+        ]
+        if any(not p.retraceable for p in problems):
+            raise integrity.integrity_error(self.path, problems)
+        self.damaged = problems
+        root.update_attributes({schema.CHUNKS_ATTR: _dumps(self._record)})
         zarr.consolidate_metadata(self.path, zarr_format=_ZARR_FORMAT)
         return True
 
+    def _record_rewritten_boundaries(self, root: Any, meta: Mapping[str, Any]) -> None:
+        """Re-record the last chunk along image/failure where an uncommitted append rewrote it.
+
+        An append that was interrupted before its commit may have rewritten the committed last chunk
+        (a partly filled chunk gets the new images). The committed images in it are unchanged; if the
+        chunk still decodes, its new bytes are recorded. One that does not decode stays a problem.
+        """
+        import zlib
+
+        for array, chunks in self._record.items():
+            info = integrity._array_info(meta, array)
+            if info is None:
+                continue
+            dim = next((d for d in _APPEND_DIMS if d in info.dims), None)
+            if dim is None:
+                continue
+            axis = info.dims.index(dim)
+            n = info.shape[axis]
+            if n == 0:
+                continue
+            last = (n - 1) // info.chunks[axis]
+            for key, (size, crc) in list(chunks.items()):
+                index = [int(i) for i in key.split(info.sep)]
+                if index[axis] != last:
+                    continue
+                try:
+                    data = (self.path / array / key).read_bytes()
+                except FileNotFoundError:
+                    continue
+                if len(data) == size and zlib.crc32(data) == crc:
+                    continue
+                region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, info.chunks, info.shape))
+                try:
+                    root[array][region]
+                except Exception:  # noqa: BLE001 - a chunk that does not decode is damage, reported by the caller
+                    continue
+                chunks[key] = [len(data), zlib.crc32(data)]
+
     def _check_identity(self, stored: Mapping[str, Any]) -> None:
-        if stored.get("mmlens_schema") != schema.SCHEMA_VERSION:
+        version = stored.get("mmlens_schema")
+        if version != schema.SCHEMA_VERSION:
+            lacking = schema.lacks(version)
             raise StoreIdentityError(
-                f"cannot resume {self.path}: it was written with store schema {stored.get('mmlens_schema')!r}, "
-                f"this mmlens writes schema {schema.SCHEMA_VERSION}; write to a new path"
+                f"cannot resume {self.path}: it was written with store schema {version!r}, this mmlens writes "
+                f"schema {schema.SCHEMA_VERSION}"
+                + (f" (it lacks {'; '.join(lacking)})" if lacking else "")
+                + ". It still opens for reading. To re-trace it, rerun with --overwrite (overwrite=True), or "
+                "write to a new path."
             )
         differ = [
             (key, stored.get(key), self.provenance.get(key))
@@ -486,9 +678,9 @@ class StoreWriter:
             lines = "; ".join(f"{k}: store has {a!r}, this run has {b!r}" for k, a, b in differ)
             keys = ", ".join(k for k, _, _ in differ)
             raise StoreIdentityError(
-                f"cannot resume {self.path}: it was written by a different experiment ({lines}). "
+                f"cannot resume {self.path}: it was written by a different run ({lines}). "
                 f"To continue that store, rerun with the same {keys}; to start over, delete it or pass "
-                "overwrite=True; to keep both, write to a new path."
+                "--overwrite (overwrite=True); to keep both, write to a new path."
             )
 
     def _create_from_pending(self) -> None:
@@ -511,18 +703,27 @@ class StoreWriter:
                 if any(d in ds[var].dims for d in _APPEND_DIMS)
             }
             ds.to_zarr(partial, group=name, mode="a", zarr_format=_ZARR_FORMAT, consolidated=False, encoding=encoding)
+        runs, image, item = [], 0, 0
+        for groups, n_items in batches:
+            n = _count(groups, "image")
+            runs.append([image, n, item, n_items])
+            image, item = image + n, item + n_items
         progress = {
+            **self._progress,
             "images": n_img,
             "failures": n_fail,
             "items": items,
             "batches": 1,
             "complete": False,
             "arrays": _list_arrays(partial),
+            "runs": runs,
         }
-        root.attrs.put({**self.provenance, schema.PROGRESS_ATTR: json.dumps(progress)})
+        record = integrity.update_record(partial, {})
+        root.attrs.put({**self.provenance, schema.PROGRESS_ATTR: _dumps(progress), schema.CHUNKS_ATTR: _dumps(record)})
         zarr.consolidate_metadata(partial, zarr_format=_ZARR_FORMAT)
         os.replace(partial, self.path)
         self._progress = progress
+        self._record = record
         self._pending = []
         self.chunk_images = chunk
 
@@ -565,18 +766,33 @@ class StoreWriter:
                     )
 
     def _commit(self, *, images: int, failures: int, items: int, batches: int = 1, complete: bool = False) -> None:
+        """Record the new chunks, then write counts and record in one root-attrs replace, then consolidate.
+
+        The order keeps every reader consistent: the data is on disk before the counts that announce it,
+        and ``.zmetadata`` (what ``mmlens.open`` and ``store_status`` read) is replaced last, in one step.
+        """
         import zarr
 
+        old = self._progress
+        changed = {"image": (old["images"], old["images"] + images),
+                   "failure": (old["failures"], old["failures"] + failures)}
+        integrity.update_record(self.path, self._record, changed)
+        runs = list(old.get("runs", []))
+        if batches and (images or items):
+            runs.append([old["images"], images, old["items"], items])
         progress = {
-            "images": self._progress["images"] + images,
-            "failures": self._progress["failures"] + failures,
-            "items": self._progress["items"] + items,
-            "batches": self._progress["batches"] + batches,
+            **old,
+            "images": old["images"] + images,
+            "failures": old["failures"] + failures,
+            "items": old["items"] + items,
+            "batches": old["batches"] + batches,
             "complete": complete,
             "arrays": _list_arrays(self.path),  # everything on disk now is complete
+            "runs": runs,
         }
         root = zarr.open_group(self.path, mode="r+", zarr_format=_ZARR_FORMAT, use_consolidated=False)
-        root.attrs.update({schema.PROGRESS_ATTR: json.dumps(progress)})  # one atomic file replace
+        # one atomic file replace for both (attrs.update would write once per key)
+        root.update_attributes({schema.PROGRESS_ATTR: _dumps(progress), schema.CHUNKS_ATTR: _dumps(self._record)})
         self._progress = progress
         zarr.consolidate_metadata(self.path, zarr_format=_ZARR_FORMAT)
 
@@ -665,6 +881,26 @@ def _check_same_variables(name: str, ds: xr.Dataset, stored: Any, path: Path) ->
         )
 
 
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _restore_metadata(path: Path) -> None:
+    """Write back metadata files that were lost, from the consolidated copy (``.zmetadata``), if it survives."""
+    consolidated = path / ".zmetadata"
+    if not consolidated.is_file():
+        return
+    try:
+        meta = json.loads(consolidated.read_text())["metadata"]
+    except (ValueError, KeyError):
+        return
+    for key, doc in meta.items():
+        target = path / key
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(doc, indent=4))
+
+
 def _list_arrays(root: Path) -> list[str]:
     """Relative paths of all zarr (v2) arrays under ``root``."""
     return sorted(
@@ -704,25 +940,3 @@ def _trim_arrays(root: Any, limits: Mapping[str, int]) -> None:
                     shape = list(arr.shape)
                     shape[axis] = n
                     arr.resize(tuple(shape))
-
-
-def _read_pid(lock: Path) -> int | None:
-    try:
-        return int(lock.read_text().strip() or "-1")
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(FileNotFoundError):
-        # a zombie (killed child not yet reaped by its parent) holds no lock
-        with builtins.open(f"/proc/{pid}/stat") as f:
-            if f.read().split(")")[-1].split()[0] == "Z":
-                return False
-    return True

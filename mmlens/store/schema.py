@@ -67,12 +67,11 @@ QUERY_COORDS: tuple[str, ...] = ("token_role",)
 FAILURE_COORDS: tuple[str, ...] = ("failure_path",)
 
 #: Provenance attributes every store root carries (docs/store_schema.md, "root attrs").
-PROVENANCE_KEYS: tuple[str, ...] = (
+_PROVENANCE_KEYS_V1: tuple[str, ...] = (
     "mmlens_schema",
     "model_name",
     "pretrained",
     "weights_sha256",
-    "activation",
     "method",
     "method_hparams",
     "prompt_sha256",
@@ -84,9 +83,40 @@ PROVENANCE_KEYS: tuple[str, ...] = (
     "open_clip_version",
     "device",
     "dtype",
-    "compute_dtype",
     "created",
 )
+#: Keys added by schema 2: what decides which items a run traces, and in what order.
+SELECTION_KEYS: tuple[str, ...] = ("split", "subset", "limit", "order", "file_list_sha256")
+#: Keys added by schema 2: how the model computed (its MLP activation; the dtype its blocks ran in).
+COMPUTE_KEYS: tuple[str, ...] = ("activation", "compute_dtype")
+PROVENANCE_KEYS: tuple[str, ...] = (*_PROVENANCE_KEYS_V1, *COMPUTE_KEYS, *SELECTION_KEYS)
+#: Schema versions ``mmlens.open`` still reads (writing or resuming needs :data:`SCHEMA_VERSION`).
+READABLE_SCHEMAS: tuple[int, ...] = (1, SCHEMA_VERSION)
+#: What a store of an older schema lacks, for the message ``mmlens.open`` gives when reading one.
+LACKS_BEFORE: dict[int, str] = {
+    2: "the integrity record (chunks are not checked on open or read; `mmlens store verify` can only try to "
+       "decode them), the resume identity keys " + ", ".join(SELECTION_KEYS)
+       + " (a resume could not tell another selection of images apart), the model's " + " and ".join(COMPUTE_KEYS)
+       + " (whether it ran OpenAI's QuickGELU and in which precision), and the `bias_source` coordinate (bias "
+       "tuning's learned bias was not traced)",
+}
+
+
+def lacks(version: Any) -> list[str]:
+    """What a store written with schema ``version`` lacks compared with the current schema.
+
+    Examples
+    --------
+    >>> lacks(SCHEMA_VERSION)
+    []
+    >>> lacks(1)[0].startswith("the integrity record")
+    True
+    """
+    if not isinstance(version, int):
+        return []
+    return [text for since, text in sorted(LACKS_BEFORE.items()) if version < since <= SCHEMA_VERSION]
+
+
 #: Provenance keys that must agree before a store may be resumed (a different value means a
 #: different experiment, whose numbers must not be mixed into this store).
 IDENTITY_KEYS: tuple[str, ...] = (
@@ -102,9 +132,15 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "seed",
     "dtype",
     "compute_dtype",
+    *SELECTION_KEYS,
 )
 #: Root attribute holding the streaming writer's bookkeeping (JSON string); hidden by ``mmlens.open``.
 PROGRESS_ATTR = "_progress"
+#: Root attribute holding the integrity record: ``{array: {chunk key: [bytes, crc32]}}`` (JSON string), written
+#: with every commit; hidden by ``mmlens.open`` (docs/store_schema.md, "Integrity").
+CHUNKS_ATTR = "_chunks"
+#: Root attributes that are writer bookkeeping, not provenance.
+BOOKKEEPING_ATTRS: tuple[str, ...] = (PROGRESS_ATTR, CHUNKS_ATTR)
 
 _V = ("variant", "image", "layer", "head")
 _VL = ("variant", "image", "layer")
@@ -210,7 +246,7 @@ def provenance_attrs(**fields: Any) -> dict[str, str | int | float]:
     --------
     >>> attrs = provenance_attrs(model_name="ViT-B-16", method_hparams={"n_ctx": 2}, torch_version="2.4")
     >>> attrs["method_hparams"], attrs["mmlens_schema"], attrs["dataset"]
-    ('{"n_ctx": 2}', 1, 'unknown')
+    ('{"n_ctx": 2}', 2, 'unknown')
     """
     import datetime
 
@@ -371,16 +407,18 @@ def validate(obj: Any, *, group: str | None = None, require_provenance: bool = T
 
 def _check_provenance(attrs: dict[str, Any], where: str) -> list[str]:
     problems = []
-    missing = [key for key in PROVENANCE_KEYS if key not in attrs]
+    version = attrs.get("mmlens_schema")
+    # an older readable store is checked against the keys of its own version (mmlens.open says what it lacks)
+    expected = _PROVENANCE_KEYS_V1 if version in READABLE_SCHEMAS and version != SCHEMA_VERSION else PROVENANCE_KEYS
+    missing = [key for key in expected if key not in attrs]
     if missing:
         problems.append(
             f"{where}: expected all provenance keys, found these missing: {missing}; "
             "build attrs with mmlens.store.schema.provenance_attrs(...)"
         )
-    version = attrs.get("mmlens_schema")
-    if version is not None and version != SCHEMA_VERSION:
+    if version is not None and version not in READABLE_SCHEMAS:
         hint = "upgrade mmlens" if isinstance(version, int) and version > SCHEMA_VERSION else "re-trace"
-        problems.append(f"{where}: expected mmlens_schema={SCHEMA_VERSION}, found {version!r}; {hint}")
+        problems.append(f"{where}: expected mmlens_schema among {list(READABLE_SCHEMAS)}, found {version!r}; {hint}")
     for key, value in attrs.items():
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             import numpy as np

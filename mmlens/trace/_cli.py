@@ -123,6 +123,26 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
     return import_prompts(path, clip, classnames).to(args.device)
 
 
+def file_list_sha256(items, root) -> str:
+    """sha256 of the traced items in order (path relative to the data root, tab, label; one per line).
+
+    Relative paths, so that a store resumes on another machine with the data elsewhere.
+
+    Examples
+    --------
+    >>> from mmlens.data import Item
+    >>> file_list_sha256([Item("/data/a/x.jpg", 0, "cat")], "/data")[:12]
+    '353b966897ad'
+    """
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    for it in items:
+        digest.update(f"{os.path.relpath(it.path, root)}\t{it.label}\n".encode())
+    return digest.hexdigest()
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
@@ -139,8 +159,10 @@ def _run(args: argparse.Namespace) -> int:
 
     dataset = build(manifest, args.data_root, args.split, subset=args.subset, transform=model.preprocess,
                     mask_transform=eval_mask_transform(spec), on_error="skip")
+    traced_items = dataset.items
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+        traced_items = traced_items[: len(dataset)]
     from mmlens.data import collate
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
@@ -154,7 +176,10 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, device=args.device,
             image_split=subset, class_split=[subset] * len(model.classnames), total=len(dataset),
             provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version),
-                        "seed": args.seed},
+                        "seed": args.seed,
+                        # what decides which items are traced, and in what order: the resume identity
+                        "split": args.split, "subset": args.subset, "limit": args.limit, "order": "sequential",
+                        "file_list_sha256": file_list_sha256(traced_items, args.data_root)},
             overwrite=args.overwrite,
         )
     print(f"wrote {path}")

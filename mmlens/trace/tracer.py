@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +324,7 @@ def iter_trace_batches(
     check_completeness: bool = True,
     batch_size: int = 32,
     skip: int = 0,
+    start: int = 0,
     image_split: str = "all",
     class_split: Sequence[str] | None = None,
     device: str | torch.device | None = None,
@@ -335,7 +336,9 @@ def iter_trace_batches(
     """Yield ``({group: Dataset}, n_inputs)`` per batch; the first yield also carries ``text``.
 
     The streaming core of :func:`trace` and :func:`trace_to_store`. ``skip`` input items are
-    passed over (resume); image indices continue from there. With ``attribution`` every batch
+    read and passed over (resume of an input that cannot seek); ``start`` says that the input
+    begins at item ``start`` of the run (resume of one restarted there). Image indices continue
+    from the first item traced. With ``attribution`` every batch
     also carries an ``attribution`` group.
     """
     from mmlens._progress import progress_bar
@@ -366,7 +369,8 @@ def iter_trace_batches(
                  "classname": ("class", np.array(model.classnames, dtype=object)),
                  "split": ("class", np.array(list(class_split or ["all"] * len(model.classnames)), dtype=object))})
             first = True
-            consumed = 0  # input items seen so far (resume skips the first `skip`)
+            consumed = start  # input items seen so far (resume skips the first `skip`)
+            skip += start
             bar = progress_bar(total=total, desc="trace", unit="img", enabled=progress, initial=skip)
             carried: list = []  # failures of batches without one readable image: committed with the next images
             for batch in _batches(images_or_loader, batch_size):
@@ -568,28 +572,110 @@ def trace_to_store(
 ) -> Path:
     """Stream a trace into a zarr store, one chunk per batch; resumable after any interruption.
 
-    Re-running the same call on the same path continues after the last complete chunk (a store
-    of another model or prompt set is refused). Takes the keyword arguments of :func:`trace`.
-    Returns the store path; open it with ``mmlens.open(path)``.
+    Re-running the same call on the same path continues after the last complete chunk; a store of
+    another run (model, prompts, data selection, seed: ``mmlens.store.schema.IDENTITY_KEYS``) is
+    refused, naming each differing key. A resume does not read the items already stored again: a
+    Tensor, a map-style Dataset or a DataLoader over one (in order) is restarted at the first item
+    left; other iterables are read and skipped. Chunks of images lost or truncated since (see
+    ``mmlens store verify``) are re-traced first, exactly those batches. Takes the keyword
+    arguments of :func:`trace`. Returns the store path; open it with ``mmlens.open(path)``.
     """
     from mmlens.store.io import StoreWriter
 
     device = torch.device(kwargs.pop("device", None) or next(model.parameters()).device)
-    prov = _provenance(model, provenance, device)
-    if total is None and hasattr(loader, "__len__") and not isinstance(loader, torch.utils.data.DataLoader):
-        total = len(loader)
-    with StoreWriter(path, prov, overwrite=overwrite) as writer:
+    progress = kwargs.pop("progress", True)
+    prov = _provenance(model, {"order": _order(loader), **(provenance or {})}, device)
+    if total is None:
+        total = _length(loader)
+    chosen = _variants(with_reference, variants)
+
+    def run(source: Any, **more: Any) -> Iterator[tuple[dict[str, xr.Dataset], int]]:
+        return iter_trace_batches(model, source, variants=chosen, batch_size=batch_size, device=device,
+                                  **kwargs, **more)
+
+    with StoreWriter(path, prov, overwrite=overwrite, total=total) as writer:
+        for image_lo, _image_hi, item_lo, item_hi in writer.repairs():
+            source = _select(loader, item_lo, item_hi)
+            if source is None:
+                raise RuntimeError(
+                    f"{path} has lost images {image_lo}-{_image_hi - 1} (input items {item_lo}-{item_hi - 1}), which "
+                    "can be re-traced only from a Tensor, a map-style Dataset or a DataLoader over one; pass one, "
+                    "or re-trace with overwrite=True"
+                )
+            for groups, _n in run(source, progress=False):
+                groups.pop("text", None)
+                n_images = groups["vision"].sizes.get("image", 0)
+                if n_images:
+                    writer.rewrite(groups, image_lo)
+                image_lo += n_images
         if not writer.complete:
-            for groups, n in iter_trace_batches(
-                model, loader, variants=_variants(with_reference, variants), skip=writer.n_done,
-                batch_size=batch_size, device=device, total=total, **kwargs,
-            ):
-                writer.append(groups, n_items=n)
-    if kwargs.get("progress", True) or writer.n_failures:
+            _append_rest(writer, loader, run, total=total, progress=progress)
+    if progress or writer.n_failures:
         from mmlens._progress import write_line
 
         write_line(_summary(writer.n_images, writer.n_failures))
     return Path(path)
+
+
+def _append_rest(writer: Any, loader: Any, run: Callable, *, total: int | None, progress: bool) -> None:
+    """Trace the items after the committed ones into ``writer`` (skipping by index where the input seeks)."""
+    done = writer.n_done
+    rest = _select(loader, done, total) if done and total is not None else None
+    if rest is not None:  # skip by index: the stored items are not decoded again
+        batches = run(rest, start=done, total=total, progress=progress)
+    else:
+        batches = run(loader, skip=done, total=total, progress=progress)
+    for groups, n in batches:
+        writer.append(groups, n_items=n)
+
+
+def _length(source: Any) -> int | None:
+    """Input items of a Tensor, a Dataset, or a DataLoader over a map-style Dataset (None when unknown)."""
+    if isinstance(source, torch.utils.data.DataLoader):
+        source = source.dataset
+    if isinstance(source, torch.utils.data.IterableDataset):
+        return None
+    try:
+        return len(source) if isinstance(source, (torch.Tensor, torch.utils.data.Dataset)) else None
+    except TypeError:
+        return None
+
+
+def _order(source: Any) -> str:
+    """How the input is ordered, for the resume identity: ``sequential``, ``shuffled`` or ``iterable``."""
+    if isinstance(source, torch.utils.data.DataLoader):
+        if isinstance(source.dataset, torch.utils.data.IterableDataset):
+            return "iterable"
+        return "sequential" if isinstance(source.sampler, torch.utils.data.SequentialSampler) else "shuffled"
+    if isinstance(source, (torch.Tensor, torch.utils.data.Dataset)):
+        return "sequential"
+    return "iterable"
+
+
+def _select(source: Any, lo: int, hi: int | None) -> Any:
+    """Input items ``lo:hi`` of ``source`` without reading the others, or None when the source cannot seek.
+
+    A DataLoader is rebuilt over ``Subset(dataset, range(lo, hi))`` with the same batch size, collate
+    function and workers, so batches keep their boundaries (the resume point is a batch boundary).
+    """
+    if hi is None:
+        return None
+    if isinstance(source, torch.Tensor):
+        return source[lo:hi]
+    if isinstance(source, torch.utils.data.DataLoader):
+        ds = source.dataset
+        if (isinstance(ds, torch.utils.data.IterableDataset) or source.batch_size is None
+                or not isinstance(source.sampler, torch.utils.data.SequentialSampler)):
+            return None
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ds, range(lo, hi)), batch_size=source.batch_size, collate_fn=source.collate_fn,
+            num_workers=source.num_workers, pin_memory=source.pin_memory, drop_last=source.drop_last,
+            worker_init_fn=source.worker_init_fn, timeout=source.timeout,
+            **({"prefetch_factor": source.prefetch_factor} if source.num_workers else {}),
+        )
+    if isinstance(source, torch.utils.data.Dataset) and not isinstance(source, torch.utils.data.IterableDataset):
+        return torch.utils.data.Subset(source, range(lo, hi))
+    return None
 
 
 def _failures(failures: Sequence[tuple[str, str]]) -> xr.DataArray:

@@ -170,9 +170,11 @@ def test_refuses_foreign_paths_and_live_writers(tmp_path):
     io.to_zarr(tree, tmp_path / "whole.zarr")
     with pytest.raises(FileExistsError, match="not written by the streaming writer"):
         StoreWriter(tmp_path / "whole.zarr", dict(tree.attrs))
-    (tmp_path / "busy.zarr.lock").write_text(str(os.getppid()))  # a live process holds it
-    with pytest.raises(RuntimeError, match="being written by process"):
-        StoreWriter(tmp_path / "busy.zarr", dict(tree.attrs))
+    from mmlens.store.lock import WriterLock
+
+    with WriterLock(tmp_path / "busy.zarr"):  # a live writer holds the OS lock (tests/unit/test_store_lock.py)
+        with pytest.raises(RuntimeError, match="being written by process"):
+            StoreWriter(tmp_path / "busy.zarr", dict(tree.attrs))
     (tmp_path / "empty.zarr").mkdir()  # an empty directory is fine
     _write(tmp_path / "empty.zarr", tree)
     assert mmlens.open(tmp_path / "empty.zarr").load().identical(tree)
