@@ -205,7 +205,7 @@ def variance_components(da: xr.DataArray, design: Design) -> xr.Dataset:
     valid = da.notnull()
     filled = da.fillna(0.0).astype(np.result_type(da.dtype, np.float64))
     n_total = valid.sum(factors)
-    mean = filled.sum(factors) / n_total
+    mean = filled.sum(factors) / n_total.where(n_total > 0)
 
     def others(u: frozenset[str]) -> list[str]:
         return [f for f in factors if f not in u]
@@ -221,7 +221,7 @@ def variance_components(da: xr.DataArray, design: Design) -> xr.Dataset:
             counts[u], means[u] = valid.astype(np.float64), filled
         else:
             counts[u] = valid.sum(others(u)).astype(np.float64)
-            means[u] = filled.sum(others(u)) / counts[u]
+            means[u] = filled.sum(others(u)) / counts[u].where(counts[u] > 0)
     levels = {u: (c > 0).sum(list(u)) if u else xr.ones_like(n_total) for u, c in counts.items()}
 
     ss, df, weight, k = [], [], [], []
@@ -237,8 +237,8 @@ def variance_components(da: xr.DataArray, design: Design) -> xr.Dataset:
         n_t = counts[t]
         ss.append((n_t * effect.fillna(0.0) ** 2).where(n_t > 0, 0.0).sum(list(t)))
         df.append(dof)
-        weight.append((n_t**2).sum(list(t)) / n_total**2)
-        k.append(n_total / levels[t])
+        weight.append((n_t**2).sum(list(t)) / (n_total**2).where(n_total > 0))
+        k.append(n_total / levels[t].where(levels[t] > 0))
     names = [_key(t) for t in terms]
     stack = {"term": names}
     ss_a = xr.concat(ss, dim="term", coords="minimal", compat="override").assign_coords(stack)
@@ -249,8 +249,8 @@ def variance_components(da: xr.DataArray, design: Design) -> xr.Dataset:
     scaled = xr.dot(zinv, ms.rename(term="term_u"), dim="term_u")  # k_T σ̂²_T
     k_a = xr.concat(k, dim="term", coords="minimal", compat="override").assign_coords(stack)
     w_a = xr.concat(weight, dim="term", coords="minimal", compat="override").assign_coords(stack)
-    return xr.Dataset({"ms": ms, "df": df_a, "component": scaled / k_a, "scaled": scaled, "weight": w_a, "k": k_a,
-                       "mean": mean, "n": n_total, "zinv": zinv})
+    return xr.Dataset({"ms": ms, "df": df_a, "component": scaled / k_a.where(k_a > 0), "scaled": scaled,
+                       "weight": w_a, "k": k_a, "mean": mean, "n": n_total, "zinv": zinv})
 
 
 def vc_interval(da: xr.DataArray, design: Design, ci: float = 0.95) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
@@ -269,13 +269,15 @@ def vc_interval(da: xr.DataArray, design: Design, ci: float = 0.95) -> tuple[xr.
         m = da.mean()
         return m, xr.zeros_like(m), xr.full_like(m, np.inf)
     vc = variance_components(da, design)
+    # truncating negative components, rather than only a negative total, keeps the Satterthwaite
+    # combination away from differences of mean squares, whose df collapse and whose t explodes
     kept = vc["scaled"] > 0
-    coef_t = (vc["weight"] / vc["k"]).where(kept, 0.0).fillna(0.0)  # per term T: q_T / k_T if kept
+    coef_t = (vc["weight"] / vc["k"].where(vc["k"] > 0)).where(kept, 0.0).fillna(0.0)  # per term T: q_T / k_T if kept
     c_u = xr.dot(coef_t, vc["zinv"], dim="term").rename(term_u="term")
     parts = c_u * vc["ms"]
     var = parts.sum("term")
     denom = (parts**2 / vc["df"].where(vc["df"] > 0)).fillna(0.0).sum("term")
-    dof = var**2 / denom
+    dof = var**2 / denom.where(denom > 0)
     q = xr.apply_ufunc(special.stdtrit, dof.where(dof > 0), (1.0 + ci) / 2.0, dask="allowed")
     half = (q * np.sqrt(var.clip(min=0.0))).where(var > 0, 0.0)
     return vc["mean"], half, dof
@@ -344,7 +346,8 @@ def percentile_bootstrap(da: xr.DataArray, design: Design, *, n_boot: int, ci: f
         later = {d for other in leaves[i + 1:] for d in counts[other].dims}
         contract = [d for d in w.dims if d != "boot" and d not in later]
         acc = xr.dot(acc, w, dim=contract)
-    reps = acc.isel(_part=0, drop=True) / acc.isel(_part=1, drop=True)
+    den = acc.isel(_part=1, drop=True)
+    reps = acc.isel(_part=0, drop=True) / den.where(den > 0)
     alpha = (1.0 - ci) / 2.0
     if getattr(reps.data, "chunks", None) is not None:
         reps = reps.chunk({"boot": -1})
