@@ -177,14 +177,18 @@ def variance_components(da: xr.DataArray, design: Design) -> xr.Dataset:
 
     Model: ``x = μ + Σ_T u_T`` with one independent zero-mean effect per term ``T`` of the design
     (:attr:`Design.terms`; the term of all factors is the residual), variance ``σ²_T``. For each
-    term: the sum of squares ``SS_T = Σ_t N_t e_t²`` of its effects ``e_T = Σ_{S⊆live(T)} (−1)^|S|
-    ȳ_{T∖S}`` (``ȳ_U`` the mean of each level of ``U``, ``N_t`` the number of observed cells of level
-    ``t``), degrees of freedom ``df_T = Σ_{S⊆live(T)} (−1)^|S| L_{T∖S}`` (``L_U`` the number of
-    observed levels of ``U``), ``MS_T = SS_T / df_T``. Expected mean squares (Cornfield–Tukey,
+    term: the sum of squares ``SS_T = Σ_{S⊆live(T)} (−1)^|S| R_{T∖S}`` from the raw sums of squares
+    ``R_U = Σ_u N_u ȳ_u²`` (``ȳ_u`` the mean of level ``u`` of ``U``, ``N_u`` its number of observed
+    cells; ``R`` of all factors is ``Σ x²``), i.e. ``Σ_t N_t e_t²`` of the effects ``e_T = Σ_{S⊆live(T)}
+    (−1)^|S| ȳ_{T∖S}`` when balanced; degrees of freedom ``df_T = Σ_{S⊆live(T)} (−1)^|S| L_{T∖S}``
+    (``L_U`` the number of observed levels of ``U``), ``MS_T = SS_T / df_T``. Expected mean squares (Cornfield–Tukey,
     all effects random): ``E MS_T = Σ_{U⊇T} k_U σ²_U`` with ``k_U = N / L_U`` cells per level,
     solved exactly: ``k_T σ̂²_T = Σ_U Z⁻¹_TU MS_U`` (``Z`` the inclusion matrix of the terms).
-    Balanced data (after dropping levels with no observed cell) give the textbook ANOVA; otherwise
-    ``k_U`` is an average and the estimates are approximate. NaN cells are left out.
+    Balanced data (after dropping levels with no observed cell) give the textbook ANOVA; a nested
+    factor with unequal counts per parent level gives the exact unbalanced sums of squares (one-way
+    ANOVA, checked against scipy); otherwise ``k_U`` is an average and the estimates are
+    approximate. NaN cells are left out. Marginal sums are taken from the smallest computed
+    superset, so the data are read about ``2 + 2·(number of largest proper terms)`` times.
 
     Returns
     -------
@@ -202,42 +206,40 @@ def variance_components(da: xr.DataArray, design: Design) -> xr.Dataset:
     """
     terms = design.terms
     factors = list(design.factors)
+    full = frozenset(factors)
     valid = da.notnull()
-    filled = da.fillna(0.0).astype(np.result_type(da.dtype, np.float64))
-    n_total = valid.sum(factors)
-    mean = filled.sum(factors) / n_total.where(n_total > 0)
-
-    def others(u: frozenset[str]) -> list[str]:
-        return [f for f in factors if f not in u]
-
-    counts: dict[frozenset[str], xr.DataArray] = {frozenset(): n_total}
-    means: dict[frozenset[str], xr.DataArray] = {frozenset(): mean}
-    needed = {t - frozenset(s) for t in terms for r in range(len(design.live(t)) + 1)
-              for s in itertools.combinations(sorted(design.live(t)), r)}
-    for u in needed:
-        if u in counts:
-            continue
-        if u == frozenset(factors):
-            counts[u], means[u] = valid.astype(np.float64), filled
-        else:
-            counts[u] = valid.sum(others(u)).astype(np.float64)
-            means[u] = filled.sum(others(u)) / counts[u].where(counts[u] > 0)
-    levels = {u: (c > 0).sum(list(u)) if u else xr.ones_like(n_total) for u, c in counts.items()}
+    filled = da.astype(np.result_type(da.dtype, np.float64)).where(valid, 0.0)
+    needed = {t - frozenset(c) for t in terms for r in range(len(design.live(t)) + 1)
+              for c in itertools.combinations(sorted(design.live(t)), r)} | {frozenset()}
+    sums: dict[frozenset[str], xr.DataArray] = {full: filled}
+    counts: dict[frozenset[str], xr.DataArray] = {full: valid}
+    for u in sorted(needed - {full}, key=len, reverse=True):  # each from its smallest computed superset
+        v = min((w for w in sums if u < w), key=len)
+        drop = [f for f in factors if f in v and f not in u]
+        # NaN were filled with 0: skipna=False avoids xarray's nansum copies of the data
+        sums[u], counts[u] = sums[v].sum(drop, skipna=False), counts[v].sum(drop).astype(np.float64)
+    raw = {u: (sums[u] ** 2 / counts[u].where(counts[u] > 0)).fillna(0.0).sum(list(u), skipna=False)
+           for u in needed if u != full}
+    raw[full] = (filled**2).sum(factors, skipna=False)
+    n_total = counts[frozenset()]
+    levels = {u: (counts[u] > 0).sum(list(u)) for u in needed if u != full}
+    levels[full] = n_total  # cells are 0/1: no full-size pass needed for these
+    mean = sums[frozenset()] / n_total.where(n_total > 0)
 
     ss, df, weight, k = [], [], [], []
     for t in terms:
         live = sorted(design.live(t))
-        effect = 0.0
+        total = 0.0
         dof = 0
         for r in range(len(live) + 1):
-            for s in itertools.combinations(live, r):
-                u = t - frozenset(s)
-                effect = effect + (-1) ** r * means[u]
+            for c in itertools.combinations(live, r):
+                u = t - frozenset(c)
+                total = total + (-1) ** r * raw[u]
                 dof = dof + (-1) ** r * levels[u]
-        n_t = counts[t]
-        ss.append((n_t * effect.fillna(0.0) ** 2).where(n_t > 0, 0.0).sum(list(t)))
+        ss.append(total.clip(min=0.0))  # rounding can leave a tiny negative for an exactly zero effect
         df.append(dof)
-        weight.append((n_t**2).sum(list(t)) / (n_total**2).where(n_total > 0))
+        sq = n_total if t == full else (counts[t] ** 2).sum(list(t))
+        weight.append(sq / (n_total**2).where(n_total > 0))
         k.append(n_total / levels[t].where(levels[t] > 0))
     names = [_key(t) for t in terms]
     stack = {"term": names}
@@ -345,7 +347,7 @@ def percentile_bootstrap(da: xr.DataArray, design: Design, *, n_boot: int, ci: f
         w = counts[leaf].astype(dtype)
         later = {d for other in leaves[i + 1:] for d in counts[other].dims}
         contract = [d for d in w.dims if d != "boot" and d not in later]
-        acc = xr.dot(acc, w, dim=contract)
+        acc = xr.dot(acc, w, dim=contract, optimize=True)  # optimize: BLAS instead of einsum's C loops
     den = acc.isel(_part=1, drop=True)
     reps = acc.isel(_part=0, drop=True) / den.where(den > 0)
     alpha = (1.0 - ci) / 2.0
