@@ -1,4 +1,4 @@
-"""Every statistic of the study, summarised with bootstrap intervals into one tidy table (``statistics.csv``)."""
+"""Every statistic of the study, summarised with 95 % intervals into one tidy table (``statistics.csv``)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,15 @@ __all__ = ["COLUMNS", "study_statistics", "image_accuracy", "method_comparison"]
 
 #: Columns of the statistics table. ``layers`` is a layer kind (``injected``/``carried``/``none``,
 #: the mean over the layers of that kind) or one layer index; ``dataset`` is a dataset name or
-#: ``all`` (pooled: datasets, seeds and images resampled together).
+#: ``all`` (pooled: datasets, seeds and images resampled together); ``interval`` the method of the
+#: interval (``variance_components`` or ``percentile_bootstrap``, docs/statistics.md "Intervals").
 COLUMNS = ["statistic", "tower", "measure", "variant", "split", "dataset", "layers", "layer_kind", "mean", "low",
-           "high", "n_datasets", "n_seeds", "n_items"]
+           "high", "n_datasets", "n_seeds", "n_items", "interval"]
+
+#: The design of a study (``_study.stack_runs``): every seed of a dataset traces the same images and
+#: class prompts (seeds cross items), each dataset has its own (items nest in datasets), and seeds
+#: are crossed with datasets (one seed number may share e.g. the prompt initialisation).
+STUDY_NESTING = {"image": ("dataset",), "class": ("dataset",)}
 
 _MID = "midpoint"  # (full + zeroshot) / 2: a route keeping more than half of the gain lies above it
 
@@ -52,7 +58,8 @@ def _records(summary: xr.DataArray, base: dict[str, Any]) -> list[dict[str, Any]
         else:
             row["layers"] = ""
             row["layer_kind"] = ""
-        row.update(mean=float(rec["mean"]), low=float(rec["low"]), high=float(rec["high"]))
+        row.update(mean=float(rec["mean"]), low=float(rec["low"]), high=float(rec["high"]),
+                   interval=str(summary.attrs.get("interval_method", "")))
         row.pop("_kinds", None)
         rows.append(row)
     return rows
@@ -81,10 +88,10 @@ def _summaries(da: xr.DataArray, over: Sequence[str], n_boot: int, base: dict[st
         warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
         for by_kind in layer_modes:
-            pooled = summarize(da, over=pooled_over, by_layer_kind=by_kind, n_boot=n_boot)
+            pooled = summarize(da, over=pooled_over, by_layer_kind=by_kind, n_boot=n_boot, nested=STUDY_NESTING)
             rows += _records(pooled, {**base, "dataset": "all"})
             if n_datasets > 1:
-                per = summarize(da, over=list(over), by_layer_kind=by_kind, n_boot=n_boot)
+                per = summarize(da, over=list(over), by_layer_kind=by_kind, n_boot=n_boot, nested=STUDY_NESTING)
                 rows += _records(per, {**base, "n_datasets": 1})
     return rows
 
@@ -107,8 +114,9 @@ def image_accuracy(study: xr.DataTree) -> xr.DataArray:
 
 
 def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every statistic of the study on one split's study tree, summarised with bootstrap intervals.
+    """Every statistic of the study on one split's study tree, summarised with 95 % intervals.
 
+    Intervals follow the study's design (:data:`STUDY_NESTING`; :func:`mmlens.stats.bootstrap_ci`).
     Vision statistics resample images and seeds (and datasets for the pooled rows); text ones
     resample class prompts and seeds; ``bias_consistency`` (one value per dataset and seed)
     resamples seeds (and datasets). Injected and carried layers are separate rows.
@@ -182,9 +190,10 @@ def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> t
 
 def method_comparison(evaluation: xr.Dataset, method: str, reference: str = "maple", *,
                       n_boot: int = 1000) -> list[dict[str, Any]]:
-    """Accuracy of ``method`` minus ``reference`` (variant ``full``) per split; bootstrap over seeds and datasets.
+    """Accuracy of ``method`` minus ``reference`` (variant ``full``) per split; interval over seeds and datasets.
 
-    The unit is one (dataset, seed) evaluation; the difference is paired (same dataset and seed).
+    The unit is one (dataset, seed) evaluation; the difference is paired (same dataset and seed);
+    seeds and datasets are crossed (:data:`STUDY_NESTING`).
     """
     from mmlens.stats import bootstrap_ci
 
@@ -194,10 +203,11 @@ def method_comparison(evaluation: xr.Dataset, method: str, reference: str = "map
         a = acc.sel({"method": method, "split": split}, drop=True)
         b = acc.sel({"method": reference, "split": split}, drop=True)
         for label, da in ((method, a), (reference, b), (f"{method} - {reference}", a - b)):
-            ci = bootstrap_ci(da.reset_coords(drop=True), dims=("seed", "dataset"), n_boot=n_boot)
+            ci = bootstrap_ci(da.reset_coords(drop=True), dims=("seed", "dataset"), n_boot=n_boot,
+                              nested=STUDY_NESTING)
             rows.append({"statistic": "accuracy", "tower": "evaluate", "measure": "top1", "variant": label,
                          "split": split, "dataset": "all", "layers": "", "layer_kind": "",
                          "mean": float(ci.sel(estimate="mean")), "low": float(ci.sel(estimate="low")),
                          "high": float(ci.sel(estimate="high")), "n_datasets": int(acc.sizes["dataset"]),
-                         "n_seeds": int(acc.sizes["seed"]), "n_items": 0})
+                         "n_seeds": int(acc.sizes["seed"]), "n_items": 0, "interval": ci.attrs["interval_method"]})
     return rows

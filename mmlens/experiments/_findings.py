@@ -209,7 +209,7 @@ def _bias_tuning(t: Any, acc: Any, context: dict[str, Any]) -> Claim:
     c = Claim(
         "bias_tuning", "Bias tuning works as well as prompts",
         "accuracy of bias tuning (a learned vector per block, [math.md](math.md)) minus MaPLe, paired by dataset and seed, "
-        "bootstrap over seeds and datasets",
+        "interval over seeds and datasets",
         f"holds when the lower end of the interval of (bias − MaPLe) is above −{NON_INFERIORITY_MARGIN:g} points "
         "on both base and novel classes",
         UNTESTED,
@@ -372,7 +372,7 @@ def evaluate_claims(table: Any, accuracy: Any, context: dict[str, Any], *, split
     """Check each claim of the study against the statistics table (``statistics.csv``) and the evaluation.
 
     Verdicts follow fixed, stated rules (each :class:`Claim` has its ``rule``); the numbers come
-    with 95% bootstrap intervals. Claims are decided on the base classes (where the prompts were
+    with 95% intervals (docs/statistics.md, "Intervals"). Claims are decided on the base classes (where the prompts were
     trained); novel-class numbers are listed alongside.
     """
     other = "novel" if split == "base" else "base"
@@ -424,9 +424,11 @@ def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any =
         f"Prompts: {recipe}. Test images of the base and novel classes were traced with and without prompts "
         f"and under each route ablation{limit}.",
         "",
-        f"Numbers are means with 95% percentile bootstrap intervals ({ctx['n_boot']} replicates) resampling "
-        "datasets, seeds and images (class prompts for the text tower) — so they describe this toy setting, "
-        "not ViT-B/16 on the eleven datasets. Claims are decided on the **base** classes by the rule stated "
+        "Numbers are means with 95% intervals over datasets, seeds and images (class prompts for the text "
+        "tower) that follow the study's design — seeds crossed with images, images nested in datasets; a "
+        "variance-components t interval when a factor has few levels, else a percentile bootstrap "
+        f"({ctx['n_boot']} replicates; [statistics.md](statistics.md), \"Intervals\") — so they describe this toy "
+        "setting, not ViT-B/16 on the eleven datasets. Claims are decided on the **base** classes by the rule stated "
         "under each; a claim that does not hold here is reported as such. Injected layers receive fresh learned "
         "prompts, carried layers carry earlier outputs in the prompt slots ([math.md](math.md), consequence 2).",
         "",

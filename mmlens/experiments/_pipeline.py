@@ -473,7 +473,7 @@ def _statistics(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
 
 def _statistics_markdown(table: Any, notes: list[str]) -> str:
     """The pooled rows by layer kind, one table per statistic (the CSV has per-dataset and per-layer rows)."""
-    lines = ["# Statistics (pooled over datasets; mean [95% bootstrap interval])", "",
+    lines = ["# Statistics (pooled over datasets; mean [95% interval])", "",
              "Rows by layer kind (injected / carried layers apart, docs/math.md consequence 2). Per-dataset and "
              "per-layer rows are in `statistics.csv`.", ""]
     pooled = table[(table["dataset"] == "all") & (~table["layers"].str.fullmatch(r"\d+"))]

@@ -1,14 +1,22 @@
-"""Summaries of statistics: means with bootstrap confidence intervals over images and seeds."""
+"""Summaries of statistics: means with confidence intervals over images, seeds and datasets that follow the design."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from mmlens.stats._common import layer_kinds_present, provenance
+from mmlens.stats.intervals import (
+    BOOTSTRAP,
+    VARIANCE_COMPONENTS,
+    choose_method,
+    design_of,
+    percentile_bootstrap,
+    vc_interval,
+)
 
 __all__ = ["bootstrap_ci", "summarize"]
 
@@ -22,14 +30,26 @@ def bootstrap_ci(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    nested: Mapping[str, str | Sequence[str]] | None = None,
+    method: str = "auto",
 ) -> xr.DataArray:
-    """Mean over ``dims`` with a percentile bootstrap confidence interval, vectorised and seeded.
+    """Mean over ``dims`` with a confidence interval that follows the design (crossed and nested dims).
 
-    Resampling is nested in the order of ``dims`` as given, outermost last: with the default,
-    seeds are resampled and, within the drawn seeds, images (a two-stage bootstrap). Every
-    replicate is a weighted mean ``Σ w x / Σ w`` whose weights are products of multinomial
-    counts, so all ``n_boot`` replicates come from one ``xr.dot`` (works on dask arrays). NaN
-    entries are left out of both sums. Dims of ``dims`` that ``da`` does not have are ignored.
+    The design says which resampled dims are nested in which (``nested``; default: images and
+    classes nested in ``dataset``, see :func:`mmlens.stats.intervals.design_of`); every other pair
+    is crossed, e.g. seeds and images (all seeds trace the same images). Two interval methods
+    (docs/statistics.md, "Intervals"):
+
+    - ``variance_components``: ANOVA estimates of the random effects of the design, Satterthwaite
+      degrees of freedom, t quantile — right with few levels (3 seeds, 11 datasets);
+    - ``percentile_bootstrap``: crossed factors resampled independently and applied jointly (one
+      image resample shared by all seeds of a replicate), nested ones within each drawn parent
+      level; all replicates from a few ``xr.dot`` contractions (works on dask arrays).
+
+    ``method="auto"`` takes ``variance_components`` when some resampled dim has fewer than
+    :data:`~mmlens.stats.intervals.AUTO_MIN_LEVELS` levels, else the bootstrap; the output's
+    ``interval_method`` attribute says which. NaN entries are left out. Dims of ``dims`` that ``da``
+    lacks (or of size 1) are averaged/ignored.
 
     Parameters
     ----------
@@ -38,63 +58,59 @@ def bootstrap_ci(
     dims
         Dims to average over and resample.
     n_boot
-        Number of bootstrap replicates.
+        Number of bootstrap replicates (bootstrap only).
     ci
-        Coverage of the interval (0.95: 2.5 % and 97.5 % percentiles).
+        Coverage of the interval (0.95: 2.5 % and 97.5 % points).
     seed
         Seed of the resampling; the same seed gives the same interval.
+    nested
+        ``{dim: parent dim(s)}`` for dims nested in others, e.g. ``{"image": "dataset"}``; ``{}``
+        makes all dims crossed; ``None`` takes the default of the store's structure.
+    method
+        ``"auto"``, ``"variance_components"`` or ``"percentile_bootstrap"``.
 
     Returns
     -------
     xarray.DataArray
-        ``da``'s other dims plus ``estimate`` = ``mean``, ``low``, ``high``.
+        ``da``'s other dims plus ``estimate`` = ``mean``, ``low``, ``high``; attrs
+        ``interval_method`` and ``summary`` (JSON: dims, design, method, n_boot, ci, seed).
 
     Examples
     --------
     >>> import numpy as np, xarray as xr
     >>> x = xr.DataArray(np.random.default_rng(0).normal(1.0, 1.0, 400), dims="image")
     >>> r = bootstrap_ci(x, n_boot=500)
-    >>> bool(r.sel(estimate="low") < 1.0 < r.sel(estimate="high"))
-    True
+    >>> bool(r.sel(estimate="low") < 1.0 < r.sel(estimate="high")), r.attrs["interval_method"]
+    (True, 'percentile_bootstrap')
+    >>> seeds = xr.DataArray(np.random.default_rng(0).normal(0.0, 1.0, (3, 50)), dims=("seed", "image"))
+    >>> bootstrap_ci(seeds).attrs["interval_method"]
+    'variance_components'
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must be a coverage in (0, 1), found {ci}")
     if n_boot < 2:
         raise ValueError(f"n_boot must be at least 2, found {n_boot}")
     present = [d for d in dims if d in da.dims]
+    design = design_of(da, present, nested)
+    chosen = choose_method(design, dict(da.sizes), method)
     mean = da.mean(present) if present else da
-    if not present:
+    single = [d for d in present if d not in design.factors]  # size-1 dims: nothing to resample
+    x = da.mean(single) if single else da
+    if not design.factors:
         low = high = mean
+    elif chosen == VARIANCE_COMPONENTS:
+        _, half, _ = vc_interval(x, design, ci)
+        low, high = mean - half, mean + half
     else:
-        weights = _weights(da, present[::-1], n_boot, np.random.default_rng(seed))
-        valid = da.notnull()
-        num = xr.dot(da.fillna(0.0), weights, dim=present)
-        den = xr.dot(valid.astype(np.float64), weights, dim=present)
-        reps = num / den
-        alpha = (1.0 - ci) / 2.0
-        q = reps.quantile([alpha, 1.0 - alpha], dim="boot", skipna=True)
-        low, high = q.isel(quantile=0, drop=True), q.isel(quantile=1, drop=True)
+        low, high = percentile_bootstrap(x, design, n_boot=n_boot, ci=ci, rng=np.random.default_rng(seed))
     out = xr.concat([mean, low, high], dim="estimate", coords="minimal", compat="override", join="outer")
     out = out.assign_coords(estimate=ESTIMATES)
     out = out.transpose(*[d for d in out.dims if d != "estimate"], "estimate")
     out.name = da.name
-    out.attrs = {
-        **provenance(da),
-        "summary": json.dumps({"over": present, "n_boot": n_boot, "ci": ci, "seed": seed, "method": "percentile"}),
-    }
+    summary = {"over": present, "design": {"factors": list(design.factors), "nested": design.describe()},
+               "method": chosen, "n_boot": n_boot if chosen == BOOTSTRAP else 0, "ci": ci, "seed": seed}
+    out.attrs = {**provenance(da), "interval_method": chosen, "summary": json.dumps(summary)}
     return out
-
-
-def _weights(da: xr.DataArray, order: list[str], n_boot: int, rng: np.random.Generator) -> xr.DataArray:
-    """Products of multinomial resampling counts, outermost dim first: (boot, *order)."""
-    w = np.ones((n_boot,))
-    dims: list[str] = []
-    for dim in order:
-        n = da.sizes[dim]
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=(n_boot, *w.shape[1:]))
-        w = w[..., None] * counts
-        dims.append(dim)
-    return xr.DataArray(w, dims=["boot", *dims])
 
 
 def summarize(
@@ -106,8 +122,10 @@ def summarize(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    nested: Mapping[str, str | Sequence[str]] | None = None,
+    method: str = "auto",
 ) -> xr.DataArray:
-    """Summarise a statistic: average some dims, group layers by kind, bootstrap over images and seeds.
+    """Summarise a statistic: average some dims, group layers by kind, interval over images and seeds.
 
     Injected and carried layers are reported separately (docs/math.md, consequence 2): with
     ``by_layer_kind`` each image's values are first averaged over the layers of each kind, so
@@ -123,8 +141,8 @@ def summarize(
         Dims to average before resampling (e.g. ``("head",)``); NaN are skipped.
     by_layer_kind
         Group layers by ``layer_kind``; ``False`` keeps every layer (``layer_kind`` stays a coordinate).
-    n_boot, ci, seed
-        As in :func:`bootstrap_ci`.
+    n_boot, ci, seed, nested, method
+        As in :func:`bootstrap_ci` (the design of ``over`` and the interval method).
 
     Returns
     -------
@@ -164,7 +182,7 @@ def summarize(
         x = x.transpose(*order)
         x = x.drop_vars([c for c in x.coords if c not in x.dims and "layer_kind" in x[c].dims and c != "layer_kind"])
     x.attrs = attrs
-    out = bootstrap_ci(x, over, n_boot=n_boot, ci=ci, seed=seed)
+    out = bootstrap_ci(x, over, n_boot=n_boot, ci=ci, seed=seed, nested=nested, method=method)
     out = out.drop_vars([c for c in out.coords if c not in out.dims])
     out.attrs["summary_averaged"] = json.dumps(list(average))
     out.attrs["summary_by_layer_kind"] = int(by_layer_kind)

@@ -389,9 +389,9 @@ class StudyView:
 
         The unit of replication is a run (dataset x seed): each run's value is the mean over
         its images (vision) or classes (text) (and heads); the curve is the mean over runs and
-        the band a 95% percentile bootstrap interval of it (:func:`mmlens.stats.bootstrap_ci`,
-        datasets resampled, then seeds within them). A store with a single run resamples its
-        images/classes instead.
+        the band a 95% interval of it (:func:`mmlens.stats.bootstrap_ci`: seeds crossed with
+        datasets; a variance-components t interval with few runs, the attr ``interval`` says
+        which). A store with a single run resamples its images/classes instead.
 
         Parameters
         ----------
@@ -406,7 +406,7 @@ class StudyView:
         -------
         xarray.Dataset
             ``mean``, ``lower``, ``upper`` with dims ``(variant, layer)`` and ``layer_kind``;
-            attrs ``label``, ``units`` (what the band is across) and ``n_units``.
+            attrs ``label``, ``units`` (what the band is across), ``n_units`` and ``interval`` (its method).
         """
         variants = tuple(variants or [v for v in (self.prompted_variant, self.reference_variant) if v] or self.variants)
         key = ("layer_curve", tower, measure, variants)
@@ -440,7 +440,7 @@ class StudyView:
             unit_dims, n_units, what = [item], int(units.sizes[item]), f"{plural} of one run"
         from mmlens.stats import bootstrap_ci
 
-        band = bootstrap_ci(units, dims=unit_dims, n_boot=self.n_boot, seed=0)
+        band = bootstrap_ci(units, dims=unit_dims, n_boot=self.n_boot, seed=0, nested={})
         out = xr.Dataset({
             "mean": band.sel(estimate="mean", drop=True),
             "lower": band.sel(estimate="low", drop=True),
@@ -448,7 +448,8 @@ class StudyView:
         })
         if "layer_kind" in ds.coords:
             out = out.assign_coords(layer_kind=ds["layer_kind"])
-        out.attrs = {"label": label, "units": what, "n_units": n_units, "measure": measure}
+        out.attrs = {"label": label, "units": what, "n_units": n_units, "measure": measure,
+                     "interval": band.attrs["interval_method"]}
         return out.transpose("variant", "layer")
 
     # ------------------------------------------------------------------------------------------
