@@ -421,8 +421,8 @@ def _bias_direction(t: Any, split: str) -> Claim:
         "with the same dataset's b is above the cosine with other datasets' b (intervals apart); partly when only "
         "the first part holds",
         UNTESTED,
-        falsifier=f"a cosine within {CHANCE_MULTIPLE:g}/√C of 0, or negative: the two methods pushing the stream in "
-        "unrelated (or opposite) directions",
+        falsifier=f"a cosine whose interval reaches down to {CHANCE_MULTIPLE:g}/√C or below (as unrelated or "
+        "opposite directions give): the two methods pushing the stream in different directions",
     )
     norms = {m: _one(t, statistic="bias_norm_ratio", tower="vision", method=m, variant="full", split=split,
                      dataset="all", measure="bias_over_original", layers="injected") for m in ("maple", "bias")}
