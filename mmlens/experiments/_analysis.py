@@ -9,14 +9,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["COLUMNS", "study_statistics", "image_accuracy", "method_comparison"]
+__all__ = ["COLUMNS", "study_statistics", "bias_comparison", "image_accuracy", "method_comparison"]
 
-#: Columns of the statistics table. ``layers`` is a layer kind (``injected``/``carried``/``none``,
-#: the mean over the layers of that kind) or one layer index; ``dataset`` is a dataset name or
-#: ``all`` (pooled: datasets, seeds and images resampled together); ``interval`` the method of the
-#: interval (``variance_components`` or ``percentile_bootstrap``, docs/statistics.md "Intervals").
-COLUMNS = ["statistic", "tower", "measure", "variant", "split", "dataset", "layers", "layer_kind", "mean", "low",
-           "high", "n_datasets", "n_seeds", "n_items", "interval"]
+#: Columns of the statistics table. ``method`` is the traced method (``maple``, ``bias``; ``maple, bias``
+#: for statistics of both, ``bias - maple`` for paired differences); ``layers`` is a layer kind
+#: (``injected``/``carried``/``none``, the mean over the layers of that kind) or one layer index;
+#: ``dataset`` is a dataset name or ``all`` (pooled: datasets, seeds and images resampled together);
+#: ``interval`` the method of the interval (``variance_components`` or ``percentile_bootstrap``,
+#: docs/statistics.md "Intervals").
+COLUMNS = ["statistic", "tower", "method", "measure", "variant", "split", "dataset", "layers", "layer_kind", "mean",
+           "low", "high", "n_datasets", "n_seeds", "n_items", "interval"]
 
 #: The design of a study (``_study.stack_runs``): every seed of a dataset traces the same images and
 #: class prompts (seeds cross items), each dataset has its own (items nest in datasets), and seeds
@@ -140,7 +142,7 @@ def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> t
     vision_over, text_over = ("image", "seed"), ("class", "seed")
 
     def base(statistic: str, tower: str) -> dict[str, Any]:
-        return {"statistic": statistic, "tower": tower, "split": split}
+        return {"statistic": statistic, "tower": tower, "split": split, "method": "maple"}
 
     for tower, over in (("vision", vision_over), ("text", text_over)):
         alpha = prompt_mass(study, tower=tower).sel(variant=["full"]).mean("head")
@@ -171,6 +173,13 @@ def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> t
         notes.append("foreground_attention, prompt_background_similarity: no foreground masks in these datasets")
 
     reliance = text_reliance(study).sel(variant=["full", "zeroshot"]).mean("head")
+    # EOT's attention on the prompts against its attention on the class name (or, in stores without the
+    # class-name role, on all words): positive when the prompts draw more of it. Attention on the prompts
+    # alone is positive whatever they learned (a softmax weight), so it cannot decide a claim by itself.
+    reliance = xr.concat(
+        [reliance, *[(reliance.sel(measure="prompt") - reliance.sel(measure=cue)).expand_dims(
+            measure=[f"prompt_minus_{cue}"]) for cue in ("classname", "word")]],
+        dim="measure", coords="minimal", compat="override", join="outer")
     reliance = _variants_with_diffs(reliance, [("full", "zeroshot")])
     rows += _summaries(reliance, text_over, n_boot, base("text_reliance", "text"))
 
@@ -185,6 +194,34 @@ def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> t
                 parts.append((acc.sel(variant=route) - mid).expand_dims(variant=[f"{route} - {_MID}"]))
     acc = xr.concat(parts, dim="variant", coords="minimal", compat="override", join="outer")
     rows += _summaries(acc, vision_over, n_boot, {**base("accuracy", "logits"), "measure": "top1"})
+    return rows, notes
+
+
+def bias_comparison(prompted: xr.DataTree, learned: xr.DataTree, split: str, *,
+                    n_boot: int = 1000) -> tuple[list[dict[str, Any]], list[str]]:
+    """Bias tuning's b next to MaPLe's β: its norm ratio and consistency, and the cosine of the two.
+
+    ``prompted`` and ``learned`` are the study trees of MaPLe and of bias tuning on the same images
+    (``learned`` traced with variant ``full`` only). Rows: ``bias_norm_ratio`` and
+    ``bias_consistency`` with ``method="bias"`` (MaPLe's own rows come from :func:`study_statistics`),
+    and ``bias_alignment`` (``method="maple, bias"``) per layer kind, resampling seeds (and datasets).
+    """
+    from mmlens.stats import bias_alignment, bias_consistency, bias_norm_ratio
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for tower, over in (("vision", ("image", "seed")), ("text", ("class", "seed"))):
+        base = {"tower": tower, "split": split, "method": "bias"}
+        ratio = bias_norm_ratio(learned, tower=tower).sel(variant=["full"])
+        rows += _summaries(ratio, over, n_boot, {**base, "statistic": "bias_norm_ratio"})
+        try:
+            cons = bias_consistency(learned, tower=tower).sel(variant=["full"])
+            rows += _summaries(cons, ("seed",), n_boot, {**base, "statistic": "bias_consistency"})
+            cos = bias_alignment(prompted, learned, tower=tower)
+            rows += _summaries(cos, ("seed",), n_boot, {**base, "statistic": "bias_alignment", "variant": "full",
+                                                         "method": "maple, bias"})
+        except ValueError as err:
+            notes.append(f"bias tuning vs MaPLe ({tower}): {err}")
     return rows, notes
 
 
@@ -205,7 +242,8 @@ def method_comparison(evaluation: xr.Dataset, method: str, reference: str = "map
         for label, da in ((method, a), (reference, b), (f"{method} - {reference}", a - b)):
             ci = bootstrap_ci(da.reset_coords(drop=True), dims=("seed", "dataset"), n_boot=n_boot,
                               nested=STUDY_NESTING)
-            rows.append({"statistic": "accuracy", "tower": "evaluate", "measure": "top1", "variant": label,
+            rows.append({"statistic": "accuracy", "tower": "evaluate", "method": label, "measure": "top1",
+                         "variant": label,
                          "split": split, "dataset": "all", "layers": "", "layer_kind": "",
                          "mean": float(ci.sel(estimate="mean")), "low": float(ci.sel(estimate="low")),
                          "high": float(ci.sel(estimate="high")), "n_datasets": int(acc.sizes["dataset"]),

@@ -166,21 +166,26 @@ def all_figures(table: Any, accuracy: Any, folder: str | Path) -> list[Path]:
     """Write every figure of :data:`FIGURES` that the data allow; return the written paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    table = table.copy()
-    table["layers"] = table["layers"].fillna("").astype(str)
+    from mmlens.experiments._findings import _normalised
+
+    table = _normalised(table)  # bias tuning's rows (method "bias") sit next to MaPLe's
     out: list[Path | None] = [_accuracy_routes(table, folder / "accuracy_routes.png"),
                               _accuracy_grid(accuracy, folder / "accuracy_grid.png")]
 
-    def sel(statistic: str, tower: str, measure: str, variant: str = "full", split: str = "base") -> dict:
-        return {"statistic": statistic, "tower": tower, "measure": measure, "variant": variant, "split": split}
+    def sel(statistic: str, tower: str, measure: str, variant: str = "full", split: str = "base",
+            method: str = "maple") -> dict:
+        return {"statistic": statistic, "tower": tower, "measure": measure, "variant": variant, "split": split,
+                "method": method}
 
     out.append(_layer_panels(table, folder / "prompt_mass.png", "Prompt mass α at the readout query", [
         (f"{tower} ({q})", [(sel("prompt_mass", tower, m, split=sp), f"{m}, {sp}")
                             for m in ("readout", "other_queries") for sp in ("base", "novel")])
         for tower, q in (("vision", "[cls]"), ("text", "EOT"))], "α"))
-    out.append(_layer_panels(table, folder / "bias_norm_ratio.png", "Size of the prompt bias β", [
-        (tower, [(sel("bias_norm_ratio", tower, m, split=sp), f"{m}, {sp}")
-                 for m in ("bias_over_original", "bias_over_residual") for sp in ("base", "novel")])
+    out.append(_layer_panels(table, folder / "bias_norm_ratio.png", "Size of MaPLe's β and bias tuning's b", [
+        (tower, [(sel("bias_norm_ratio", tower, m, split=sp), f"β: {m}, {sp}")
+                 for m in ("bias_over_original", "bias_over_residual") for sp in ("base", "novel")]
+         + [(sel("bias_norm_ratio", tower, m, method="bias"), f"b (bias tuning): {m}, base")
+            for m in ("bias_over_original", "bias_over_residual")])
         for tower in ("vision", "text")], "ratio"))
     out.append(_layer_panels(table, folder / "bias_consistency.png", "Consistency of β (base classes)", [
         (tower, [(sel("bias_consistency", tower, m), m)

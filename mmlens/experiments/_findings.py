@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Claim", "evaluate_claims", "findings_markdown", "NON_INFERIORITY_MARGIN", "BIAS_SHARE_THRESHOLD",
-           "MIN_SHIFT"]
+__all__ = ["Claim", "Check", "evaluate_claims", "sanity_checks", "findings_markdown", "NON_INFERIORITY_MARGIN",
+           "BIAS_SHARE_THRESHOLD", "MIN_SHIFT", "CHANCE_MULTIPLE", "IDENTITY_TOLERANCE"]
 
 #: Bias tuning "works as well as prompts" when its accuracy is at most this many points below MaPLe's
 #: (lower end of the 95% interval of the paired difference).
@@ -17,6 +17,11 @@ NON_INFERIORITY_MARGIN = 2.0
 BIAS_SHARE_THRESHOLD = 0.5
 #: Smallest change of the foreground share of [cls]'s patch attention counted as a shift (1 point of attention).
 MIN_SHIFT = 0.01
+#: MaPLe's β and bias tuning's b "point the same way" when their cosine exceeds this many times 1/√C, the
+#: spread of the cosine of two unrelated random directions in C channels (3/√C: about 3 standard deviations).
+CHANCE_MULTIPLE = 3.0
+#: A sanity check (an identity) passes when the quantity is within this of its exact value (float32 traces).
+IDENTITY_TOLERANCE = 1e-4
 
 HOLDS, PARTLY, FAILS, UNTESTED = "holds", "partly holds", "does not hold", "not tested here"
 
@@ -33,6 +38,17 @@ class Claim:
     numbers: list[str] = field(default_factory=list)
     explanation: str = ""
     headline: str = ""
+    falsifier: str = ""  # the result that would have made the claim fail
+
+
+@dataclass
+class Check:
+    """A sanity check: an identity that holds whatever the prompts learned (so it is not evidence)."""
+
+    title: str
+    why: str
+    measured: str
+    status: str  # "passed", "FAILED" or "not available"
 
 
 def _rows(table: Any, **sel: Any) -> Any:
@@ -91,7 +107,8 @@ def _layer_rows(table: Any, **sel: Any) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- claims
 def _dataset_bias(t: Any, split: str) -> Claim:
-    sel = {"statistic": "bias_consistency", "tower": "vision", "variant": "full", "split": split, "dataset": "all"}
+    sel = {"statistic": "bias_consistency", "tower": "vision", "method": "maple", "variant": "full", "split": split,
+           "dataset": "all"}
     share = _one(t, **sel, measure="dataset_mean_share", layers="injected")
     share_c = _one(t, **sel, measure="dataset_mean_share", layers="carried")
     within = _one(t, **sel, measure="within_class", layers="injected")
@@ -105,6 +122,9 @@ def _dataset_bias(t: Any, split: str) -> Claim:
         "(lower end of the interval) and β is more alike within a dataset than across datasets "
         "(across-class cosine interval above the across-dataset one)",
         UNTESTED,
+        falsifier=f"the dataset mean explaining at most {BIAS_SHARE_THRESHOLD:.0%} of β's mean square (interval "
+        "reaching that level), i.e. β changing direction or size from image to image; or, with several datasets, "
+        "β of one dataset no more alike than β of different datasets",
     )
     c.numbers = [
         f"share of β's mean square explained by its dataset mean, injected layers: {_ci(share)}",
@@ -157,6 +177,9 @@ def _bias_route(t: Any, split: str, other: str) -> Claim:
         "holds when prompts improve accuracy (gain interval above 0), bias_only keeps more than half of the gain "
         "(interval above the midpoint) and redistribution_only keeps less than half (interval below it)",
         UNTESTED,
+        falsifier="bias_only's accuracy at or below the midpoint between zero-shot and full prompts (interval "
+        "reaching it): β alone keeping half of the gain or less (with a gain to apportion; without one the claim "
+        "is not tested)",
     )
 
     def frac(rec: dict[str, Any] | None) -> str:
@@ -208,11 +231,13 @@ def _bias_route(t: Any, split: str, other: str) -> Claim:
 def _bias_tuning(t: Any, acc: Any, context: dict[str, Any]) -> Claim:
     c = Claim(
         "bias_tuning", "Bias tuning works as well as prompts",
-        "accuracy of bias tuning (a learned vector per block, [math.md](math.md)) minus MaPLe, paired by dataset and seed, "
-        "interval over seeds and datasets",
+        "accuracy of bias tuning (a learned vector per block, [math.md](math.md)) minus MaPLe, paired by dataset "
+        "and seed, interval over seeds and datasets",
         f"holds when the lower end of the interval of (bias − MaPLe) is above −{NON_INFERIORITY_MARGIN:g} points "
         "on both base and novel classes",
         UNTESTED,
+        falsifier=f"bias tuning more than {NON_INFERIORITY_MARGIN:g} points below MaPLe (lower end of the interval "
+        "of the difference) on both base and novel classes",
     )
     rows = {s: _one(t.fillna({"layers": ""}), statistic="accuracy", tower="evaluate", variant="bias - maple",
                     split=s, dataset="all") for s in ("base", "novel")}
@@ -249,10 +274,13 @@ def _foreground_shift(t: Any, split: str) -> Claim:
     c = Claim(
         "foreground_shift", "[cls] foreground focus shifts through earlier layers",
         "`foreground_attention` (share of `[cls]`'s patch attention â on foreground, exact toyworld masks), with "
-        "minus without prompts on the same images, per layer",
-        "holds when the first block shows no shift (prompts cannot change â within a block, [math.md](math.md) consequence "
-        f"1) and some later block shows a shift of at least {MIN_SHIFT:g} whose interval excludes 0",
+        "minus without prompts on the same images, per layer after the first prompted block (there the shift is 0 "
+        "by construction, [math.md](math.md) consequence 1: a sanity check below, not evidence)",
+        f"holds when some block after the first prompted one shows a shift of at least {MIN_SHIFT:g} whose interval "
+        "excludes 0",
         UNTESTED,
+        falsifier=f"every later block's shift below {MIN_SHIFT:g} in size or with an interval containing 0: prompts "
+        "leaving where [cls] looks unchanged",
     )
     if not diff:
         c.explanation = "No foreground masks in these datasets."
@@ -260,31 +288,33 @@ def _foreground_shift(t: Any, split: str) -> Claim:
         return c
     with_p = {int(r["layers"]): r for r in _layer_rows(t, **sel, variant="full")}
     without = {int(r["layers"]): r for r in _layer_rows(t, **sel, variant="zeroshot")}
-    first = diff[0]
-    significant = [r for r in diff[1:] if _has_interval(r) and (r["low"] > 0 or r["high"] < 0)
+    first = _first_prompted(diff)
+    later = [r for r in diff if int(r["layers"]) > int(first["layers"])]
+    significant = [r for r in later if _has_interval(r) and (r["low"] > 0 or r["high"] < 0)
                    and abs(r["mean"]) >= MIN_SHIFT]
-    biggest = max(diff, key=lambda r: abs(r["mean"]))
+    biggest = max(later or diff, key=lambda r: abs(r["mean"]))
     for r in diff:
         layer = int(r["layers"])
         c.numbers.append(f"layer {layer} ({r['layer_kind']}): without {_ci(without.get(layer), 3)}, with "
                          f"{_ci(with_p.get(layer), 3)}, shift {_ci(r, 4)}")
-    first_zero = abs(first["mean"]) < 1e-4
-    if significant and first_zero:
+    if not later:
+        c.explanation = "No block after the first prompted one was traced."
+    elif significant:
         c.verdict = HOLDS
         signs = {("towards" if r["mean"] > 0 else "away from") for r in significant}
-        c.explanation = (f"No shift in block {first['layers']} (as the decomposition requires); from block "
-                         f"{significant[0]['layers']} on the focus moves {' and '.join(sorted(signs))} the "
-                         f"foreground (largest shift {biggest['mean']:+.3f} in block {biggest['layers']}).")
-    elif first_zero:
+        c.explanation = (f"From block {significant[0]['layers']} on the focus moves {' and '.join(sorted(signs))} "
+                         f"the foreground (largest shift {biggest['mean']:+.3f} in block {biggest['layers']}).")
+    else:
         c.verdict = FAILS
         c.explanation = (f"No block shows a shift of the foreground focus of at least {MIN_SHIFT:g} whose interval "
                          f"excludes 0 (largest: {biggest['mean']:+.4f} in block {biggest['layers']}).")
-    else:
-        c.verdict = FAILS
-        c.explanation = (f"Block {first['layers']} already shows a shift ({first['mean']:+.4f}), which the "
-                         "decomposition rules out: check the trace.")
     c.headline = f"[{c.verdict}] {c.title}: largest shift {_ci(biggest, 4)} (block {biggest['layers']})"
     return c
+
+
+def _first_prompted(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of the first block with prompts (layer kind not ``none``), else the first block."""
+    return next((r for r in rows if str(r.get("layer_kind", "")) not in ("none", "")), rows[0])
 
 
 def _background_prompts(t: Any, split: str) -> Claim:
@@ -300,8 +330,10 @@ def _background_prompts(t: Any, split: str) -> Claim:
         "`prompt_background_similarity`: cosine of the mean prompt key (value) with background patches minus "
         "with foreground patches, at the block inputs, injected layers",
         "holds when the key and value differences are both above 0 (lower end of the interval); partly when "
-        "only one is",
+        "only one is. Keys are compared without b_K, which every key shares and the softmax cancels",
         UNTESTED,
+        falsifier="both differences at or below 0 (intervals reaching 0): prompt keys and values no closer to the "
+        "background patches than to the object",
     )
     c.numbers = [
         f"keys: background {_ci(kb)} vs foreground {_ci(kf)}; difference {_ci(key)}",
@@ -331,23 +363,28 @@ def _text_reliance(t: Any, split: str) -> Claim:
     what = "class-name tokens" if cue == "classname" else "word tokens (template and class name)"
     words = _layer_rows(t, **sel, measure=cue, variant="full - zeroshot")
     prompt = _layer_rows(t, **sel, measure="prompt", variant="full")
+    versus = _layer_rows(t, **sel, measure=f"prompt_minus_{cue}", variant="full")
     words_inj = _one(t, **sel, measure=cue, variant="full - zeroshot", layers="injected")
     c = Claim(
         "text_reliance", "Text prompts shift reliance to dataset cues",
-        f"`text_reliance`: attention of each class prompt's EOT on the {what} with minus without prompts, and on "
-        "the learned prompt tokens (shared by every class of a dataset)",
+        f"`text_reliance`: attention of each class prompt's EOT on the {what} with minus without prompts, and, "
+        f"with prompts, on the learned prompt tokens (shared by every class of a dataset) minus on the {what}",
         f"holds when, in the last block (where the text feature is read), EOT attends less to the {what} with "
-        "prompts (difference interval below 0) and attends to the prompt tokens (interval above 0)",
+        f"prompts (difference interval below 0) and attends more to the prompt tokens than to the {what} "
+        "(interval above 0); partly when only one is. (Attention on the prompts alone is always above 0, being a "
+        "softmax weight, so it cannot decide the claim.)",
         UNTESTED,
+        falsifier=f"EOT attending as much or more to the {what} with prompts as without (interval reaching 0) and "
+        f"no more to the prompt tokens than to the {what}",
     )
-    if not words or not prompt:
+    if not words or not prompt or not versus:
         c.explanation = "The text group was not traced."
         c.headline = f"[{c.verdict}] {c.title}: not available"
         return c
-    last_w, last_p = words[-1], prompt[-1]
+    last_w, last_p, last_v = words[-1], prompt[-1], versus[-1]
     c.numbers = [
-        f"last block ({last_w['layers']}): attention on {what} with − without prompts {_ci(last_w)}; attention "
-        f"on prompt tokens {_ci(last_p)}",
+        f"last block ({last_w['layers']}): attention on {what} with − without prompts {_ci(last_w)}; with prompts, "
+        f"attention on prompt tokens {_ci(last_p)}, prompt tokens − {what} {_ci(last_v)}",
         f"injected layers (mean): {cue} attention difference {_ci(words_inj)}",
         f"per block, {cue} difference: " + "; ".join(f"{r['layers']}: {r['mean']:+.3f}" for r in words),
     ]
@@ -356,16 +393,104 @@ def _text_reliance(t: Any, split: str) -> Claim:
     if per:
         c.numbers.append(f"per dataset, {cue} difference in the last block: {per}")
     less = (last_w["high"] < 0) if _has_interval(last_w) else last_w["mean"] < 0
-    on_prompts = (last_p["low"] > 0) if _has_interval(last_p) else last_p["mean"] > 0
-    c.verdict = HOLDS if less and on_prompts else (PARTLY if on_prompts or less else FAILS)
+    more_on_prompts = (last_v["low"] > 0) if _has_interval(last_v) else last_v["mean"] > 0
+    c.verdict = HOLDS if less and more_on_prompts else (PARTLY if more_on_prompts or less else FAILS)
     c.explanation = {
         HOLDS: f"With prompts, EOT moves attention from the {what} to the dataset-level prompt tokens.",
-        PARTLY: f"EOT attends to the prompt tokens, but its attention on the {what} does not drop measurably."
-        if on_prompts else f"Attention on the {what} drops, but not towards the prompt tokens.",
+        PARTLY: f"EOT attends more to the prompt tokens than to the {what}, but its attention on the {what} does "
+        "not drop measurably." if more_on_prompts else
+        f"Attention on the {what} drops, but the prompt tokens do not draw more attention than the {what}.",
         FAILS: f"EOT's attention does not move from the {what} to the prompt tokens.",
     }[c.verdict]
     c.headline = f"[{c.verdict}] {c.title}: {cue} attention change at the readout {_ci(last_w)}"
     return c
+
+
+def _bias_direction(t: Any, split: str) -> Claim:
+    sel = {"statistic": "bias_alignment", "tower": "vision", "split": split, "dataset": "all", "layers": "injected"}
+    same = _one(t, **sel, measure="same_dataset")
+    other = _one(t, **sel, measure="other_datasets")
+    chance = _one(t, **sel, measure="chance")
+    text_same = _one(t, **{**sel, "tower": "text"}, measure="same_dataset")
+    c = Claim(
+        "bias_direction", "Bias tuning learns MaPLe's direction",
+        "`bias_alignment`: cosine between MaPLe's dataset-mean β at `[cls]` and bias tuning's learned b, same "
+        "dataset, seed and block, injected layers (traced base-class test images)",
+        f"holds when the lower end of the cosine's interval exceeds {CHANCE_MULTIPLE:g}/√C (C channels; 1/√C is "
+        "the spread of the cosine of two unrelated random directions) and, with several datasets, the cosine "
+        "with the same dataset's b is above the cosine with other datasets' b (intervals apart); partly when only "
+        "the first part holds",
+        UNTESTED,
+        falsifier=f"a cosine whose interval reaches down to {CHANCE_MULTIPLE:g}/√C or below (as unrelated or "
+        "opposite directions give): the two methods pushing the stream in different directions",
+    )
+    norms = {m: _one(t, statistic="bias_norm_ratio", tower="vision", method=m, variant="full", split=split,
+                     dataset="all", measure="bias_over_original", layers="injected") for m in ("maple", "bias")}
+    shares = {m: _one(t, statistic="bias_consistency", tower="vision", method=m, variant="full", split=split,
+                      dataset="all", measure="dataset_mean_share", layers="injected") for m in ("maple", "bias")}
+    if same is None or chance is None:
+        c.explanation = "Bias tuning was not traced in this run (it is, with `--methods maple bias`)."
+        c.headline = f"[{c.verdict}] {c.title}: not traced"
+        return c
+    bound = CHANCE_MULTIPLE * float(chance["mean"])
+    c.numbers = [
+        f"cosine of MaPLe's mean β with b, same dataset: {_ci(same)}; with other datasets' b: {_ci(other)}; "
+        f"chance level 1/√C = {float(chance['mean']):.3f} (bound {bound:.3f})",
+        f"text tower (EOT), same dataset: {_ci(text_same)}",
+        f"size, ‖bias term‖ / ‖(a)‖ (injected): MaPLe β {_ci(norms['maple'])}, bias tuning b {_ci(norms['bias'])}",
+        f"share explained by the dataset mean (1 for a constant): MaPLe β {_ci(shares['maple'])}, bias tuning b "
+        f"{_ci(shares['bias'])}",
+    ]
+    per = _per_dataset(t, **{k: v for k, v in sel.items() if k != "dataset"}, measure="same_dataset")
+    if per:
+        c.numbers.append(f"per dataset, same-dataset cosine: {per}")
+    aligned = (same["low"] if _has_interval(same) else same["mean"]) > bound
+    specific = None
+    if other is not None:
+        specific = same["low"] > other["high"] if _has_interval(same) and _has_interval(other) else \
+            same["mean"] > other["mean"]
+    if aligned and specific is not False:
+        c.verdict = HOLDS
+        c.explanation = ("MaPLe's mean β and bias tuning's b point the same way, beyond what unrelated directions "
+                         "give" + (", and more so within a dataset than across datasets." if specific else
+                                   "; with a single dataset, whether the direction is dataset-specific is not "
+                                   "tested."))
+    elif aligned:
+        c.verdict = PARTLY
+        c.explanation = ("The directions agree beyond chance, but no more with the same dataset's b than with other "
+                         "datasets': a direction shared by the datasets.")
+    else:
+        c.verdict = FAILS
+        c.explanation = "The two methods' bias directions are not more alike than unrelated directions."
+    c.headline = f"[{c.verdict}] {c.title}: cosine (vision, injected) {_ci(same)}"
+    return c
+
+
+def sanity_checks(table: Any, *, split: str = "base") -> list[Check]:
+    """Identities of the decomposition and of the methods, reported as checks of the pipeline (never evidence)."""
+    t = table
+    checks = []
+    diff = _layer_rows(t, statistic="foreground_attention", tower="vision", split=split, dataset="all",
+                       measure="share", variant="full - zeroshot")
+    why = ("within a block prompts cannot change â ([math.md](math.md) consequence 1), and the first prompted "
+           "block sees the same input with and without prompts")
+    if diff:
+        first = _first_prompted(diff)
+        worst = max(abs(float(first[k])) for k in ("mean", "low", "high") if not _nan(first[k]))
+        checks.append(Check(f"No foreground shift in block {first['layers']}, the first prompted block", why,
+                            f"shift {_ci(first, 6)}", "passed" if worst < IDENTITY_TOLERANCE else "FAILED"))
+    else:
+        checks.append(Check("No foreground shift in the first prompted block", why, "no masks", "not available"))
+    share = _one(t, statistic="bias_consistency", tower="vision", method="bias", variant="full", split=split,
+                 dataset="all", measure="dataset_mean_share", layers="injected")
+    why = "bias tuning's b is one learned vector per block, the same for every image"
+    if share is None:
+        checks.append(Check("Bias tuning's b is constant (dataset-mean share 1)", why, "not traced", "not available"))
+    else:
+        ok = abs(float(share["mean"]) - 1) < IDENTITY_TOLERANCE
+        checks.append(Check("Bias tuning's b is constant (dataset-mean share 1)", why, _ci(share, 6),
+                            "passed" if ok else "FAILED"))
+    return checks
 
 
 def evaluate_claims(table: Any, accuracy: Any, context: dict[str, Any], *, split: str = "base") -> list[Claim]:
@@ -376,35 +501,49 @@ def evaluate_claims(table: Any, accuracy: Any, context: dict[str, Any], *, split
     trained); novel-class numbers are listed alongside.
     """
     other = "novel" if split == "base" else "base"
-    table = table.copy()
-    table["layers"] = table["layers"].fillna("").astype(str)
+    table = _normalised(table)
     return [
         _dataset_bias(table, split),
         _bias_route(table, split, other),
         _bias_tuning(table, accuracy, context),
+        _bias_direction(table, split),
         _foreground_shift(table, split),
         _background_prompts(table, split),
         _text_reliance(table, split),
     ]
 
 
+def _normalised(table: Any) -> Any:
+    """A copy with ``layers`` as strings and a ``method`` column (tables written before it: all MaPLe)."""
+    table = table.copy()
+    table["layers"] = table["layers"].fillna("").astype(str)
+    table["method"] = table["method"].fillna("maple").astype(str) if "method" in table else "maple"
+    return table
+
+
 def _descriptive(table: Any, split: str) -> list[str]:
     lines = []
-    for tower in ("vision", "text"):
-        for kind in ("injected", "carried"):
-            a = _one(table, statistic="prompt_mass", tower=tower, split=split, dataset="all", variant="full",
-                     measure="readout", layers=kind)
-            r = _one(table, statistic="bias_norm_ratio", tower=tower, split=split, dataset="all", variant="full",
-                     measure="bias_over_original", layers=kind)
-            if a is None and r is None:
-                continue
-            lines.append(f"| {tower} | {kind} | {_ci(a)} | {_ci(r)} |")
+    names = {"maple": "MaPLe (β)", "bias": "bias tuning (b)"}
+    for method, name in names.items():
+        for tower in ("vision", "text"):
+            for kind in ("injected", "carried"):
+                sel = {"tower": tower, "method": method, "split": split, "dataset": "all", "variant": "full",
+                       "layers": kind}
+                a = _one(table, statistic="prompt_mass", measure="readout", **sel)
+                r = _one(table, statistic="bias_norm_ratio", measure="bias_over_original", **sel)
+                share = _one(table, statistic="bias_consistency", measure="dataset_mean_share", **sel)
+                if a is None and r is None:
+                    continue
+                alpha = _ci(a) if method == "maple" else "– (no prompts)"
+                lines.append(f"| {name} | {tower} | {kind} | {alpha} | {_ci(r)} | {_ci(share)} |")
     if not lines:
         return []
-    return ["| tower | layers | prompt mass α at the readout | ‖β‖ / ‖(a)‖ |", "|---|---|---|---|", *lines]
+    return ["| method | tower | layers | prompt mass α at the readout | ‖bias term‖ / ‖(a)‖ | "
+            "share explained by the dataset mean |", "|---|---|---|---|---|---|", *lines]
 
 
-def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any = None) -> str:
+def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any = None,
+                      checks: list[Check] | None = None) -> str:
     """The findings page: setting, one section per claim (statistic, rule, numbers, verdict), how to rerun."""
     ctx = context
     data = ctx["data"]
@@ -441,13 +580,23 @@ def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any =
         number = c.headline.split(": ", 1)[1] if ": " in c.headline else ""
         lines.append(f"| {c.title} | **{c.verdict}** | {number} |")
     lines.append("")
+    if checks:
+        lines += ["## Sanity checks", "",
+                  "Identities of the decomposition and of the methods: they hold whatever the prompts learned, so "
+                  "they check the pipeline and are evidence for no claim. A failed check means a bug in the trace.",
+                  "", "| check | why it must hold | measured | status |", "|---|---|---|---|"]
+        lines += [f"| {k.title} | {k.why} | {k.measured} | **{k.status}** |" for k in checks]
+        lines.append("")
     if table is not None:
-        desc = _descriptive(table, "base")
+        desc = _descriptive(_normalised(table), "base")
         if desc:
-            lines += ["## How much the prompts are used (base classes, full prompts)", "", *desc, ""]
+            lines += ["## How much the bias term is used (base classes, full model)", "",
+                      "MaPLe's bias term is the prompt bias β, bias tuning's the learned b ([math.md](math.md), "
+                      "\"Bias tuning\"), side by side.", "", *desc, ""]
     for i, c in enumerate(claims, 1):
         lines += [f"## {i}. {c.title} — {c.verdict}", "", f"- **Statistic**: {c.statistic}.",
-                  f"- **Rule**: {c.rule}.", "- **Measured**:" + ("" if c.numbers else " –")]
+                  f"- **Rule**: {c.rule}.", f"- **Would have failed if**: {c.falsifier}.",
+                  "- **Measured**:" + ("" if c.numbers else " –")]
         lines += [f"  - {n}" for n in c.numbers]
         lines += [f"- **Verdict**: {c.verdict}. {c.explanation}", ""]
     minutes = ctx.get("compute_seconds", 0) / 60

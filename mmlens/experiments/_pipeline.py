@@ -178,8 +178,9 @@ class _Runner:
     def prompts_path(self, dataset: str, seed: int, method: str) -> Path:
         return self.out / "prompts" / dataset / f"seed{seed}" / method / "prompts.safetensors"
 
-    def store_path(self, dataset: str, seed: int, split: str) -> Path:
-        return self.out / "stores" / dataset / f"seed{seed}" / f"{split}.zarr"
+    def store_path(self, dataset: str, seed: int, split: str, method: str = "maple") -> Path:
+        name = f"{split}.zarr" if method == "maple" else f"{method}_{split}.zarr"
+        return self.out / "stores" / dataset / f"seed{seed}" / name
 
     def eval_path(self, dataset: str, seed: int, method: str) -> Path:
         return self.out / "results" / "evaluate" / f"{dataset}_seed{seed}_{method}.nc"
@@ -298,6 +299,24 @@ class _Runner:
         return {"store": str(path), "images": len(test)}
 
 
+    def trace_bias(self, dataset: str, seed: int, split: str = "base") -> dict[str, Any]:
+        """Trace bias tuning (variant ``full``, its b vectors) to compare its b with MaPLe's β side by side."""
+        from mmlens.trace.tracer import trace_to_store
+        from mmlens.train.transforms import input_spec
+
+        cfg = self.cfg
+        src = self.source(dataset)
+        test = src.test(split, size=self.size, normalize=input_spec(self.clip), max_images=cfg.max_images)
+        model = self.model(dataset, seed, "bias", test.classnames)
+        path = self.store_path(dataset, seed, split, "bias")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trace_to_store(model, test, path, variants=["full"], store_bias_vectors=True, batch_size=32,
+                       device=cfg.device, image_split=split, class_split=[split] * len(test.classnames),
+                       progress=cfg.progress, provenance={"dataset": dataset, "seed": seed,
+                                                          "manifest_version": str(src.manifest.manifest_version)})
+        return {"store": str(path), "images": len(test)}
+
+
 def _write_netcdf(ds: Any, path: Path) -> None:
     """Write a small Dataset as netCDF atomically; strings as variable-length (h5netcdf rejects fixed-width)."""
     import numpy as np
@@ -359,6 +378,9 @@ def run(cfg: Config) -> Result:
                 for split in ("base", "novel"):
                     per_run.append((f"trace/{dataset}/seed{seed}/{split}",
                                     lambda d=dataset, s=seed, p=split: runner.trace(d, s, p)))
+                if "bias" in cfg.methods:  # b next to MaPLe's β (base classes, where both were trained)
+                    per_run.append((f"trace/{dataset}/seed{seed}/bias_base",
+                                    lambda d=dataset, s=seed: runner.trace_bias(d, s)))
     runs_key = {"datasets": cfg.datasets, "seeds": cfg.seeds, "methods": cfg.methods, "ablations": cfg.ablations,
                 "n_boot": cfg.n_boot}
     study_steps: list[tuple[str, Any]] = [
@@ -442,12 +464,22 @@ def _studies(runner: _Runner) -> dict[str, Any]:
             for split in ("base", "novel")}
 
 
+def _bias_study(runner: _Runner) -> Any:
+    """The bias-tuning traces (base classes) as one study, or None when bias tuning was not trained."""
+    from mmlens.experiments._study import stack_runs
+
+    cfg = runner.cfg
+    if not ("bias" in cfg.methods and "maple" in cfg.methods):
+        return None
+    return stack_runs({(d, s): runner.store_path(d, s, "base", "bias") for d in cfg.datasets for s in cfg.seeds})
+
+
 def _statistics(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
     import warnings
 
     import pandas as pd
 
-    from mmlens.experiments._analysis import COLUMNS, method_comparison, study_statistics
+    from mmlens.experiments._analysis import COLUMNS, bias_comparison, method_comparison, study_statistics
     from mmlens.store.io import IncompleteStoreWarning
 
     cfg = runner.cfg
@@ -457,8 +489,13 @@ def _statistics(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", IncompleteStoreWarning)  # every store must be complete here
             studies = _studies(runner)
+            bias_study = _bias_study(runner)
         for split, study in studies.items():
             r, n = study_statistics(study, split, n_boot=cfg.n_boot)
+            rows += r
+            notes += [x for x in n if x not in notes]
+        if bias_study is not None:
+            r, n = bias_comparison(studies["base"], bias_study, "base", n_boot=cfg.n_boot)
             rows += r
             notes += [x for x in n if x not in notes]
     if "bias" in cfg.methods and "maple" in cfg.methods:
@@ -478,10 +515,11 @@ def _statistics_markdown(table: Any, notes: list[str]) -> str:
              "per-layer rows are in `statistics.csv`.", ""]
     pooled = table[(table["dataset"] == "all") & (~table["layers"].str.fullmatch(r"\d+"))]
     for statistic, part in pooled.groupby("statistic", sort=False):
-        lines += [f"## {statistic}", "", "| tower | split | variant | measure | layers | mean [95% CI] |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"## {statistic}", "", "| tower | method | split | variant | measure | layers | mean [95% CI] |",
+                  "|---|---|---|---|---|---|---|"]
         for rec in part.to_dict("records"):
-            lines.append(f"| {rec['tower']} | {rec['split']} | {rec['variant']} | {rec['measure']} | "
+            lines.append(f"| {rec['tower']} | {rec.get('method', 'maple')} | {rec['split']} | {rec['variant']} | "
+                         f"{rec['measure']} | "
                          f"{rec['layers'] or '–'} | {_ci(rec)} |")
         lines.append("")
     if notes:
@@ -558,19 +596,22 @@ def _findings(runner: _Runner, files: dict[str, Path], ledger: Ledger, started: 
     import pandas as pd
     import xarray as xr
 
-    from mmlens.experiments._findings import evaluate_claims, findings_markdown
+    from mmlens.experiments._findings import evaluate_claims, findings_markdown, sanity_checks
 
     table = pd.read_csv(files["statistics_csv"], dtype={"layers": str})
     with xr.open_dataset(files["accuracy_nc"], engine="h5netcdf") as acc:
         acc = acc.load()
     context = _context(runner, ledger, started)
     claims = evaluate_claims(table, acc, context)
-    text = findings_markdown(claims, context, table)
+    checks = sanity_checks(table)
+    text = findings_markdown(claims, context, table, checks)
     files["findings"].write_text(text)
     headline = [c.headline for c in claims]
     files["findings"].with_suffix(".json").write_text(json.dumps(
-        {"context": context, "headline": headline, "claims": [asdict(c) for c in claims]}, indent=1, default=str))
-    return {"findings": str(files["findings"]), "verdicts": {c.key: c.verdict for c in claims}}
+        {"context": context, "headline": headline, "claims": [asdict(c) for c in claims],
+         "checks": [asdict(k) for k in checks]}, indent=1, default=str))
+    return {"findings": str(files["findings"]), "verdicts": {c.key: c.verdict for c in claims},
+            "checks": {k.title: k.status for k in checks}}
 
 
 def _report(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:

@@ -9,10 +9,11 @@ parts stack them along a ``measure`` dim. See docs/statistics.md.
 from __future__ import annotations
 
 from mmlens.stats.attention import foreground_attention, prompt_background_similarity, prompt_mass, text_reliance
-from mmlens.stats.bias import bias_consistency, bias_norm_ratio
+from mmlens.stats.bias import bias_alignment, bias_consistency, bias_norm_ratio
 from mmlens.stats.summary import bootstrap_ci, summarize
 
 __all__ = [
+    "bias_alignment",
     "bias_consistency",
     "bias_norm_ratio",
     "bootstrap_ci",

@@ -7,11 +7,14 @@ import xarray as xr
 
 from mmlens.stats._common import finish, group_of, require, stack_measures
 
-__all__ = ["bias_norm_ratio", "bias_consistency"]
+__all__ = ["bias_norm_ratio", "bias_consistency", "bias_alignment"]
 
 
 def bias_norm_ratio(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
-    """Size of the prompt bias relative to the original path and to the residual stream.
+    """Size of the block's bias term relative to the original path and to the residual stream.
+
+    The bias term is a prompt method's β, or bias tuning's learned b^ℓ for stores with
+    ``bias_source="learned"`` (docs/math.md, "Bias tuning"): the same ratio compares both.
 
     ``measure="bias_over_original"``: ``‖β‖ / ‖(a)‖``, with ``(a) = Σ_h (a)_h`` the original path
     (``bias_norm / original_total_norm``); ``"bias_over_residual"``: ``‖β‖ / ‖x‖`` with ``x`` the
@@ -128,6 +131,86 @@ def bias_consistency(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -
         "mean cosine of beta over pairs of distinct images; share = |mean beta|^2 / mean |beta|^2",
         item=item,
     )
+
+
+def bias_alignment(prompted: xr.Dataset | xr.DataTree, learned: xr.Dataset | xr.DataTree, *,
+                   tower: str = "vision", variant: str = "full") -> xr.DataArray:
+    """Do a prompt method and bias tuning learn the same direction? Cosine of MaPLe's mean β with b.
+
+    With ``μ_d`` the mean of the prompt method's β over the items (images / class prompts) of
+    dataset d, and ``b_d`` bias tuning's learned bias of dataset d (its mean over items: it is one
+    vector), per (dataset, [seed]) × layer:
+
+    - ``same_dataset``: ``cos(μ_d, b_d)``;
+    - ``other_datasets``: mean over d' ≠ d of ``cos(μ_d, b_d')`` (same seed and layer): the cosine
+      a direction shared by every dataset would give; NaN with a single dataset;
+    - ``chance``: ``1/√C`` with C the width (channels), the standard deviation of the cosine of two
+      independent random directions. Two unrelated vectors give ``|cos|`` of this order.
+
+    Seeds are paired by their ``seed`` coordinate (separate trainings of the two methods). NaN
+    where either vector is 0 (blocks without prompts or bias).
+
+    Parameters
+    ----------
+    prompted, learned
+        Stores (trees) or groups with the ``bias`` vectors (``store_bias_vectors=True``) of a prompt
+        method (``bias_source="prompt"``) and of bias tuning (``bias_source="learned"``).
+    tower
+        Which tower when trees are given.
+    variant
+        The traced variant compared (the models as trained: ``full``).
+
+    Returns
+    -------
+    xarray.DataArray
+        (dataset, [seed], layer, measure) with ``layer_kind`` from ``prompted``.
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> tree = example_tree(n_images=8)
+    >>> cos = bias_alignment(tree, tree)  # a store against itself: the mean β has cosine 1 with itself
+    >>> float(cos.sel(measure="same_dataset").mml.injected_layers().min().round(6))
+    1.0
+    """
+    means = []
+    for data, want in ((prompted, "prompt"), (learned, "learned")):
+        ds = group_of(data, tower)
+        require(ds, ["bias"], "bias_alignment", "trace with store_bias_vectors=True to keep the bias vectors")
+        found = str(ds.coords["bias_source"].item()) if "bias_source" in ds.coords else None
+        if found is not None and found != want:
+            raise ValueError(f"bias_alignment: expected a store with bias_source={want!r} in this argument, found "
+                             f"{found!r}; pass the prompt method's store first and bias tuning's second")
+        beta = ds["bias"].sel(variant=variant, drop=True)
+        if "dataset" not in beta.dims:
+            beta = beta.expand_dims(dataset=[str(ds.attrs.get("dataset", "dataset"))])
+        item = "image" if "image" in beta.dims else "class"
+        beta = beta.reset_coords(drop=True)
+        means.append(beta.mean(item))  # NaN-padded items (studies) are skipped
+    mu, b = xr.align(*means, join="inner")
+    if mu.sizes["layer"] == 0 or mu.sizes["dataset"] == 0:
+        raise ValueError("bias_alignment: the two stores share no dataset and layer; compare runs of the same data")
+
+    def unit(v: xr.DataArray) -> xr.DataArray:
+        norm = np.sqrt((v**2).sum("channel"))
+        return v / norm.where(norm > 0)
+
+    u_mu, u_b = unit(mu), unit(b)
+    same = (u_mu * u_b).sum("channel", skipna=False)
+    if mu.sizes["dataset"] >= 2:
+        cross = xr.dot(u_mu, u_b.rename(dataset="other"), dim="channel")  # (dataset, other, ...)
+        off = xr.DataArray(mu["dataset"].values[:, None] != mu["dataset"].values[None, :],
+                           dims=("dataset", "other"))
+        other = cross.where(off).mean("other")
+    else:
+        other = xr.full_like(same, np.nan)
+    chance = xr.full_like(same, 1.0 / np.sqrt(mu.sizes["channel"]))
+    out = stack_measures({"same_dataset": same, "other_datasets": other, "chance": chance})
+    source = group_of(prompted, tower)
+    if "layer_kind" in source.coords:
+        out = out.assign_coords(layer_kind=source.coords["layer_kind"].reset_coords(drop=True).sel(layer=out["layer"]))
+    return finish(out, source, "bias_alignment",
+                  "cos(mean_i beta_i of the prompt method, learned bias b of bias tuning), same dataset and layer")
 
 
 def _ratio(num: xr.DataArray, den: xr.DataArray) -> xr.DataArray:

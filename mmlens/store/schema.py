@@ -53,6 +53,11 @@ ABLATION_VARIANTS: tuple[str, ...] = ("bias_only", "redistribution_only", "const
 VARIANTS: tuple[str, ...] = (PROMPTED_VARIANT, REFERENCE_VARIANT, *ABLATION_VARIANTS)
 
 LAYER_KINDS: tuple[str, ...] = ("injected", "carried", "none")
+#: What the block's bias term in ``bias``/``bias_norm`` is (scalar coordinate ``bias_source`` of the
+#: vision and text groups): a prompt method's β (``prompt``) or bias tuning's learned b^ℓ (``learned``).
+BIAS_SOURCES: tuple[str, ...] = ("prompt", "learned")
+#: Methods whose bias term is learned directly (mmlens.models.METHODS; bias_coupled: vision b = W·t + c).
+LEARNED_BIAS_METHODS: tuple[str, ...] = ("bias", "bias_coupled")
 #: "all": the whole class set, for data without a base/novel protocol.
 SPLITS: tuple[str, ...] = ("base", "novel", "all")
 
@@ -215,6 +220,17 @@ VARIABLES: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
     "logits": LOGITS_VARIABLES,
     "attribution": ATTRIBUTION_VARIABLES,
 }
+
+
+def bias_source(method: str) -> str:
+    """The ``bias_source`` of a trace of ``method``: ``learned`` for bias tuning, else ``prompt``.
+
+    Examples
+    --------
+    >>> bias_source("maple"), bias_source("bias_coupled")
+    ('prompt', 'learned')
+    """
+    return "learned" if method in LEARNED_BIAS_METHODS else "prompt"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,6 +494,7 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
                     f"{group}: expected coordinate {coord!r} along {dim!r}, found dims {ds.coords[coord].dims}"
                 )
     problems += _check_values(ds, group, "layer_kind", LAYER_KINDS)
+    problems += _check_values(ds, group, "bias_source", BIAS_SOURCES)
     problems += _check_values(ds, group, "split", (*SPLITS, STUDY_PADDING))
     problems += _check_values(ds, group, "token_role", TOKEN_ROLES)
     roles = {"vision": VISION_ROLES, "text": TEXT_ROLES}.get(group, TOKEN_ROLES)

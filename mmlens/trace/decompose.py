@@ -165,6 +165,20 @@ class AttentionSplit:
     #: the autocast dtype active where the block ran (None: off); the module itself runs under it
     #: when it is checked against this float32 recomputation
     autocast: torch.dtype | None = None
+    key_bias: torch.Tensor | None = None  # b_K per head [heads, head_dim] (None: the block has no in_proj bias)
+
+    @property
+    def keys_without_bias(self) -> torch.Tensor:
+        """The keys z W_K^h without b_K^h, ``[batch, heads, tokens, head_dim]``.
+
+        b_K is the same for every key, so it adds q·b_K to every score of a query and cancels in the
+        softmax: attention never sees it. Key similarities that should say what attention can tell
+        apart (the prompt-key cosines of the trace) leave it out; with it, every pair of keys shares
+        a common component and looks more alike than attention treats them.
+        """
+        if self.key_bias is None:
+            return self.k
+        return self.k - self.key_bias[None, :, None, :]
 
     # -- all queries, on demand -------------------------------------------------------------
     @cached_property
@@ -328,6 +342,7 @@ def _split_float32(mha: torch.nn.MultiheadAttention, z: torch.Tensor, attn_mask:
         out_weight=mha.out_proj.weight.float(),
         out_bias=mha.out_proj.bias.float() if mha.out_proj.bias is not None else torch.zeros(width, device=z.device),
         autocast=autocast,
+        key_bias=b[width:2 * width].view(heads, head_dim) if b is not None else None,  # in_proj packs q, k, v
     )
 
 

@@ -10,7 +10,7 @@ variant                    scale                bias term
 ``full``                   1-α                  α Σ ã v      (the model as it is)
 ``bias_only``              1                    α Σ ã v      (keep β, drop the (1-α) scaling)
 ``redistribution_only``    1-α                  0            (keep (1-α), drop β)
-``constant_bias``          1                    mean β       (prompts out of the softmax)
+``constant_bias``          1                    mean β       (per token role; prompts out of the softmax)
 ``drop_prompts``           1                    0            (prompts out of the softmax)
 =========================  ===================  ==========================================
 
@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from mmlens.models.prompted import ROLE_CODES, BlockCall, block_forward, finish_block
+from mmlens.models.prompted import ROLE_CODES, ROLE_NAMES, BlockCall, block_forward, finish_block
 from mmlens.trace.decompose import AttentionSplit, float32_region, merged_output, split_attention
 
-__all__ = ["VARIANTS", "Route", "ROUTES", "SplitHook", "intervene", "measure_mean_bias"]
+__all__ = ["VARIANTS", "Route", "ROUTES", "RoleMeanBias", "SplitHook", "intervene", "measure_mean_bias"]
 
 VARIANTS = ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts")
 BRANCHES = ("vision", "text")
@@ -53,6 +53,91 @@ ROUTES = {
     "drop_prompts": Route("one", "none"),
 }
 
+@dataclass
+class RoleMeanBias:
+    """Dataset-mean β of one block, aligned by token role (the ``constant_bias`` ablation's β̄).
+
+    A role whose token count was the same in every measured input keeps one mean per token of that
+    role, in order (``per_token``): every vision role (``[cls]``, the i-th patch, the i-th prompt
+    slot) and, in the text tower, SOT, the prompt slots and EOT. A role whose count varies between
+    inputs (class-name tokens, template words, padding) has no per-token alignment: its tokens get
+    the mean over all of them (``pooled``). Averaging per absolute position instead would mix roles
+    in the text tower, where EOT moves with the length of the class name (docs/math.md, "Route
+    ablations").
+
+    Examples
+    --------
+    >>> eot, word = ROLE_CODES["eot"], ROLE_CODES["word"]
+    >>> m = RoleMeanBias(per_token={eot: torch.ones(1, 2)}, pooled={eot: torch.ones(2), word: torch.zeros(2)})
+    >>> m.for_roles(torch.tensor([[word, eot, word], [word, word, eot]]))[:, :, 0].tolist()
+    [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+
+    per_token: dict[int, torch.Tensor]  # role code -> [count, width]
+    pooled: dict[int, torch.Tensor]  # role code -> [width]
+
+    def for_roles(self, roles: torch.Tensor) -> torch.Tensor:
+        """The mean β at every token of rows with role codes ``roles`` ([tokens] or [batch, tokens]).
+
+        Returns ``[batch, tokens, width]`` (batch 1 for 1-D ``roles``), float32.
+        """
+        rows = roles if roles.dim() == 2 else roles[None]
+        width = next(iter(self.pooled.values())).shape[-1]
+        out = torch.zeros(*rows.shape, width, device=rows.device)
+        for code in rows.unique().tolist():
+            mask = rows == code
+            counts = mask.sum(1)
+            aligned = self.per_token.get(code)
+            if aligned is not None and bool((counts == len(aligned)).all()):
+                # boolean indexing walks row by row, each row's tokens of this role in order
+                out[mask] = aligned.to(out.device).repeat(rows.shape[0], 1)
+            elif code in self.pooled:
+                out[mask] = self.pooled[code].to(out.device)
+            else:
+                measured = sorted(ROLE_NAMES[c] for c in self.pooled)
+                raise ValueError(
+                    f"constant_bias: no mean β for token role {ROLE_NAMES[code]!r}; the mean was measured on "
+                    f"inputs with roles {measured}. Measure it with measure_mean_bias on inputs of the same kind."
+                )
+        return out
+
+
+class _RoleSums:
+    """Running sums of β per token role, and per token of a role while its count stays fixed."""
+
+    def __init__(self) -> None:
+        self.pooled: dict[int, torch.Tensor] = {}  # role -> Σ β over all its tokens
+        self.tokens: dict[int, int] = {}  # role -> number of its tokens
+        self.per_token: dict[int, torch.Tensor | None] = {}  # role -> Σ over rows of [count, width]; None: varies
+        self.role_rows: dict[int, int] = {}  # role -> rows that had it
+        self.rows = 0
+
+    def add(self, beta: torch.Tensor, roles: torch.Tensor) -> None:
+        batch = beta.shape[0]
+        rows = roles.expand(batch, -1) if roles.dim() == 1 else roles
+        for code in rows.unique().tolist():
+            mask = rows == code
+            counts = mask.sum(1)
+            picked = beta[mask]  # [n, width]: row by row, each row's tokens of this role in order
+            self.pooled[code] = self.pooled.get(code, 0) + picked.sum(0)
+            self.tokens[code] = self.tokens.get(code, 0) + int(counts.sum())
+            self.role_rows[code] = self.role_rows.get(code, 0) + batch
+            count, previous = int(counts[0]), self.per_token.get(code, 0)
+            if previous is not None and bool((counts == count).all()) and \
+                    (not torch.is_tensor(previous) or len(previous) == count):
+                self.per_token[code] = previous + picked.reshape(batch, count, -1).sum(0)
+            else:
+                self.per_token[code] = None
+        self.rows += batch
+
+    def mean(self) -> RoleMeanBias:
+        # a role missing from some rows has a varying count (0 there) too: pooled only
+        per_token = {c: (s / self.rows).cpu() for c, s in self.per_token.items()
+                     if s is not None and self.role_rows[c] == self.rows}
+        pooled = {c: (s / self.tokens[c]).cpu() for c, s in self.pooled.items()}
+        return RoleMeanBias(per_token=per_token, pooled=pooled)
+
+
 # recorder(call, split, z, rebuilt): z = ln_1(x); rebuilt = split.output(), the attention output the
 # stream continues with while recording (equal to the module's own output to float tolerance). It is
 # called with autocast off (float32); to run the module itself in the model's precision, enter
@@ -67,7 +152,7 @@ class SplitHook:
     """
 
     def __init__(self, routes: dict[tuple[str, int], Route] | None = None,
-                 mean_bias: dict[tuple[str, int], torch.Tensor] | None = None,
+                 mean_bias: dict[tuple[str, int], RoleMeanBias] | None = None,
                  recorder: Recorder | None = None, record_branches: Iterable[str] = BRANCHES,
                  capture_bias: Callable[[BlockCall, torch.Tensor], None] | None = None) -> None:
         self.routes = dict(routes or {})
@@ -130,7 +215,7 @@ class SplitHook:
                     f"constant_bias needs the mean β of the {call.branch} tower, layer {call.layer}: "
                     "measure it with measure_mean_bias(model, training_batches) and pass mean_bias=..."
                 )
-            out = out + mean.to(out.device)[: out.shape[1]]
+            out = out + mean.for_roles(call.roles).to(out.device)
         return out, post_bias
 
 
@@ -168,7 +253,7 @@ def routes_for(model, variant: str, *, branch: str = "both", layers=None) -> dic
 
 @contextlib.contextmanager
 def intervene(model, variant: str, *, branch: str = "both", layers=None,
-              mean_bias: dict[tuple[str, int], torch.Tensor] | None = None,
+              mean_bias: dict[tuple[str, int], RoleMeanBias] | None = None,
               recorder: Recorder | None = None) -> Iterator[Any]:
     """Run ``model`` under a route ablation (or as zero-shot) inside a ``with`` block.
 
@@ -181,7 +266,7 @@ def intervene(model, variant: str, *, branch: str = "both", layers=None,
     layers : None, "injected", "carried" or iterable of int
         Which blocks (0-based); ``None``: every block that carries prompts.
     mean_bias : dict
-        For ``constant_bias``: ``{(branch, layer): Tensor[tokens, width]}`` from :func:`measure_mean_bias`.
+        For ``constant_bias``: ``{(branch, layer): RoleMeanBias}`` from :func:`measure_mean_bias`.
 
     Examples
     --------
@@ -212,23 +297,27 @@ def _images_of(batch) -> torch.Tensor:
 
 @torch.no_grad()
 def measure_mean_bias(model, batches: Iterable, *, branch: str = "both",
-                      device: str | torch.device | None = None) -> dict[tuple[str, int], torch.Tensor]:
-    """Dataset-mean β per block and token position, for the ``constant_bias`` ablation.
+                      device: str | torch.device | None = None) -> dict[tuple[str, int], RoleMeanBias]:
+    """Dataset-mean β per block and token role, for the ``constant_bias`` ablation.
 
     The vision mean is over the given images (the training images, by the protocol); the text
-    mean is over the class prompts (the text tower does not see images). Returns
-    ``{(branch, layer): Tensor[tokens, width]}`` (float32).
+    mean is over the model's current class prompts (the text tower does not see images). β is
+    averaged per token role, not per position (:class:`RoleMeanBias`): at the EOT readout the
+    constant is the mean EOT β, wherever each prompt's EOT sits. Returns
+    ``{(branch, layer): RoleMeanBias}`` (float32).
+
+    Examples
+    --------
+    >>> means = measure_mean_bias(model, [images])  # doctest: +SKIP
+    >>> means["text", 0].per_token[ROLE_CODES["eot"]].shape  # doctest: +SKIP
+    torch.Size([1, 512])
     """
-    sums: dict[tuple[str, int], torch.Tensor] = {}
-    counts: dict[tuple[str, int], int] = {}
+    sums: dict[tuple[str, int], _RoleSums] = {}
     wanted = set(_branches(branch))
 
     def capture(call: BlockCall, beta: torch.Tensor) -> None:
-        if call.branch not in wanted:
-            return
-        key = (call.branch, call.layer)
-        sums[key] = sums.get(key, 0) + beta.sum(0)
-        counts[key] = counts.get(key, 0) + beta.shape[0]
+        if call.branch in wanted:
+            sums.setdefault((call.branch, call.layer), _RoleSums()).add(beta, call.roles)
 
     previous = model.block_hook
     model.block_hook = SplitHook(capture_bias=capture)
@@ -241,4 +330,4 @@ def measure_mean_bias(model, batches: Iterable, *, branch: str = "both",
                 model.encode_image(_images_of(batch).to(device))
     finally:
         model.block_hook = previous
-    return {key: (sums[key] / counts[key]).cpu() for key in sums}
+    return {key: s.mean() for key, s in sums.items()}

@@ -76,7 +76,10 @@ class _Collector:
         alpha = split.prompt_mass  # [batch, heads, queries]
         rows = torch.arange(batch, device=roles.device)
         out["prompt_mass"] = alpha[rows, :, readout]  # the same numbers as prompt_mass_all_queries there
-        others = (roles != ROLE_CODES["prompt"]) & (roles != ROLE_CODES["pad"]) & (positions != readout[:, None])
+        # SOT is left out: under the text tower's causal mask it sees only itself (the prompts follow it),
+        # so its α is 0 whatever the prompts learned, and counting it would only dilute the mean
+        others = (roles != ROLE_CODES["prompt"]) & (roles != ROLE_CODES["pad"]) & (roles != ROLE_CODES["sot"]) \
+            & (positions != readout[:, None])
         out["prompt_mass_other_queries"] = (alpha * others[:, None]).sum(-1) / others.sum(-1).clamp_min(1)[:, None]
 
         # path (a) and β per head, projected by W_O^h: [batch, heads, 2, width] in one go
@@ -84,19 +87,27 @@ class _Collector:
         head_norms, totals = paths.norm(dim=-1), paths.sum(1)  # [batch, heads, 2], [batch, 2, width]
         total_norms = totals.norm(dim=-1)
         out["original_norm"], out["bias_head_norm"] = head_norms[..., 0], head_norms[..., 1]
-        out["original_total_norm"], out["bias_norm"] = total_norms[:, 0], total_norms[:, 1]
+        bias = totals[:, 1]
+        if call.post_attn_bias is not None:
+            # bias tuning: the block's bias term is the learned b^ℓ (no prompt keys, so the prompt part is 0);
+            # stored in the same variables as a prompt method's β (bias_source = "learned"). It is not a sum
+            # over heads, so it has no per-head part.
+            bias = bias + call.post_attn_bias.float().to(bias.device)
+            out["bias_head_norm"] = torch.full_like(head_norms[..., 1], float("nan"))
+        out["original_total_norm"], out["bias_norm"] = total_norms[:, 0], bias.norm(dim=-1)
         out["residual_norm"] = call.x[rows, readout].float().norm(dim=-1)
         role_masks = torch.stack([roles == ROLE_CODES[r] for r in _ROLES[self.branch]], dim=-1).float()
         out["attention_by_role"] = at.attn @ role_masks  # [batch, heads, keys] @ [batch, keys, roles]
         if self.vectors:
-            out["bias"], out["original"] = totals[:, 1], totals[:, 0]
+            out["bias"], out["original"] = bias, totals[:, 0]
         if self.branch == "vision":
             patches = roles[0] == ROLE_CODES["patch"]
             prompts = roles[0] == ROLE_CODES["prompt"]
             gh, gw = self.grid
             out["cls_attention"] = at.attn_original[:, :, patches].reshape(batch, -1, gh, gw)
             prompt_index = prompts.nonzero().flatten()
-            for name, t in (("prompt_key_cosine", split.k), ("prompt_value_cosine", split.v)):
+            # keys without b_K: common to every key, it cancels in the softmax (see keys_without_bias)
+            for name, t in (("prompt_key_cosine", split.keys_without_bias), ("prompt_value_cosine", split.v)):
                 if len(prompt_index):
                     # cosine of every token with the mean prompt (one matmul, no copy of the patch tokens),
                     # then the patches; as F.cosine_similarity for non-zero vectors
@@ -130,7 +141,8 @@ def _layer_dataset(collector: _Collector, model, item_dim: str, layer_kinds: lis
         data[name] = ((item_dim, "layer", *dims[name]), stacked)
     ds = xr.Dataset(data)
     coords: dict[str, Any] = {"layer": np.arange(n_layers),
-                              "layer_kind": ("layer", np.array(layer_kinds, dtype=object))}
+                              "layer_kind": ("layer", np.array(layer_kinds, dtype=object)),
+                              "bias_source": schema.bias_source(model.method)}
     if "head" in ds.dims:
         coords["head"] = np.arange(ds.sizes["head"])
     if "key_role" in ds.dims:

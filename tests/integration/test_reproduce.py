@@ -169,18 +169,43 @@ def test_tables_figures_report_findings(quick_run):
 
     findings = (out / "findings.md").read_text()
     claims = json.loads((out / "findings.json").read_text())["claims"]
-    assert [c["key"] for c in claims] == ["dataset_bias", "bias_route", "bias_tuning", "foreground_shift",
-                                          "background_prompts", "text_reliance"]
+    assert [c["key"] for c in claims] == ["dataset_bias", "bias_route", "bias_tuning", "bias_direction",
+                                          "foreground_shift", "background_prompts", "text_reliance"]
     for c in claims:
-        assert c["verdict"] in ("holds", "partly holds", "does not hold", "not tested here")
         assert c["title"] in findings and c["rule"] in findings
+        assert c["falsifier"] and f"**Would have failed if**: {c['falsifier']}." in findings
+    # the identities are reported as checks, and in a correct trace they pass
+    checks = json.loads((out / "findings.json").read_text())["checks"]
+    assert [k["status"] for k in checks] == ["passed", "passed"], checks
+    assert "## Sanity checks" in findings
+    # two verdicts recomputed from the table by their stated rules (one dataset: no across-dataset part)
+    table = pd.read_csv(out / "results" / "statistics.csv", dtype={"layers": str})
+    pooled = table[(table.split == "base") & (table.dataset == "all") & (table.layers == "injected")
+                   & (table.tower == "vision") & (table.variant == "full")]
+
+    def row(statistic, method, measure):
+        r = pooled[(pooled.statistic == statistic) & (pooled.method == method) & (pooled.measure == measure)]
+        assert len(r) == 1, (statistic, method, measure)
+        return r.iloc[0]
+
+    def lower(r):  # the rules read the lower end of the interval, or the mean where there is no interval
+        return r["mean"] if not np.isfinite(r["low"]) or r["low"] == r["high"] == r["mean"] else r["low"]
+
+    verdict = {c["key"]: c["verdict"] for c in claims}
+    share = row("bias_consistency", "maple", "dataset_mean_share")
+    assert verdict["dataset_bias"] == ("holds" if lower(share) > 0.5 else "does not hold")
+    cos, chance = row("bias_alignment", "maple, bias", "same_dataset"), row("bias_alignment", "maple, bias", "chance")
+    assert verdict["bias_direction"] == ("holds" if lower(cos) > 3 * chance["mean"] else "does not hold")
+    # bias tuning's b was traced: its size is not 0 and it is one vector (consistency 1)
+    assert row("bias_norm_ratio", "bias", "bias_over_original")["mean"] > 0
+    assert row("bias_consistency", "bias", "dataset_mean_share")["mean"] == pytest.approx(1, abs=1e-4)
     assert "Quick run" in findings
     # bias tuning was trained too: its claim is decided from the paired evaluation
     tuning = next(c for c in claims if c["key"] == "bias_tuning")
     assert tuning["verdict"] != "not tested here" and "trainable parameters" in tuning["numbers"][0]
     # every number printed for a claim that was measured comes from the table: spot-check one
     table = pd.read_csv(out / "results" / "statistics.csv", dtype={"layers": str})
-    share = table[(table.statistic == "bias_consistency") & (table.tower == "vision")
+    share = table[(table.statistic == "bias_consistency") & (table.tower == "vision") & (table.method == "maple")
                   & (table.measure == "dataset_mean_share") & (table.split == "base") & (table.dataset == "all")
                   & (table.layers == "injected")]["mean"].iloc[0]
     assert not math.isnan(share)

@@ -112,19 +112,22 @@ def test_balanced_subset_takes_classes_in_turn():
 
 
 # ---------------------------------------------------------------------------------------------- claims
-def _row(statistic, tower, measure, variant, layers, mean, low, high, split="base", kind=None):
-    return {"statistic": statistic, "tower": tower, "measure": measure, "variant": variant, "split": split,
-            "dataset": "all", "layers": layers, "layer_kind": kind or layers, "mean": mean, "low": low,
-            "high": high, "n_datasets": 3, "n_seeds": 3, "n_items": 100}
+def _row(statistic, tower, measure, variant, layers, mean, low, high, split="base", kind=None, method="maple"):
+    return {"statistic": statistic, "tower": tower, "method": method, "measure": measure, "variant": variant,
+            "split": split, "dataset": "all", "layers": layers, "layer_kind": kind or layers, "mean": mean,
+            "low": low, "high": high, "n_datasets": 3, "n_seeds": 3, "n_items": 100}
 
 
 def _table(share=0.9, gain=(10, 8, 12), bias_mid=(3, 1, 5), redis_mid=(-3, -5, -1), bg=(0.1, 0.05, 0.15),
-           shifts=((0.0, 0.0, 0.0), (0.02, 0.01, 0.03)), words=(-0.1, -0.15, -0.05)):
+           shifts=((0.0, 0.0, 0.0), (0.02, 0.01, 0.03)), words=(-0.1, -0.15, -0.05), versus=(0.2, 0.1, 0.3),
+           tuning=(-1.0, -1.5, -0.5), cosine=(0.6, 0.5, 0.7), other_cosine=(0.1, 0.0, 0.2)):
+    both = "maple, bias"
     rows = [
         _row("bias_consistency", "vision", "dataset_mean_share", "full", "injected", share, share - 0.05,
              share + 0.05),
         _row("bias_consistency", "vision", "across_classes", "full", "injected", 0.8, 0.75, 0.85),
         _row("bias_consistency", "vision", "across_datasets", "full", "injected", 0.2, 0.1, 0.3),
+        _row("bias_consistency", "vision", "dataset_mean_share", "full", "injected", 1.0, 1.0, 1.0, method="bias"),
         _row("accuracy", "logits", "top1", "full - zeroshot", "", *gain, kind=""),
         _row("accuracy", "logits", "top1", "bias_only - midpoint", "", *bias_mid, kind=""),
         _row("accuracy", "logits", "top1", "redistribution_only - midpoint", "", *redis_mid, kind=""),
@@ -132,8 +135,15 @@ def _table(share=0.9, gain=(10, 8, 12), bias_mid=(3, 1, 5), redis_mid=(-3, -5, -
         _row("prompt_background_similarity", "vision", "value_background_minus_foreground", "full", "injected",
              *bg),
         _row("text_reliance", "text", "classname", "full - zeroshot", "5", *words, kind="carried"),
-        _row("text_reliance", "text", "prompt", "full", "5", 0.3, 0.25, 0.35, kind="carried"),
+        _row("text_reliance", "text", "prompt", "full", "5", 0.3, 0.25, 0.35, kind="carried"),  # > 0 always
+        _row("text_reliance", "text", "prompt_minus_classname", "full", "5", *versus, kind="carried"),
+        _row("bias_alignment", "vision", "same_dataset", "full", "injected", *cosine, method=both),
+        _row("bias_alignment", "vision", "other_datasets", "full", "injected", *other_cosine, method=both),
+        _row("bias_alignment", "vision", "chance", "full", "injected", 0.1, 0.1, 0.1, method=both),
     ]
+    for split in ("base", "novel"):
+        rows.append({**_row("accuracy", "evaluate", "top1", "bias - maple", "", *tuning, split=split, kind="",
+                            method="bias - maple")})
     for layer, s in enumerate(shifts):
         rows.append(_row("foreground_attention", "vision", "share", "full - zeroshot", str(layer), *s,
                          kind="injected"))
@@ -146,20 +156,45 @@ def _verdicts(table):
 
 
 def test_claims_hold_on_a_table_built_to_satisfy_them():
-    assert _verdicts(_table()) == {"dataset_bias": "holds", "bias_route": "holds", "bias_tuning": "not tested here",
-                                   "foreground_shift": "holds", "background_prompts": "holds",
-                                   "text_reliance": "holds"}
+    assert _verdicts(_table()) == {"dataset_bias": "holds", "bias_route": "holds", "bias_tuning": "holds",
+                                   "bias_direction": "holds", "foreground_shift": "holds",
+                                   "background_prompts": "holds", "text_reliance": "holds"}
 
 
-def test_claims_fail_when_the_numbers_say_so():
+def test_every_claim_fails_when_the_numbers_say_so():
     v = _verdicts(_table(share=0.3, bias_mid=(-3, -5, -1), bg=(-0.1, -0.15, -0.05),
-                         shifts=((0.0, 0.0, 0.0), (0.005, 0.001, 0.009)), words=(0.1, 0.05, 0.15)))
-    assert v["dataset_bias"] == "does not hold"
-    assert v["bias_route"] == "does not hold"
-    assert v["background_prompts"] == "does not hold"
-    assert v["foreground_shift"] == "does not hold"  # significant but below the 0.01 minimum shift
-    assert v["text_reliance"] == "partly holds"  # attends to prompts, but not less to the class names
+                         shifts=((0.0, 0.0, 0.0), (0.005, 0.001, 0.009)), words=(0.1, 0.05, 0.15),
+                         versus=(-0.2, -0.3, -0.1), tuning=(-5.0, -7.0, -3.0), cosine=(0.2, 0.1, 0.3)))
+    assert v == {"dataset_bias": "does not hold", "bias_route": "does not hold", "bias_tuning": "does not hold",
+                 "bias_direction": "does not hold",  # lower end 0.1 is below 3/sqrt(C) = 0.3
+                 "foreground_shift": "does not hold",  # significant but below the 0.01 minimum shift
+                 "background_prompts": "does not hold",
+                 "text_reliance": "does not hold"}  # attention on the prompts is > 0, which decides nothing
     assert _verdicts(_table(gain=(1, -2, 4)))["bias_route"] == "not tested here"  # no gain to apportion
+    # a direction shared by all datasets (same-dataset cosine not above the other datasets') is only partly
+    assert _verdicts(_table(other_cosine=(0.6, 0.5, 0.7)))["bias_direction"] == "partly holds"
+    assert _verdicts(_table(versus=(-0.2, -0.3, -0.1)))["text_reliance"] == "partly holds"
+
+
+def test_identities_are_checks_not_evidence():
+    from mmlens.experiments._findings import findings_markdown, sanity_checks
+
+    # a shift in the first prompted block no longer decides the claim: it fails the sanity check instead
+    broken = _table(shifts=((0.03, 0.02, 0.04), (0.02, 0.01, 0.03)))
+    assert _verdicts(broken)["foreground_shift"] == "holds"
+    assert [k.status for k in sanity_checks(broken)] == ["FAILED", "passed"]
+    assert [k.status for k in sanity_checks(_table())] == ["passed", "passed"]
+    no_bias = _table()
+    no_bias = no_bias[no_bias.method != "bias"]
+    assert [k.status for k in sanity_checks(no_bias)] == ["passed", "not available"]
+    claims = evaluate_claims(_table(), xr.Dataset(coords={"method": ["maple"]}), {})
+    context = {"data": "toy", "datasets": ["A"], "model": "m", "pretrained": "p", "seeds": [1], "imported": True,
+               "n_boot": 10, "mmlens_version": "0", "date": "today", "device": "cpu"}
+    page = findings_markdown(claims, context, _table(), sanity_checks(broken))
+    assert "## Sanity checks" in page and "**FAILED**" in page
+    assert page.count("**Would have failed if**") == len(claims)
+    # tables written before the method column read as MaPLe's
+    assert _verdicts(_table().drop(columns="method"))["dataset_bias"] == "holds"
 
 
 def test_find_results_table(tmp_path):
