@@ -31,11 +31,15 @@ def register(subparsers) -> None:
         "every attention block (docs/store_schema.md). Resumable: rerun the same command after an interruption.",
     )
     p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default: mmlens-toy)")
-    p.add_argument("--pretrained", default=None, help="open_clip tag or weights file (mmlens-toy: toyworld)")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip tag or weights file; 'random' for random weights (default: the shipped "
+                        "'toyworld' weights for mmlens-toy, 'openai' otherwise)")
     p.add_argument("--prompts", default=None,
                    help="mmlens prompt file (.safetensors) or a MaPLe checkpoint (model.pth.tar-N or its folder)")
     p.add_argument("--method", default="maple", help="prompt method for MaPLe checkpoints / no prompts (zeroshot)")
-    p.add_argument("--depth", type=int, default=9, help="prompt depth for MaPLe checkpoints")
+    p.add_argument("--depth", type=int, default=None,
+                   help="prompt depth for MaPLe checkpoints (default: the recipe's 9, clipped to all blocks but the "
+                        "last, with a note)")
     p.add_argument("--n-ctx", type=int, default=2, help="prompt tokens for MaPLe checkpoints")
     p.add_argument("--dataset", required=True, help="dataset name (see `mmlens data list`)")
     p.add_argument("--data-root", required=True, help="folder holding the datasets in the CoOp layout")
@@ -66,16 +70,23 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
     import torch
 
     from mmlens.models import PromptedCLIP, load_clip, load_maple_checkpoint, load_prompts
+    from mmlens.models.loading import cli_pretrained
+    from mmlens.train.recipes import prompt_depth
 
     torch.manual_seed(getattr(args, "seed", 0))  # random weights and prompt inits repeat on a rerun
     precision = "fp16" if str(args.device).startswith("cuda") else "fp32"
-    clip = load_clip(args.model, args.pretrained, device=args.device, precision=precision)
-    if args.prompts is None:
-        return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=args.depth).to(args.device)
-    path = Path(args.prompts)
-    if path.suffix == ".safetensors":
-        return load_prompts(path, clip, classnames=classnames).to(args.device)
-    model = PromptedCLIP(clip, classnames, method="maple", n_ctx=args.n_ctx, depth=args.depth)
+    clip = load_clip(args.model, cli_pretrained(args.model, args.pretrained), device=args.device,
+                     precision=precision)
+    path = None if args.prompts is None else Path(args.prompts)
+    if path is not None and path.suffix == ".safetensors":
+        return load_prompts(path, clip, classnames=classnames).to(args.device)  # the file carries its depth
+    n_blocks = min(len(clip.model.visual.transformer.resblocks), len(clip.model.transformer.resblocks))
+    depth, note = prompt_depth(n_blocks, args.depth)
+    if note:
+        print(f"note: {note}")
+    if path is None:
+        return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=depth).to(args.device)
+    model = PromptedCLIP(clip, classnames, method="maple", n_ctx=args.n_ctx, depth=depth)
     model.load_prompt_state(load_maple_checkpoint(path), source=str(path))
     return model.to(args.device)
 

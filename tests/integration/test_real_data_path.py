@@ -66,7 +66,7 @@ def real_path_run(tmp_path_factory):
         write_dassl_checkpoint(weights / folder / "base" / "seed1" / "MultiModalPromptLearner" / "model.pth.tar-5",
                                learned[name], n_base)
     out = base / "out"
-    code = main(["reproduce", "--data-root", str(root), "--model", "ViT-B-16", "--pretrained", "none",
+    code = main(["reproduce", "--data-root", str(root), "--model", "ViT-B-16", "--pretrained", "random",
                  "--maple-weights", str(weights), "--datasets", *DATASETS, "--seeds", "1", "--max-images", "2",
                  "--ablations", "routes", "--n-boot", "100", "--no-explorer", "--no-progress",
                  "--out", str(out)])
