@@ -144,7 +144,7 @@ class _Runner:
 
             from mmlens.models import load_clip
 
-            torch.manual_seed(0)  # random weights (--pretrained none) repeat on a rerun, so resuming matches
+            torch.manual_seed(0)  # random weights (--pretrained random) repeat on a rerun, so resuming matches
             self._clip = load_clip(self.cfg.model, self.cfg.pretrained, device=self.cfg.device)
         return self._clip
 
@@ -538,7 +538,7 @@ def _command(cfg: Config) -> str:
         parts.append(f"--data-root {cfg.data_root}")
     if cfg.model != "mmlens-toy":
         parts.append(f"--model {cfg.model}")
-    parts.append(f"--pretrained {cfg.pretrained or 'none'}")
+    parts.append(f"--pretrained {cfg.pretrained or 'random'}")
     if cfg.maple_weights:
         parts.append(f"--maple-weights {cfg.maple_weights}")
     parts.append("--datasets " + " ".join(cfg.datasets))

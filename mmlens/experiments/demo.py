@@ -55,7 +55,6 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
     import mmlens
     from mmlens.data.toyworld import build_in_memory
     from mmlens.data.transforms import eval_mask_transform
-    from mmlens.stats import bias_norm_ratio, prompt_mass
     from mmlens.train import fit
     from mmlens.train.recipes import prompt_depth
 
@@ -91,11 +90,31 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
             model, test, out / f"trace_{subset}.zarr", with_reference=True, image_split=subset,
             class_split=[subset] * len(test.classnames), store_bias_vectors=True, progress=progress,
             provenance={"dataset": train.domain.name, "manifest_version": "1", "seed": seed})
-        tree = mmlens.open(stores[subset])
-        logits = tree["logits"]["logits"]
-        correct = logits.argmax("class") == tree["logits"]["label"]
-        accuracy[subset] = {v: 100 * float(correct.sel(variant=v).mean()) for v in ("zeroshot", "full")}
 
+    accuracy, layers = key_numbers(stores)
+    from mmlens.viz.report import write_report
+
+    report = write_report(stores["base"], out / "demo_report.html", title=f"mmlens demo: MaPLe on {dataset}")
+    seconds = time.perf_counter() - start
+    summary = _summary(dataset, accuracy, layers, stores, report, seconds)
+    return {"accuracy": accuracy, "layers": layers, "stores": stores, "report": report, "seconds": seconds,
+            "summary": summary}
+
+
+def key_numbers(stores: dict[str, str | Path]) -> tuple[dict, dict]:
+    """The numbers the demo prints, from its two stores (``{"base": path, "novel": path}``).
+
+    Returns ``accuracy`` (``{split: {"zeroshot": %, "full": %}}``) and ``layers`` (per vision block of the
+    base store: ``kind``, mean ``prompt_mass`` at [cls] and mean ``bias_norm_ratio`` ‖β‖/‖(a)‖).
+    """
+    import mmlens
+    from mmlens.stats import bias_norm_ratio, prompt_mass
+
+    accuracy = {}
+    for subset, path in stores.items():
+        tree = mmlens.open(path)
+        correct = tree["logits"]["logits"].argmax("class") == tree["logits"]["label"]
+        accuracy[subset] = {v: 100 * float(correct.sel(variant=v).mean()) for v in ("zeroshot", "full")}
     base = mmlens.open(stores["base"])
     mass = prompt_mass(base).sel(variant="full", measure="readout").mean(("image", "head")).compute()
     ratio = bias_norm_ratio(base).sel(variant="full", measure="bias_over_original").mean("image").compute()
@@ -107,13 +126,7 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
         }
         for layer in mass["layer"].values
     }
-    from mmlens.viz.report import write_report
-
-    report = write_report(stores["base"], out / "demo_report.html", title=f"mmlens demo: MaPLe on {dataset}")
-    seconds = time.perf_counter() - start
-    summary = _summary(dataset, accuracy, layers, stores, report, seconds)
-    return {"accuracy": accuracy, "layers": layers, "stores": stores, "report": report, "seconds": seconds,
-            "summary": summary}
+    return accuracy, layers
 
 
 def _summary(dataset, accuracy, layers, stores, report, seconds) -> str:
@@ -126,23 +139,22 @@ def _summary(dataset, accuracy, layers, stores, report, seconds) -> str:
               "layer  kind       prompt mass  ‖β‖/‖(a)‖"]
     for layer, row in layers.items():
         lines.append(f"  {layer:3d}  {row['kind']:9s}  {row['prompt_mass']:11.3f}  {row['bias_norm_ratio']:9.3f}")
-    lines += ["", *_interpretation(accuracy, layers), "",
+    lines += ["", *interpretation(accuracy, layers), "",
               f"stores: {stores['base']}  {stores['novel']}", f"report: {report}",
               "open a store in Python: mmlens.open(path); explore it: mmlens.explore(path)"]
     return "\n".join(lines)
 
 
-def _interpretation(accuracy: dict, layers: dict) -> list[str]:
-    """Two or three sentences saying what the numbers above show, worded from the numbers themselves."""
-    gain = {s: accuracy[s]["full"] - accuracy[s]["zeroshot"] for s in ("base", "novel")}
-
-    def change(points: float) -> str:
-        return f"raised by {points:.1f} points" if points > 0 else f"changed by {points:+.1f} points"
+def interpretation(accuracy: dict, layers: dict) -> list[str]:
+    """Sentences saying what :func:`key_numbers` show, worded from the numbers themselves."""
+    def moved(split: str) -> str:
+        before, after = accuracy[split]["zeroshot"], accuracy[split]["full"]
+        return f"from {before:.1f} to {after:.1f} % ({after - before:+.1f} points)"
 
     injected = [row for row in layers.values() if row["kind"] == "injected"]
     carried = [row for row in layers.values() if row["kind"] == "carried"]
-    text = [f"What this shows: the learned prompts {change(gain['base'])} accuracy on the base classes they were "
-            f"trained on, and {change(gain['novel'])} on novel classes they never saw."]
+    text = [f"What this shows: the learned prompts took accuracy on the base classes they were trained on "
+            f"{moved('base')}, and on the novel classes they never saw {moved('novel')}."]
     if injected:
         mass = sum(r["prompt_mass"] for r in injected) / len(injected)
         ratio = sum(r["bias_norm_ratio"] for r in injected) / len(injected)
@@ -151,8 +163,9 @@ def _interpretation(accuracy: dict, layers: dict) -> list[str]:
                     f"{ratio:.2f} times as large as the original attention path (a).")
     if carried:
         mass = sum(r["prompt_mass"] for r in carried) / len(carried)
-        text.append(f"In the {len(carried)} later block(s), the prompt slots carry earlier outputs and take "
-                    f"{100 * mass:.0f} % of the attention.")
+        blocks = "block" if len(carried) == 1 else f"{len(carried)} blocks"
+        text.append(f"In the later {blocks}, the prompt slots carry earlier outputs and take {100 * mass:.0f} % "
+                    "of [cls]'s attention.")
     text.append("docs/findings.md tests the study's claims on all six toyworld domains with intervals "
                 "(mmlens reproduce).")
     return text
