@@ -27,19 +27,56 @@ def build_parser() -> argparse.ArgumentParser:
         description="Look inside CLIP models with learned multi-modal prompts (MaPLe and relatives).",
     )
     parser.add_argument("--version", action="version", version=f"mmlens {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full Python traceback when a command stops on an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 
 
+#: Exit code of a run stopped by the user's input (a bad name, a missing file, a store of another run),
+#: as argparse uses for bad flags; a bug keeps Python's traceback and exit code 1.
+USAGE_ERROR = 2
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Errors that say what is wrong with the input: shown as one message, without a traceback.
+
+    mmlens raises ``ValueError`` / ``LookupError`` subclasses for bad names, values and files, ``OSError``
+    for files that cannot be read or written (a full disk included), and ``StoreIdentityError`` when a
+    store belongs to another run. Everything else (``CompletenessError`` among them) is a bug to report.
+    """
+    if isinstance(err, (ValueError, LookupError, OSError)):
+        return True
+    from mmlens.store.io import StoreIdentityError  # torch-free, and only imported once something failed
+
+    return isinstance(err, StoreIdentityError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``mmlens ARGS``; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    command = " ".join(filter(None, ["mmlens", args.command, getattr(args, "toy_command", None),
+                                     getattr(args, "data_command", None)]))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\n{command}: interrupted. What was finished is kept; rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug or not _is_user_error(err):
+            raise
+        print(f"{command}: error: {err}", file=sys.stderr)
+        print("(run `mmlens --debug ...` to see the traceback)", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     from mmlens.viz._cli import register_report
 
     for name, module, help_text in (
-        ("demo", demo, "the main job on toyworld, end to end, in about two minutes"),
+        ("demo", demo, "the main job on toyworld, end to end (under a minute on two CPU cores)"),
         ("reproduce", reproduce, "the study's pipeline: train, evaluate, trace, statistics, report"),
     ):
         p = subparsers.add_parser(name, help=help_text, description=module.__doc__)

@@ -12,7 +12,8 @@ from typing import Any
 
 from mmlens.experiments._ledger import Ledger
 from mmlens.experiments._sources import DataSource, resolve_datasets
-from mmlens.experiments.reproduce import MAPLE_RECIPE, QUICK, ROUTES, TOY_RECIPE, TRACE_VARIANTS
+from mmlens.experiments.reproduce import QUICK, ROUTES, TRACE_VARIANTS
+from mmlens.train.recipes import TOY_RECIPE, prompt_depth, recipe_for
 
 __all__ = ["Config", "Result", "run", "layout"]
 
@@ -39,7 +40,7 @@ class Config:
     epochs: int = TOY_RECIPE["epochs"]
     batch_size: int = TOY_RECIPE["batch_size"]
     lr: float = TOY_RECIPE["lr"]
-    depth: int | None = TOY_RECIPE["depth"]
+    depth: int | None = None  # None: the recipe's depth clipped to the model (recipes.prompt_depth)
     crop_scale: tuple[float, float] = TOY_RECIPE["crop_scale"]
     max_images: int | None = None
     ablations: str = "branches"
@@ -56,13 +57,11 @@ class Config:
         """Resolve CLI arguments: defaults of the model, toyworld vs real data, ``--quick``."""
         datasets = resolve_datasets(args.datasets, args.data_root)
         seeds = list(args.seeds or [1, 2, 3])
-        pretrained = args.pretrained
-        if pretrained is None:
-            pretrained = "toyworld" if args.model == "mmlens-toy" else "openai"
-        if str(pretrained).lower() in ("none", "random", ""):
-            pretrained = None
-        toy = args.model == "mmlens-toy"
-        recipe = dict(TOY_RECIPE if toy else MAPLE_RECIPE)
+        from mmlens.models.loading import cli_pretrained
+
+        pretrained = cli_pretrained(args.model, args.pretrained)
+        recipe = recipe_for(args.model)
+        recipe["depth"] = None  # resolved against the model's blocks once it is loaded (Runner.depth)
         extra: dict[str, Any] = {"max_images": None, "ablations": "branches", "n_boot": 1000}
         if args.quick:
             datasets, seeds = datasets[:1], seeds[:1]
@@ -138,6 +137,7 @@ class _Runner:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self._clip = None
+        self._depth: int | None = None
         self._mean_bias: dict[tuple[str, int], Any] = {}
         self.steps_run: list[str] = []
         self.steps_skipped: list[str] = []
@@ -150,7 +150,7 @@ class _Runner:
 
             from mmlens.models import load_clip
 
-            torch.manual_seed(0)  # random weights (--pretrained none) repeat on a rerun, so resuming matches
+            torch.manual_seed(0)  # random weights (--pretrained random) repeat on a rerun, so resuming matches
             self._clip = load_clip(self.cfg.model, self.cfg.pretrained, device=self.cfg.device,
                                    quick_gelu=self.cfg.quick_gelu)
         return self._clip
@@ -163,13 +163,16 @@ class _Runner:
         return input_spec(self.clip)
 
     def depth(self) -> int:
-        n = min(len(self.clip.model.visual.transformer.resblocks), len(self.clip.model.transformer.resblocks))
-        depth = self.cfg.depth or min(9, max(1, n - 1))
-        if self.cfg.maple_weights:
-            return depth  # imported checkpoints carry their own depth
-        if not 1 <= depth <= n:
-            raise ValueError(f"--depth {depth}: {self.cfg.model} has {n} blocks; choose 1..{n}.")
-        return depth
+        """The prompt depth: ``--depth``, else the recipe's clipped to the model (said once, on first use)."""
+        if self._depth is None:
+            n = min(len(self.clip.model.visual.transformer.resblocks), len(self.clip.model.transformer.resblocks))
+            if self.cfg.maple_weights and self.cfg.depth:
+                self._depth = self.cfg.depth  # imported checkpoints carry their own depth
+            else:
+                self._depth, note = prompt_depth(n, self.cfg.depth)
+                if note:
+                    print(f"note: {note}")
+        return self._depth
 
     def source(self, dataset: str) -> DataSource:
         root = Path(self.cfg.data_root).expanduser() if self.cfg.data_root else None
@@ -580,7 +583,7 @@ def _command(cfg: Config) -> str:
         parts.append(f"--data-root {cfg.data_root}")
     if cfg.model != "mmlens-toy":
         parts.append(f"--model {cfg.model}")
-    parts.append(f"--pretrained {cfg.pretrained or 'none'}")
+    parts.append(f"--pretrained {cfg.pretrained or 'random'}")
     if cfg.quick_gelu:
         parts.append("--quick-gelu")
     if cfg.maple_weights:

@@ -19,13 +19,6 @@ from pathlib import Path
 TRACE_VARIANTS = ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts")
 ROUTES = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts")
 
-#: The toyworld recipe: MaPLe's optimisation (SGD lr 0.0035, batch 4, 5 epochs) with 4 shots per base class
-#: and prompts in blocks 0-3 of the toy's 6 (MaPLe: 9 of 12), as in docs/results/toyworld_base_to_novel.md.
-#: Random crops keep at least half of the image: toyworld objects can cover under a tenth of the frame
-#: (satellite, clutter), so ImageNet's 8 % crops would often cut the object out and train on noise.
-TOY_RECIPE = {"shots": 4, "epochs": 5, "batch_size": 4, "lr": 0.0035, "depth": 4, "crop_scale": (0.5, 1.0)}
-#: MaPLe's published recipe, for real data.
-MAPLE_RECIPE = {"shots": 16, "epochs": 5, "batch_size": 4, "lr": 0.0035, "depth": 9, "crop_scale": (0.08, 1.0)}
 QUICK = {"shots": 2, "epochs": 2, "batch_size": 8, "max_images": 16, "ablations": "routes", "n_boot": 200}
 #: Evaluated variants: ``routes`` (both branches), ``branches`` (+ vision / text alone), ``grid`` (+ the
 #: injected / carried blocks alone; the grid of docs/results/toyworld_base_to_novel.md).
@@ -45,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with the datasets in the CoOp layout (default: toyworld generated in memory)")
     parser.add_argument("--model", default="mmlens-toy", help="open_clip model name (default: mmlens-toy)")
     parser.add_argument("--pretrained", default=None,
-                        help="weights: an open_clip tag or a file; 'none' for random weights (default: 'toyworld' "
-                             "for mmlens-toy, 'openai' otherwise)")
+                        help="weights: an open_clip tag or a file; 'random' for random weights (default: "
+                             "'toyworld' for mmlens-toy, 'openai' otherwise)")
     add_quick_gelu_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "amp", "bf16"],
@@ -61,13 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", default=None, choices=["maple", "bias"],
                         help="methods to train and evaluate (default: maple and bias tuning; with --maple-weights: "
                              "maple)")
-    parser.add_argument("--shots", type=int, default=None,
-                        help="training images per base class (toyworld 4, real data 16)")
+    parser.add_argument("--shots", type=int, default=None, help="training images per base class (16)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (5)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (4)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (0.0035)")
     parser.add_argument("--depth", type=int, default=None,
-                        help="MaPLe prompt depth J (toyworld 4 of 6 blocks, real data 9 of 12)")
+                        help="MaPLe prompt depth J (default: the recipe's 9, clipped to all blocks but the last: "
+                             "5 of the toy's 6)")
     parser.add_argument("--max-images", type=int, default=None,
                         help="test images per split and dataset (class-balanced; default: all)")
     parser.add_argument("--ablations", choices=list(ABLATIONS), default=None,

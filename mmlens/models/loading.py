@@ -495,3 +495,27 @@ def _to_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 
         convert_weights_to_lp(model, dtype=torch.bfloat16)
     return model
+
+
+#: What ``--pretrained`` takes on the command line to ask for random weights.
+RANDOM_WEIGHTS = "random"
+
+
+def cli_pretrained(model_name: str, pretrained: str | None) -> str | None:
+    """The weights a command-line run loads: what ``--pretrained`` names, else the model's real weights.
+
+    On the command line nobody should get random weights without asking: ``mmlens-toy`` defaults to the
+    shipped ``toyworld`` weights, every other model to OpenAI's (``openai``), and random weights are asked
+    for with ``--pretrained random``. (``load_clip`` itself keeps open_clip's convention: no
+    ``pretrained`` means random weights.)
+
+    Examples
+    --------
+    >>> cli_pretrained("mmlens-toy", None), cli_pretrained("ViT-B-16", None), cli_pretrained("ViT-B-16", "random")
+    ('toyworld', 'openai', None)
+    """
+    if pretrained is None:
+        return "toyworld" if model_name == "mmlens-toy" else "openai"
+    if str(pretrained).lower() in (RANDOM_WEIGHTS, "none"):
+        return None
+    return str(pretrained)

@@ -33,7 +33,9 @@ def register(subparsers) -> None:
         "every attention block (docs/store_schema.md). Resumable: rerun the same command after an interruption.",
     )
     p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default: mmlens-toy)")
-    p.add_argument("--pretrained", default=None, help="open_clip tag or weights file (mmlens-toy: toyworld)")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip tag or weights file; 'random' for random weights (default: the shipped "
+                        "'toyworld' weights for mmlens-toy, 'openai' otherwise)")
     add_quick_gelu_argument(p)
     p.add_argument("--prompts", default=None,
                    help="mmlens prompt file (.safetensors) or a published MaPLe / IVLP / CoOp checkpoint "
@@ -41,7 +43,9 @@ def register(subparsers) -> None:
                         "come from the file")
     p.add_argument("--method", default="maple", help="prompt method without --prompts (random prompts; zeroshot: "
                                                      "none)")
-    p.add_argument("--depth", type=int, default=9, help="prompt depth without --prompts")
+    p.add_argument("--depth", type=int, default=None,
+                   help="prompt depth without --prompts (default: the recipe's 9, clipped to all blocks but the "
+                        "last, with a note)")
     p.add_argument("--n-ctx", type=int, default=2, help="prompt tokens without --prompts")
     p.add_argument("--dataset", required=True, help="dataset name (see `mmlens data list`)")
     p.add_argument("--data-root", required=True, help="folder holding the datasets in the CoOp layout")
@@ -110,17 +114,23 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
     import torch
 
     from mmlens.models import PromptedCLIP, import_prompts, load_clip, load_prompts
+    from mmlens.models.loading import cli_pretrained
+    from mmlens.train.recipes import prompt_depth
 
     seed = getattr(args, "seed", None)
     torch.manual_seed(0 if seed is None else seed)  # random weights and prompt inits repeat on a rerun
-    clip = load_clip(args.model, args.pretrained, device=args.device, precision=_precision(args).weights,
-                     quick_gelu=getattr(args, "quick_gelu", None))
+    clip = load_clip(args.model, cli_pretrained(args.model, args.pretrained), device=args.device,
+                     precision=_precision(args).weights, quick_gelu=getattr(args, "quick_gelu", None))
     if args.prompts is None:
-        return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=args.depth).to(args.device)
+        n_blocks = min(len(clip.model.visual.transformer.resblocks), len(clip.model.transformer.resblocks))
+        depth, note = prompt_depth(n_blocks, args.depth)
+        if note:
+            print(f"note: {note}")
+        return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=depth).to(args.device)
     path = Path(args.prompts)
     if path.suffix == ".safetensors":
         return load_prompts(path, clip, classnames=classnames).to(args.device)
-    return import_prompts(path, clip, classnames).to(args.device)
+    return import_prompts(path, clip, classnames).to(args.device)  # the file carries its method and depth
 
 
 def file_list_sha256(items, root) -> str:

@@ -7,21 +7,10 @@ import sys
 from pathlib import Path
 
 
-def default_depth(n_blocks: int) -> int:
-    """MaPLe's prompt depth scaled to a model: 9 of 12 blocks, i.e. 3/4 of the blocks rounded down (>= 1).
-
-    Examples
-    --------
-    >>> default_depth(12), default_depth(6)
-    (9, 4)
-    """
-    return max(1, (3 * int(n_blocks)) // 4)
-
-
 def _load_clip(name: str, pretrained: str | None, device: str, quick_gelu: bool | None = None):
-    from mmlens.models.loading import load_clip
+    from mmlens.models.loading import cli_pretrained, load_clip
 
-    return load_clip(name, pretrained, device=device, quick_gelu=quick_gelu)
+    return load_clip(name, cli_pretrained(name, pretrained), device=device, quick_gelu=quick_gelu)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -32,9 +21,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from mmlens.train.recipes import prompt_depth, recipe_for
+
+    recipe = recipe_for(args.model)  # flags left unset take the model's recipe (toyworld or MaPLe's)
+    for key in ("shots", "epochs", "lr", "batch_size", "crop_scale"):
+        if getattr(args, key) is None:
+            setattr(args, key, recipe[key])
     clip = _load_clip(args.model, args.pretrained, args.device, args.quick_gelu)
     blocks = min(len(clip.model.visual.transformer.resblocks), len(clip.model.transformer.resblocks))
-    depth = args.depth if args.depth is not None else default_depth(blocks)
+    depth, note = prompt_depth(blocks, args.depth)
+    if note:
+        print(f"note: {note}")
     ctx_init = None if args.ctx_init in ("", "none", "None") else args.ctx_init
     model = PromptedCLIP(clip, ["object"], args.method, n_ctx=args.n_ctx, depth=depth, ctx_init=ctx_init,
                          init_seed=args.seed)
@@ -104,7 +101,9 @@ def register(subparsers) -> None:
                     "--dataset ToySatellite --data-root DIR --seed 1 --out runs/toysat/maple/seed1",
     )
     p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default mmlens-toy)")
-    p.add_argument("--pretrained", default=None, help="pretrained tag or weights file (toy: toyworld)")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip tag or weights file; 'random' for random weights (default: 'toyworld' for "
+                        "mmlens-toy, 'openai' otherwise)")
     add_quick_gelu_argument(p)
     p.add_argument("--method", default="maple",
                    help="zeroshot, coop, deep_vision, deep_language, ivlp, maple, bias, bias_coupled")
@@ -112,16 +111,16 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", required=True, help="data root holding the dataset folders")
     p.add_argument("--subset", default="base", choices=("base", "all"),
                    help="classes to train on: base (base-to-novel) or all (cross-dataset source)")
-    p.add_argument("--shots", type=int, default=16, help="images per class (default 16)")
+    p.add_argument("--shots", type=int, default=None, help="images per class (default: the recipe's 16)")
     p.add_argument("--seed", type=int, default=1, help="protocol seed (default 1)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=0.0035)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's 5)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's 0.0035)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's 4)")
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--warmup-lr", type=float, default=1e-5)
     p.add_argument("--n-ctx", type=int, default=2, help="prompt tokens per layer (default 2)")
     p.add_argument("--depth", type=int, default=None,
-                   help="prompt depth J (default: 9 for 12-block models, 3/4 of the blocks otherwise)")
+                   help="prompt depth J (default: the recipe's 9, clipped to all blocks but the last, with a note)")
     p.add_argument("--ctx-init", default="a photo of a", help="text used to initialise the context ('none': random)")
     p.add_argument("--out", required=True, help="run folder: checkpoints and prompts.safetensors")
     p.add_argument("--device", default="cpu", help="cpu or cuda (mixed precision on cuda)")
@@ -129,8 +128,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds checkpoints")
     p.add_argument("--no-augment", action="store_true", help="no random-resized-crop / flip")
-    p.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
-                   help="random-resized-crop area fraction (default MaPLe's 0.08 1; toyworld recipe: 0.5 1)")
+    p.add_argument("--crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="random-resized-crop area fraction (default: the recipe's: MaPLe's 0.08 1; 0.5 1 for "
+                        "mmlens-toy)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 

@@ -67,7 +67,7 @@ def real_path_run(tmp_path_factory):
                                learned[name], n_base)
     out = base / "out"
     # OpenAI's architecture (QuickGELU), which the published prompts were learned on
-    code = main(["reproduce", "--data-root", str(root), "--model", "ViT-B-16-quickgelu", "--pretrained", "none",
+    code = main(["reproduce", "--data-root", str(root), "--model", "ViT-B-16-quickgelu", "--pretrained", "random",
                  "--maple-weights", str(weights), "--datasets", *DATASETS, "--seeds", "1", "--max-images", "2",
                  "--ablations", "routes", "--n-boot", "100", "--no-explorer", "--no-progress",
                  "--out", str(out)])

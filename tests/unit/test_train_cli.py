@@ -22,7 +22,7 @@ def test_train_then_evaluate(tiny_clip, tmp_path, capsys):
 
     make_fake_tree(tmp_path / "data", ["EuroSAT"], per_class={"train": 2, "val": 1, "test": 1})
     out = tmp_path / "runs" / "coop" / "seed1"
-    args = ["train", "--model", "test-tiny", "--method", "coop", "--dataset", "EuroSAT", "--data-root",
+    args = ["train", "--model", "test-tiny", "--pretrained", "random", "--method", "coop", "--dataset", "EuroSAT", "--data-root",
             str(tmp_path / "data"), "--shots", "2", "--seed", "1", "--epochs", "2", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -36,19 +36,23 @@ def test_train_then_evaluate(tiny_clip, tmp_path, capsys):
 
     table = tmp_path / "table.md"
     assert main(["evaluate", "--prompts", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"),
-                 "--model", "test-tiny", "--variants", "full", "zeroshot", "--out", str(table),
+                 "--model", "test-tiny", "--pretrained", "random", "--variants", "full", "zeroshot", "--out", str(table),
                  "--no-progress"]) == 0
     text = table.read_text()
     assert text.startswith("| method / variant | params | Base | Novel | HM | EuroSAT |")
     assert "| coop / full |" in text and "| coop / zeroshot |" in text
     csv = tmp_path / "table.csv"
     assert main(["evaluate", "--prompts", str(out / "prompts.safetensors"), "--data-root", str(tmp_path / "data"),
-                 "--model", "test-tiny", "--out", str(csv), "--no-progress"]) == 0
+                 "--model", "test-tiny", "--pretrained", "random", "--out", str(csv), "--no-progress"]) == 0
     assert csv.read_text().splitlines()[0] == "dataset,seed,method,variant,split,accuracy,correct,total"
     assert len(csv.read_text().splitlines()) == 3  # base and novel
 
 
-def test_default_depth_scales_maples_nine_of_twelve():
-    from mmlens.train._cli import default_depth
+def test_prompt_depth_is_the_recipe_clipped_to_the_model():
+    from mmlens.train.recipes import prompt_depth
 
-    assert [default_depth(n) for n in (12, 6, 3, 1)] == [9, 4, 2, 1]
+    assert [prompt_depth(n)[0] for n in (12, 10, 6, 2, 1)] == [9, 9, 5, 1, 1]
+    assert prompt_depth(12)[1] is None and "clipped" in prompt_depth(6)[1]
+    assert prompt_depth(6, 6) == (6, None)  # an explicit depth is kept ...
+    with pytest.raises(ValueError, match="choose 1..6"):
+        prompt_depth(6, 7)  # ... and checked, not clipped
