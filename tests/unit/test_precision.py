@@ -331,7 +331,8 @@ def test_trace_cli_runs_the_gpu_path_on_cpu(tmp_path, tiny_clip, precision):
 
     make_fake_tree(tmp_path / "data", ["EuroSAT"], image_size=40, per_class={"train": 1, "val": 1, "test": 2})
     out = tmp_path / "store.zarr"
-    assert main(["trace", "--model", "test-tiny", "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
+    assert main(["trace", "--model", "test-tiny", "--pretrained", "random",
+                 "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
                  "--data-root", str(tmp_path / "data"), "--limit", "4", "--batch-size", "4", "--device", "cpu",
                  "--precision", precision, "--out", str(out)]) == 0
     tree = mmlens.open(out)

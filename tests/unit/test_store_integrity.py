@@ -262,23 +262,25 @@ def _interrupt_after_first_batch(monkeypatch):
 
 
 def _cli_args(root, out, *extra):
-    return ["trace", "--model", "test-tiny", "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
+    return ["trace", "--model", "test-tiny", "--pretrained", "random",
+            "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
             "--data-root", str(root), "--batch-size", "2", "--out", str(out), *extra]
 
 
-def test_resume_refuses_another_split(tmp_path, tiny_clip, monkeypatch):
+def test_resume_refuses_another_split(tmp_path, tiny_clip, monkeypatch, capsys):
     from mmlens.data import make_fake_tree
 
     make_fake_tree(tmp_path / "data", ["EuroSAT"], image_size=40, per_class={"train": 1, "val": 1, "test": 1})
     out = tmp_path / "test.zarr"
     with monkeypatch.context() as m:
         _interrupt_after_first_batch(m)
-        with pytest.raises(KeyboardInterrupt):
-            main(_cli_args(tmp_path / "data", out, "--split", "test"))
+        assert main(_cli_args(tmp_path / "data", out, "--split", "test")) == 130  # interrupted, resumable
     assert store_status(out).n_images == 2  # half done
-    with pytest.raises(StoreIdentityError) as caught:
-        main(_cli_args(tmp_path / "data", out, "--split", "val"))
-    text = str(caught.value)
+    capsys.readouterr()
+    assert main(_cli_args(tmp_path / "data", out, "--split", "val")) == 2  # refused: one message, no traceback
+    text = capsys.readouterr().err
+    with pytest.raises(StoreIdentityError):  # the same refusal, as the API raises it (--debug)
+        main(["--debug", *_cli_args(tmp_path / "data", out, "--split", "val")])
     assert "split: store has 'test', this run has 'val'" in text and "--overwrite" in text
     assert "file_list_sha256: store has" in text  # other files, too
     with warnings.catch_warnings():
@@ -326,7 +328,8 @@ def test_every_provenance_key_of_a_cli_store(tmp_path, tiny_clip):
     info = write_domain("texture", tmp_path / "data", seed=0, per_class={"train": 1, "val": 1, "test": 2})
     name = info["name"]
     out = tmp_path / "cli.zarr"
-    args = ["trace", "--model", "test-tiny", "--method", "maple", "--depth", "2", "--n-ctx", "2",
+    args = ["trace", "--model", "test-tiny", "--pretrained", "random",
+            "--method", "maple", "--depth", "2", "--n-ctx", "2",
             "--dataset", name, "--data-root", str(tmp_path / "data"), "--split", "test", "--subset", "base",
             "--limit", "5", "--seed", "3", "--batch-size", "2", "--out", str(out)]
     assert main(args) == 0

@@ -14,7 +14,8 @@ from mmlens.data import make_fake_tree
 def test_trace_cli_on_fake_tree(tmp_path, tiny_clip, dataset):
     make_fake_tree(tmp_path / "data", [dataset], image_size=40, per_class={"train": 1, "val": 1, "test": 2})
     out = tmp_path / "store.zarr"
-    args = ["trace", "--model", "test-tiny", "--pretrained", "random", "--method", "maple", "--depth", "2", "--dataset", dataset,
+    args = ["trace", "--model", "test-tiny", "--pretrained", "random", "--method", "maple", "--depth", "2",
+            "--dataset", dataset,
             "--data-root", str(tmp_path / "data"), "--subset", "base", "--limit", "6", "--batch-size", "4",
             "--with-reference", "--out", str(out)]
     assert main(args) == 0
@@ -34,7 +35,8 @@ def test_trace_cli_on_fake_tree(tmp_path, tiny_clip, dataset):
 def test_trace_cli_attribution(tmp_path, tiny_clip, capsys):
     make_fake_tree(tmp_path / "data", ["EuroSAT"], image_size=40, per_class={"train": 1, "val": 1, "test": 2})
     out = tmp_path / "store.zarr"
-    args = ["trace", "--model", "test-tiny", "--pretrained", "random", "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
+    args = ["trace", "--model", "test-tiny", "--pretrained", "random", "--method", "maple", "--depth", "2",
+            "--dataset", "EuroSAT",
             "--data-root", str(tmp_path / "data"), "--limit", "5", "--batch-size", "2", "--with-reference",
             "--attribution", "occlusion,attention_gradcam", "--out", str(out)]
     assert main(args) == 0

@@ -101,7 +101,8 @@ def test_trace_cli_skips_a_whole_broken_batch(tmp_path, tiny_clip, capsys):
     for i in broken:
         corrupt_file(items[i].path)
     out = tmp_path / "store.zarr"
-    args = ["trace", "--model", "test-tiny", "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
+    args = ["trace", "--model", "test-tiny", "--pretrained", "random",
+            "--method", "maple", "--depth", "2", "--dataset", "EuroSAT",
             "--data-root", str(tmp_path / "data"), "--limit", "8", "--batch-size", "2", "--out", str(out)]
     assert main(args) == 0
     err = capsys.readouterr().err

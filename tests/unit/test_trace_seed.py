@@ -30,7 +30,7 @@ def trace(data_root, out, *extra) -> dict:
 
 
 def test_seed_flag_is_stored_and_seeds_random_prompts(tmp_path, data_root, tiny_clip):
-    common = ["--model", "test-tiny", "--method", "maple", "--depth", "2"]
+    common = ["--model", "test-tiny", "--pretrained", "random", "--method", "maple", "--depth", "2"]
     a = trace(data_root, tmp_path / "a.zarr", *common, "--seed", "3")
     b = trace(data_root, tmp_path / "b.zarr", *common, "--seed", "4")
     again = trace(data_root, tmp_path / "c.zarr", *common, "--seed", "3")
@@ -69,7 +69,8 @@ def test_maple_seed_folder_is_the_run_seed(tmp_path, data_root):
     run.mkdir(parents=True)
     state = {f"prompt_learner.{k}": v for k, v in model.prompt_state_dict().items()}
     torch.save({"state_dict": state, "epoch": 5, "optimizer": None, "scheduler": None}, run / "model.pth.tar-5")
-    common = ["--model", "test-tiny-quickgelu", "--prompts", str(tmp_path / "eurosat" / "base" / "seed7")]
+    common = ["--model", "test-tiny-quickgelu", "--pretrained", "random",
+              "--prompts", str(tmp_path / "eurosat" / "base" / "seed7")]
     attrs = trace(data_root, tmp_path / "a.zarr", *common)
     assert attrs["seed"] == 7 and attrs["method"] == "maple"
     with pytest.raises(SystemExit, match="trained with seed 7"):

@@ -22,7 +22,8 @@ def test_train_then_evaluate(tiny_clip, tmp_path, capsys):
 
     make_fake_tree(tmp_path / "data", ["EuroSAT"], per_class={"train": 2, "val": 1, "test": 1})
     out = tmp_path / "runs" / "coop" / "seed1"
-    args = ["train", "--model", "test-tiny", "--pretrained", "random", "--method", "coop", "--dataset", "EuroSAT", "--data-root",
+    args = ["train", "--model", "test-tiny", "--pretrained", "random", "--method", "coop", "--dataset", "EuroSAT",
+            "--data-root",
             str(tmp_path / "data"), "--shots", "2", "--seed", "1", "--epochs", "2", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -36,7 +37,8 @@ def test_train_then_evaluate(tiny_clip, tmp_path, capsys):
 
     table = tmp_path / "table.md"
     assert main(["evaluate", "--prompts", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"),
-                 "--model", "test-tiny", "--pretrained", "random", "--variants", "full", "zeroshot", "--out", str(table),
+                 "--model", "test-tiny", "--pretrained", "random", "--variants", "full", "zeroshot",
+                 "--out", str(table),
                  "--no-progress"]) == 0
     text = table.read_text()
     assert text.startswith("| method / variant | params | Base | Novel | HM | EuroSAT |")
