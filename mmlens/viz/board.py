@@ -50,7 +50,7 @@ CAPTIONS = {
                  "FG = Σ_j f_j â_j (f_j: foreground fraction of patch j). "
                  "inj = fresh prompts injected at that layer, car = prompts carried from the layer before. "
                  "Click a cell to select its layer and head (red outline). Grey: undefined (reason in the hover); "
-                 "hatched: above the colour bar's top (clipped at the 98th percentile; exact value in the hover)."),
+                 "▲: above the colour bar's top (clipped at the 98th percentile; exact value in the hover)."),
     "curves": ("Mean per layer with a 95 % percentile-bootstrap band (across what: under each title). "
                "Shaded orange: layers where prompts "
                "are injected; blue: carried. The dashed red line is the selected layer."),
@@ -154,7 +154,7 @@ const nL = ctx.layers.length, nH = ctx.heads.length;
 const li = Math.max(0, ctx.layers.indexOf(layer.value)), hi = Math.max(0, ctx.heads.indexOf(head.value));
 const k = image_select === null ? 0 : Math.max(0, image_select.options.indexOf(image_select.value));
 // outlines of the selected cell on every heatmap
-marker.data = {x: [head.value], y: [layer.value]};
+marker.data.x[0] = head.value; marker.data.y[0] = layer.value; marker.change.emit();
 for (const span of spans) { span.location = layer.value; }
 // the image maps
 const cube = images.data;
@@ -165,18 +165,19 @@ if (cube.maps.length > 0) {
     const off = ((s * nL + li) * nH + hi) * n;
     for (let j = 0; j < n; j++) { target[j] = maps[off + j]; }
     slot_sources[s].change.emit();
-    slot_titles[s].text = cube.titles[k][(s * nL + li) * nH + hi];
+    const note = cube.titles[k][(s * nL + li) * nH + hi];
+    if (slot_titles[s].text !== note) { slot_titles[s].text = note; }
   }
-  const top = cube.clim[k][li * nH + hi];
-  shared_mapper.high = (top > 0 && isFinite(top)) ? top : 1.0;
-  if (picture_sources.length > 0 && ctx.shown_image !== k) {
+  // one colour scale per image (set with the image): a moving colour bar would re-lay out the page
+  if (ctx.shown_image !== k) {
+    const top = cube.clim[k][0];
+    shared_mapper.high = (top > 0 && isFinite(top)) ? top : 1.0;
     for (const ps of picture_sources) { ps.data = {image: [cube.picture[k]]}; }
     for (const es of edge_sources) { es.data = {xs: cube.edge_xs[k], ys: cube.edge_ys[k]}; }
     ctx.shown_image = k;
   }
-  const kind = ctx.kinds[li];
-  info.text = cube.info[k] + ' · <b>layer ' + layer.value + '</b>' + (kind ? ' (' + kind + ')' : '') +
-              ', <b>head ' + head.value + '</b>';
+  // the info line depends on the image only: rewriting it would re-lay out the whole page
+  if (info.text !== cube.info[k]) { info.text = cube.info[k]; }
 }
 // EOT attention over roles: the selected class (bars) and every class (map)
 if (roles !== null && roles.data.bars.length > 0) {
@@ -193,7 +194,7 @@ if (roles !== null && roles.data.bars.length > 0) {
     const off = (lt * Ht.length + ht) * n;
     for (let j = 0; j < n; j++) { target[j] = grid[off + j]; }
     grid_source.change.emit();
-    roles_title.text = 'EOT attention of ' + ctx.class_label + ' · layer ' + layer.value + ', head ' + head.value;
+    roles_title.text = 'layer ' + layer.value + ', head ' + head.value;
   }
 }
 """
@@ -349,15 +350,13 @@ class Board:
         for s, src in enumerate(self.slot_sources):
             src.data = {"image": [first.maps[s, li, hi].copy()]}
             self.slot_titles[s].text = first.titles[(s * n_layers + li) * n_heads + hi]
-        top = float(first.clim[li, hi])
+        top = float(first.clim.ravel()[0])
         self.shared_mapper.high = top if top > 0 and math.isfinite(top) else 1.0
         for ps in self.picture_sources:
             ps.data = {"image": [first.picture]}
         for es in self.edge_sources:
             es.data = {"xs": first.edges[0], "ys": first.edges[1]}
-        kind = self.ctx["kinds"][li]
-        self.info.text = (first.info + f" · <b>layer {self.layers[li]}</b>" + (f" ({kind})" if kind else "")
-                          + f", <b>head {self.heads[hi]}</b>")
+        self.info.text = first.info
         self.ctx["shown_image"] = 0
 
     def _indices(self) -> tuple[int, int]:
@@ -433,11 +432,15 @@ class Board:
         symbol = SYMBOL[measure]
         title = f"{tower}: {symbol}" + (" (with − without prompts)" if diverging else "")
         fig = figure(width=HEAT_W, height=HEAT_H, title=title, toolbar_location=None, tools="tap",
+                     css_classes=["mmlens-heat"],
                      x_range=(min(heads) - 0.5, max(heads) + 0.5), y_range=(min(layers) - 0.5, max(layers) + 0.5),
                      x_axis_label="head", y_axis_label="layer")
         cells_r = fig.rect("head", "layer", 1, 1, source=source, line_color=None,
-                           fill_color={"field": "shown", "transform": mapper}, hatch_pattern="hatch",
-                           hatch_color="white", hatch_alpha=0.8, hatch_scale=6)
+                           fill_color={"field": "shown", "transform": mapper})
+        clipped = {k: [v for v, h in zip(cells[k], cells["hatch"]) if h == "x"] for k in ("head", "layer")}
+        if clipped["head"]:  # cells above the colour bar's top: a white triangle (exact value in the hover)
+            fig.scatter(clipped["head"], clipped["layer"], marker="triangle", size=7, color="white",
+                        line_color="black")
         fig.rect("x", "y", 1, 1, source=self.marker, fill_alpha=0, line_color="red", line_width=3)
         fig.add_tools(HoverTool(renderers=[cells_r], tooltips=[
             ("layer", "@layer (@kind)"), ("head", "@head"), (symbol, "@value{0.0000}"), ("", "@note")]))
@@ -533,7 +536,7 @@ class Board:
     # ------------------------------------------------------------------------------------------
 
     def _build_images(self) -> None:
-        from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+        from bokeh.models import ColorBar, ColumnDataSource, HoverTool, Label, LinearColorMapper
         from bokeh.plotting import figure
 
         self.image_source = ColumnDataSource({k: [] for k in ("maps", "clim", "titles", "picture", "edge_xs",
@@ -574,11 +577,16 @@ class Board:
                 fig.add_layout(ColorBar(color_mapper=mask_mapper, title="f_j", width=10, padding=3), "right")
             elif s == max(i for i, sl in enumerate(self.slots) if sl != "mask"):
                 # one colour bar for every attention / attribution map: they share the scale
-                fig.add_layout(ColorBar(color_mapper=self.shared_mapper, title="â_j (shared)", width=10,
+                fig.add_layout(ColorBar(color_mapper=self.shared_mapper, title="â_j, shared (top: 99.5 %ile)", width=10,
                                         padding=3), "right")
             fig.title.text_font_size = "10pt"
+            fig.title.text = _slot_title(slot)
+            # numbers that follow layer/head go in a label: a title change would re-lay out the page
+            note = Label(x=4, y=4, x_units="screen", y_units="screen", text="", text_font_size="9pt",
+                         background_fill_color="white", background_fill_alpha=0.8, text_color="#222")
+            fig.add_layout(note)
             self.slot_sources.append(src)
-            self.slot_titles.append(fig.title)
+            self.slot_titles.append(note)
             self.image_figures.append(fig)
 
     def _paths_are_files(self) -> bool:
@@ -619,9 +627,12 @@ class Board:
                 if fg is not None:
                     fg_values[slot] = np.nansum(maps[s] * fg[::-1], axis=(-2, -1))
         attention_slots = [s for s, sl in enumerate(self.slots) if sl != "mask"]
-        with np.errstate(invalid="ignore"):
-            clim = np.nanmax(maps[attention_slots], axis=(0, 3, 4)) if attention_slots else np.ones((nl, nh))
-        clim = np.where(np.isfinite(clim) & (clim > 0), clim, 1.0).astype(np.float32)
+        # one scale for every layer and head of this image: its 99.5th percentile (a few peak patches
+        # saturate, the hover gives their exact value), so that maps compare across layers too
+        values = maps[attention_slots]
+        finite = values[np.isfinite(values)]
+        top = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+        clim = np.full((nl, nh), top if top > 0 else 1.0, np.float32)
         variants = [sl for sl in self.slots if sl in VARIANT_NAMES or (att is not None and sl in att["variants"])]
         same = None
         if len(variants) >= 2:
@@ -631,22 +642,21 @@ class Board:
             for li in range(nl):
                 for hi in range(nh):
                     if slot == "mask":
-                        titles.append("foreground mask" if fg is not None else "no mask")
+                        titles.append("" if fg is not None else "no mask for this image")
                     elif slot.startswith("attribution:"):
-                        name = slot.split(":", 1)[1]
-                        text = f"{name} (share)"
+                        text = ""
                         if prompted is not None and np.isfinite(maps[s, li, hi]).all():
                             rho = map_agreement(maps[s, li, hi], maps[prompted, li, hi], None)["spearman"]
                             if np.isfinite(rho):
-                                text += f" · ρ {rho:.2f}"
+                                text = f"Spearman ρ with â: {rho:.2f}"
                         titles.append(text)
                     else:
-                        text = "â " + VARIANT_NAMES.get(slot, slot)
+                        parts = []
                         if slot in fg_values:
-                            text += f" · FG {fg_values[slot][li, hi]:.2f}"
+                            parts.append(f"FG {fg_values[slot][li, hi]:.3f}")
                         if same is not None and slot in variants[:2] and same[li, hi]:
-                            text += " (= by construction)" if li == 0 else " (identical)"
-                        titles.append(text)
+                            parts.append("identical by construction" if li == 0 else "identical")
+                        titles.append(" · ".join(parts))
         picture = app.picture_of(state.dataset, image, block.get("path"))
         info = view.image_info(state.dataset, image)
         words = f"<b>image {image}</b> of {esc(state.dataset)}"
@@ -671,6 +681,7 @@ class Board:
             ColumnDataSource,
             FactorRange,
             HoverTool,
+            Label,
             Legend,
             LegendItem,
             LinearColorMapper,
@@ -712,7 +723,11 @@ class Board:
                               label_text_font_size="9pt"), "below")
         fig.xgrid.visible = False
         fig.title.text_font_size = "11pt"
-        self.roles_title = fig.title
+        self.roles_title = Label(x=-4, y=-4, x_units="screen", y_units="screen", text="", text_font_size="9pt",
+                                 text_color="#444", text_align="right", text_baseline="top")
+        self.roles_title.x, self.roles_title.y = CURVE_W - 60, CURVE_H - 60
+        fig.add_layout(self.roles_title)
+        self.roles_figure = fig
         self.text_figures.append(fig)
         # every class: a class x role map
         names = list(self.app.state.param["class_"].names) or ["?"]
@@ -766,8 +781,16 @@ class Board:
         for v, src in enumerate(self.bar_sources):
             src.data = {**src.data, "top": bars[lt, ht, v].astype(float)}
         self.grid_source.data = {"image": [grid[lt, ht].copy()]}
-        self.roles_title.text = f"EOT attention of {self.ctx['class_label']} · layer {self.layer.value}, " \
-                                f"head {self.head.value}"
+        self.roles_title.text = f"layer {self.layer.value}, head {self.head.value}"
+        self.roles_figure.title.text = f"EOT attention of {self.ctx['class_label']}"
+
+
+def _slot_title(slot: str) -> str:
+    if slot == "mask":
+        return "foreground mask"
+    if slot.startswith("attribution:"):
+        return f"{slot.split(':', 1)[1]} (share of |m|)"
+    return "â " + VARIANT_NAMES.get(slot, slot)
 
 
 def _across(units: str, n: Any) -> str:
