@@ -32,10 +32,11 @@ def md(value: Any) -> str:
     Examples
     --------
     >>> md('"><script>alert(1)</script>')
-    '&quot;&gt;&lt;script&gt;alert\\\\(1\\\\)&lt;/script&gt;'
+    '"&gt;&lt;script&gt;alert\\\\(1\\\\)&lt;/script&gt;'
     >>> md("a_b")
     'a\\\\_b'
     """
-    text = html.escape(str(value), quote=True).replace("\n", " ")
-    # entities keep their '&...;' (no special characters), everything else gets a backslash
+    # quotes are harmless in element text; escaping them would create '&#x27;' whose '#' Markdown
+    # would then need escaped too. The entities left (&amp; &lt; &gt;) hold no Markdown syntax.
+    text = html.escape(str(value), quote=False).replace("\n", " ")
     return _MD_SPECIAL.sub(r"\\\1", text)
