@@ -78,7 +78,9 @@ def trials(page, kind: str, n: int, quiet_ms: int, *, image_control: str) -> lis
                 select.focus()
                 press = lambda key=key, select=select: select.press("ArrowDown" if key == "ArrowRight" else "ArrowUp")  # noqa: E731
         else:  # a click on a heatmap cell: alternate between two cells of the first heatmap
-            box = page.locator(".mmlens-heat").first.bounding_box()
+            heat = page.locator(".mmlens-heat").first
+            heat.scroll_into_view_if_needed()
+            box = heat.bounding_box()
             x = box["x"] + box["width"] * (0.35 if k % 2 == 0 else 0.55)
             y = box["y"] + box["height"] * (0.4 if k % 2 == 0 else 0.6)
             press = lambda x=x, y=y: page.mouse.click(x, y)  # noqa: E731

@@ -232,8 +232,9 @@ PROBE_JS = r"""
         if (h !== before[i]) { before[i] = h; last = now; changed.add(i); }
       }
     }
-    const since = last === null ? (t0 === null ? 0 : now - t0) : now - last;
-    if ((t0 !== null && since > quiet) || now - started > 15000) {
+    // before the first change, wait up to 10 s (a kernel round trip under load); after it, `quiet` ms
+    const done = t0 !== null && (last === null ? now - t0 > 10000 : now - last > quiet);
+    if (done || now - started > 15000) {
       resolve({latency: last === null || t0 === null ? null : last - t0, changed: changed.size,
                canvases: canvases.length});
       return;

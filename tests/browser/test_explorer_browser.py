@@ -7,8 +7,16 @@ import io
 import numpy as np
 import pytest
 
-from tests.browser._pages import ARTIFACTS, CHROMIUM_ARGS, JupyterLab, chromium, missing, run_all, skip_or_fail, \
-    write_notebook
+from tests.browser._pages import (
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    JupyterLab,
+    chromium,
+    missing,
+    run_all,
+    skip_or_fail,
+    write_notebook,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -61,9 +69,10 @@ def test_explorer_in_jupyterlab_as_panel_and_as_ipywidget(tmp_path):
             handle.press("ArrowRight")
             page.wait_for_timeout(1500)
             assert _differs(before, maps.screenshot()) > 0.002, "the heatmap outline did not follow the head slider"
-        panel_out.screenshot(path=str(ARTIFACTS / "explorer_1400.png"))
-        page.set_viewport_size({"width": 1000, "height": 1000})
-        page.wait_for_timeout(2500)
-        panel_out.screenshot(path=str(ARTIFACTS / "explorer_1000.png"))
+        for width in (1400, 1000):  # a tall window, so that the whole output is on screen at once
+            page.set_viewport_size({"width": width, "height": 3000})
+            page.wait_for_timeout(2500)
+            panel_out.scroll_into_view_if_needed()
+            panel_out.locator(".jp-OutputArea").first.screenshot(path=str(ARTIFACTS / f"explorer_{width}.png"))
         browser.close()
     assert not [e for e in errors if "mmlens" in e or "Bokeh" in e], errors[:5]
