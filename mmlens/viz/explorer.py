@@ -190,6 +190,7 @@ class Explorer:
         self.pictures = pictures
         self.evaluation = evaluation
         self._layout: Any = None
+        self._board: Any = None
         self._pictures: dict[tuple[str | None, str], np.ndarray | None] = {}
         # the live streams of the built layout, by (tower, measure): for tests and notebooks
         self._taps: dict[tuple[str, str], Any] = {}
@@ -414,30 +415,50 @@ class Explorer:
         return plots.role_heatmap(roles, names, title=title)
 
     def _picture(self, sl: ImageSlice) -> np.ndarray | None:
-        key = (sl.dataset, sl.image, sl.path)
+        return self.picture_of(sl.dataset, sl.image, sl.path)
+
+    def picture_of(self, dataset: str, image: int, path: str | None) -> np.ndarray | None:
+        """The picture the model saw (its resize and crop, ``preprocess`` provenance), or ``None``.
+
+        Files under ``data_root`` are cut with :func:`mmlens.viz.pictures.model_view`, so their
+        pixels line up with the patch grid; ``pictures`` samples are already the model's input.
+        """
+        from mmlens.viz.pictures import picture_from, preprocess_of, read_picture
+
+        key = (dataset, image, path)
         if key not in self._pictures:
-            self._pictures[key] = self._read_picture(sl)
+            if self.pictures is not None:
+                picture = picture_from(self.pictures, dataset, image, path)
+            else:
+                picture = read_picture(path, self.data_root, preprocess_of(self.view.attrs))
+            self._pictures[key] = picture
             if len(self._pictures) > 32:
                 self._pictures.pop(next(iter(self._pictures)))
         return self._pictures[key]
 
-    def _read_picture(self, sl: ImageSlice) -> np.ndarray | None:
-        if self.pictures is not None:
-            return _picture_from(self.pictures, sl)
-        if not sl.path:
-            return None
-        path = Path(sl.path)
-        if not path.is_absolute() and self.data_root is not None:
-            path = self.data_root / path
-        if not path.is_file():
-            return None
-        try:
-            from PIL import Image
+    def status(self) -> dict[str, Any]:
+        """Whether the selected store is complete (:func:`mmlens.viz.status.store_status`)."""
+        from mmlens.viz.status import store_status
 
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB").resize((224, 224)))
-        except OSError:
-            return None
+        return store_status(self.view)
+
+    def refresh(self) -> None:
+        """Re-open stores that were given as paths (a store still being written has grown)."""
+        fresh = {}
+        for name, view in self.views.items():
+            source = getattr(view, "source", None)
+            fresh[name] = StudyView(source, fg_max_images=view.fg_max_images) if source is not None else view
+        self.views = fresh
+        self.state._views = fresh
+        self.state._sync_choices()
+        self._pictures.clear()
+
+    def new_board(self):
+        """Build the linked Bokeh views of the current selection (:class:`mmlens.viz.board.Board`)."""
+        from mmlens.viz.board import Board
+
+        self._board = Board(self, live=True)
+        return self._board
 
     # ------------------------------------------------------------------------------------------
     # Panel layout
@@ -455,6 +476,17 @@ class Explorer:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
         load_extensions()
         return self.panel()._repr_mimebundle_(include, exclude)
+
+    def widget(self):
+        """The explorer as an ipywidget (``pn.ipywidget``, through ``jupyter_bokeh``), for ipywidgets layouts.
+
+        Usable wherever ipywidgets render (JupyterLab, VS Code, Colab), e.g.
+        ``ipywidgets.VBox([other_tool, app.widget()])``.
+        """
+        import panel as pn
+
+        load_extensions()
+        return pn.ipywidget(self.panel())
 
     def servable(self, title: str = "mmlens explorer"):
         """Mark the app servable (``panel serve notebook.ipynb``)."""
@@ -539,201 +571,138 @@ def _views(stores: Any, *, fg_max_images: int | None) -> dict[str, StudyView]:
     return views
 
 
-def _picture_from(source: Any, sl: ImageSlice) -> np.ndarray | None:
-    """An ``H x W x 3`` uint8 picture of the selected image from a dataset, mapping or callable."""
-    if callable(source) and not hasattr(source, "__getitem__"):
-        item = source(sl.dataset, sl.image, sl.path)
-    else:
-        if isinstance(source, Mapping):
-            source = source.get(sl.dataset)
-            if source is None:
-                return None
-        try:
-            item = source[sl.image]
-        except (IndexError, KeyError):
-            return None
-    if isinstance(item, Mapping):
-        if item.get("path") is not None and sl.path is not None and str(item["path"]) != sl.path:
-            return None  # the sequence is not the traced one: better no picture than a wrong one
-        item = item.get("image")
-    if item is None:
-        return None
-    array = np.asarray(item.detach().cpu().numpy() if hasattr(item, "detach") else item)
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.dtype != np.uint8:
-        lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
-        if lo < 0.0 or hi > 1.0:  # normalised tensors: stretch to [0, 1] for display
-            array = (array - lo) / (hi - lo or 1.0)
-        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return array[..., :3]
-
-
 def _short(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _build_layout(app: Explorer):
-    import holoviews as hv
+    """Sidebar of run selectors and the board's layer / head / image sliders; the linked views beside it."""
     import panel as pn
 
-    from mmlens.viz import plots
+    from mmlens.viz._static import inline_panel_stylesheets
 
     state = app.state
     p = state.param
-    run = ["method", "dataset", "seed", "variant", "minus_reference"]
-    at_image = ["method", "dataset", "seed", "image"]
-    at_cell = [*at_image, "layer", "head"]
-
-    def dmap(fn, params, framewise: bool = True):
-        out = hv.DynamicMap(lambda **_: fn(), streams=[hv.streams.Params(state, params)])
-        return out.opts(framewise=True) if framewise else out
-
-    def heatmap(tower: str, measure: str):
-        heat = dmap(lambda: app.plot_heatmap(tower, measure), run)
-        marker = dmap(lambda: plots.selection_marker(state.layer, state.head), ["layer", "head"], framewise=False)
-        tap = hv.streams.Tap(source=heat, x=None, y=None)
-        tap.add_subscriber(lambda x, y: state.select_cell(layer=y, head=x))
-        app._taps[(tower, measure)], app._markers[(tower, measure)] = tap, marker
-        return pn.pane.HoloViews(heat * marker, backend="bokeh", linked_axes=False, name=f"heatmap-{tower}-{measure}",
-                                 css_classes=["mmlens-heatmap"])
-
-    def heatmaps(_method: str):
-        rows = []
-        for tower in _TOWERS:
-            if tower not in app.view.groups:
-                rows.append(pn.pane.Markdown(f"*this store has no '{tower}' group*"))
-                continue
-            panes, missing = [], []
-            for measure, (label, needed) in HEAD_MEASURES.items():
-                if measure == "foreground_attention" and tower != "vision":
-                    continue
-                if app.view.has(tower, *needed):
-                    panes.append(heatmap(tower, measure))
-                else:
-                    missing.append(f"{label} (needs {', '.join(needed)})")
-            row = pn.Column(pn.FlexBox(*panes))
-            if missing:
-                row.append(pn.pane.Markdown(f"*{tower}: not in this store: {'; '.join(missing)}*"))
-            rows.append(row)
-        return pn.Column(*rows)
-
-    def curves(_method: str):
-        panes = []
-        for tower in _TOWERS:
-            if tower not in app.view.groups:
-                continue
-            line = dmap(lambda tower=tower: app.plot_curves(tower), ["method", "curve_measure", "layer"])
-            panes.append(pn.pane.HoloViews(line, backend="bokeh", linked_axes=False))
-        return pn.FlexBox(*panes) if panes else pn.pane.Markdown("*no vision or text group: no curves*")
-
-    def image_row(_method: str):
-        slots = app.image_slots()
-        if not slots:
-            return pn.pane.Markdown("*this store has no cls_attention, mask or attribution maps*")
-        picture = dmap(app.plot_picture, at_image)
-        contour = dmap(app.plot_mask_contour, at_image)
-        panes = []
-        for slot in slots:
-            params = at_image if slot == "mask" else at_cell
-            grid = dmap(lambda slot=slot: app.plot_image_slot(slot), params)
-            panes.append(pn.pane.HoloViews(picture * grid * contour, backend="bokeh", linked_axes=False,
-                                           css_classes=[f"mmlens-image-{slot.replace(':', '-')}"]))
-        return pn.FlexBox(*panes)
-
-    def image_info(method, dataset, seed, image, layer, head) -> str:
-        sl = app.image_data()
-        text = (f"**image {sl.image}** of {sl.dataset}: label {sl.label} *{sl.classname}* ({sl.split}); "
-                f"layer {sl.layer}, head {sl.head}. FG = Σ_j f_j â_j (f: foreground fraction of patch j).")
-        if sl.messages:
-            text += "  \n*" + "; ".join(sl.messages) + "*"
-        return text
-
-    def agreement(method, dataset, seed, image, layer, head):
-        import pandas as pd
-
-        sl = app.image_data()
-        table = pd.DataFrame(sl.agreement).T.round(3)
-        table.index.name = "attribution vs â with prompts"
-        return table
-
-    def image_text(_method: str):
-        at = [p.method, p.dataset, p.seed, p.image, p.layer, p.head]
-        parts = [pn.pane.Markdown(pn.bind(image_info, *at))]
-        if any(s.startswith("attribution:") for s in app.image_slots()):
-            parts.append(pn.pane.DataFrame(pn.bind(agreement, *at)))
-        return pn.Column(*parts)
-
-    def text_row(_method: str):
-        if "text" not in app.view.groups:
-            return pn.pane.Markdown("*this store has no 'text' group*")
-        bars = dmap(app.plot_roles, ["method", "dataset", "seed", "class_", "layer", "head"])
-        grid = dmap(app.plot_roles_all, ["method", "dataset", "seed", "variant", "layer", "head"])
-        return pn.FlexBox(pn.pane.HoloViews(bars, backend="bokeh", linked_axes=False),
-                          pn.pane.HoloViews(grid, backend="bokeh", linked_axes=False))
-
-    def tables(method, dataset, seed):
-        try:
-            table = app.accuracy_data()
-        except MissingData as err:
-            return pn.pane.Markdown(f"*accuracy: {err}*")
-        full = app.view.accuracy()
-        summary = full.groupby("variant", sort=False)[["base", "novel", "HM", "all"]].mean().round(2)
-        row = pn.Row(
-            pn.Column(pn.pane.Markdown(f"**accuracy (%) on {dataset}, seed {seed}**; route ablations are variants"),
-                      pn.pane.DataFrame(table.drop(columns=["dataset", "seed"]).round(2), index=False)),
-            pn.Column(pn.pane.Markdown(f"**mean over {full['dataset'].nunique()} dataset(s) and their seeds**"),
-                      pn.pane.DataFrame(summary)),
-        )
-        return row
-
-    def evaluation(_method: str):
-        text = app.evaluation_markdown()
-        if text is None:
-            return pn.pane.Markdown("")
-        return pn.pane.Markdown("**evaluation (mmlens.train.evaluate), every route ablation:**\n\n" + text)
-
-    def header(method: str, dataset: str, seed: int):
-        a = app.view.attrs
-        return pn.pane.Markdown(
-            f"### mmlens explorer: {method}\n"
-            f"model **{a.get('model_name', '?')}** ({a.get('pretrained', '?')}), dataset **{dataset}**, "
-            f"seed {seed}, created {a.get('created', '?')}. Click a heatmap cell to select its layer and head."
-        )
-
     w = {"width": 220}
-    widgets = pn.Column(
-        pn.widgets.Select.from_param(p.method, name="method", **w),
-        pn.widgets.Select.from_param(p.dataset, name="dataset", **w),
-        pn.widgets.Select.from_param(p.seed, name="seed", **w),
-        pn.widgets.Select.from_param(p.variant, name="variant", **w),
-        pn.widgets.DiscreteSlider.from_param(p.layer, name="layer", css_classes=["mmlens-layer"], **w),
-        pn.widgets.DiscreteSlider.from_param(p.head, name="head", css_classes=["mmlens-head"], **w),
-        pn.widgets.Select.from_param(p.class_, name="class", **w),
-        pn.widgets.IntSlider.from_param(p.image, name="image", css_classes=["mmlens-image"], **w),
-        pn.widgets.Select.from_param(p.curve_measure, name="curves", **w),
-        pn.widgets.Checkbox.from_param(p.minus_reference, name="subtract zeroshot", **w),
-        width=240,
+    selectors = pn.Column(
+        pn.widgets.Select.from_param(p.method, label="method", **w),
+        pn.widgets.Select.from_param(p.dataset, label="dataset", **w),
+        pn.widgets.Select.from_param(p.seed, label="seed", **w),
+        pn.widgets.Select.from_param(p.variant, label="variant (heatmaps)", **w),
+        pn.widgets.Select.from_param(p.class_, label="class (text tower)", **w),
+        pn.widgets.Select.from_param(p.curve_measure, label="curves", **w),
+        pn.widgets.Checkbox.from_param(p.minus_reference, label="subtract zeroshot", **w),
+        width=235,
     )
-    main = pn.Column(
-        pn.bind(header, p.method, p.dataset, p.seed),
-        pn.pane.Markdown("#### Layer × head, mean over images (vision) / classes (text); injected / carried layers"),
-        pn.bind(heatmaps, p.method),
-        pn.pane.Markdown("#### Per layer: mean and 95% band across datasets (orange: injected, blue: carried)"),
-        pn.bind(curves, p.method),
-        pn.pane.Markdown("#### Selected image: [cls] attention â with and without prompts, mask, attributions"),
-        pn.bind(image_text, p.method),
-        pn.bind(image_row, p.method),
-        pn.pane.Markdown("#### Text tower: EOT attention over token roles"),
-        pn.bind(text_row, p.method),
-        pn.pane.Markdown("#### Accuracy and route ablations (from the stored logits)"),
-        pn.bind(tables, p.method, p.dataset, p.seed),
-        pn.bind(evaluation, p.method),
-    )
-    from mmlens.viz._static import inline_panel_stylesheets
+    sliders = pn.Column(width=235)
+    refresh = pn.widgets.Button(label="refresh (store still being written)", width=220,
+                                visible=False)
+    main = pn.Column(sizing_mode="stretch_width", min_width=600)
 
-    layout = pn.Row(widgets, main, name="mmlens-explorer")
+    def rebuild(*_: Any) -> None:
+        board = app.new_board()
+        sliders.objects = [pn.pane.Bokeh(m) for m in (board.layer, board.head, board.image_slider) if m is not None]
+        main.objects = _main_panes(app, board)
+        refresh.visible = app.status().get("complete") is False
+
+    def follow(event: Any) -> None:
+        if app._board is not None:
+            app._board.follow(event.name, event.new)
+
+    state.param.watch(rebuild, ["method", "dataset", "seed", "variant", "minus_reference", "curve_measure"])
+    state.param.watch(follow, ["layer", "head", "image", "class_"])
+    refresh.on_click(lambda _event: (app.refresh(), rebuild()))
+    rebuild()
+    layout = pn.Row(pn.Column(selectors, sliders, refresh, width=240), main, name="mmlens-explorer",
+                    sizing_mode="stretch_width")
     layout._hooks = [*layout._hooks, inline_panel_stylesheets]  # works offline: no stylesheet from Panel's CDN
     return layout
+
+
+def _caption(text: str) -> Any:
+    import panel as pn
+
+    return pn.pane.HTML(f'<div class="mmlens-caption" style="color:#555;font-size:12px;max-width:1100px">{text}</div>',
+                        sizing_mode="stretch_width", margin=(0, 10, 12, 10))
+
+
+def _main_panes(app: Explorer, board: Any, *, report: bool = False) -> list[Any]:
+    """The linked views of ``board`` with section titles and one-line captions (data text escaped)."""
+    import panel as pn
+
+    from mmlens.viz._text import md
+    from mmlens.viz.board import CAPTIONS
+
+    view, state = app.view, app.state
+    a = view.attrs
+    panes: list[Any] = []
+    status = app.status()
+    head = (f"### mmlens {'report' if report else 'explorer'}: {md(state.method)}\n"
+            f"model **{md(a.get('model_name', '?'))}** ({md(a.get('pretrained', '?'))}), dataset "
+            f"**{md(state.dataset)}**, seed {md(state.seed)}, created {md(a.get('created', '?'))}.")
+    if status.get("complete") is False:
+        head += f"\n\n**{md(status['message'])}**"
+    panes.append(pn.pane.Markdown(head, sizing_mode="stretch_width"))
+
+    def flex(figures: list[Any]) -> Any:
+        return pn.FlexBox(*[pn.pane.Bokeh(f) for f in figures], sizing_mode="stretch_width")
+
+    items = "classes (text) and images (vision)"
+    panes.append(pn.pane.Markdown(f"#### Layer × head: variant *{md(state.variant)}*"
+                                  + (" minus zeroshot" if state.minus_reference else "")))
+    figures = [f for tower in ("vision", "text") for f in board.heat_panes.get(tower, [])]
+    if figures:
+        panes.append(flex(figures))
+    for note in board.heat_notes.values():
+        panes.append(pn.pane.Markdown(f"*{md(note)}*"))
+    panes.append(_caption(CAPTIONS["heatmaps"].format(items=items)))
+    if board.curve_figures:
+        panes.append(pn.pane.Markdown("#### Per layer: mean and 95 % band"))
+        panes.append(flex(board.curve_figures))
+        panes.append(_caption(CAPTIONS["curves"]))
+    else:
+        panes.append(pn.pane.Markdown(f"*no curves of {md(state.curve_measure)} in this store*"))
+    if board.image_figures:
+        panes.append(pn.pane.Markdown("#### The selected image: [cls] attention â with and without prompts"))
+        panes.append(pn.pane.Bokeh(board.info))
+        if board.image_select is not None:
+            panes.append(pn.pane.Bokeh(board.image_select))
+        panes.append(flex(board.image_figures))
+        panes.append(_caption(CAPTIONS["images"]))
+        if "mask" not in board.slots:
+            panes.append(pn.pane.Markdown("*no foreground mask in this store: no mask panel, outline or FG values "
+                                          "(datasets with masks: OxfordPets trimaps, toyworld)*"))
+        if not any(s.startswith("attribution:") for s in board.slots):
+            panes.append(pn.pane.Markdown("*no attribution group: trace with `--attribution` to compare "
+                                          "captum maps with â*"))
+    else:
+        panes.append(pn.pane.Markdown("*this store has no cls_attention, mask or attribution maps: no image panel*"))
+    if board.text_figures:
+        panes.append(pn.pane.Markdown("#### Text tower: EOT attention over token roles"))
+        panes.append(flex(board.text_figures))
+        panes.append(_caption(CAPTIONS["text"]))
+    else:
+        panes.append(pn.pane.Markdown("*no text/attention_by_role in this store: no text-role panel*"))
+    if view.reference_variant is None:
+        panes.append(pn.pane.Markdown("*no zeroshot variant (traced without `--with-reference`): no "
+                                      "without-prompts maps, curves or differences*"))
+    panes.append(pn.pane.Markdown("#### Accuracy and route ablations (from the stored logits)"))
+    try:
+        table = app.accuracy_data()
+        full = view.accuracy()
+        summary = full.groupby("variant", sort=False)[["base", "novel", "HM", "all"]].mean().round(2)
+        n_sets = full["dataset"].nunique()
+        panes.append(pn.Row(
+            pn.Column(pn.pane.Markdown(f"**top-1 (%) on {md(state.dataset)}, seed {md(state.seed)}**; "
+                                       "NaN: no image of that split was traced"),
+                      pn.pane.DataFrame(table.drop(columns=["dataset", "seed"]).round(2), index=False,
+                                        escape=True)),
+            pn.Column(pn.pane.Markdown(f"**mean over {n_sets} dataset{'s' if n_sets != 1 else ''} and their "
+                                       "seeds**"), pn.pane.DataFrame(summary, escape=True)),
+        ))
+    except MissingData as err:
+        panes.append(pn.pane.Markdown(f"*accuracy: {md(err)}*"))
+    text = app.evaluation_markdown()
+    if text is not None:
+        panes.append(pn.pane.Markdown("**evaluation (mmlens.train.evaluate), every route ablation:**\n\n" + text))
+    return panes

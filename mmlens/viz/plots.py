@@ -49,7 +49,7 @@ def empty(message: str, **opts: Any) -> hv.Element:
 
 
 def head_heatmap(values: xr.DataArray, *, title: str = "", kinds: Mapping[int, str] | None = None,
-                 diverging: bool = False) -> hv.Image:
+                 diverging: bool = False, label: str | None = None) -> hv.Image:
     """A layer x head heatmap (layer on y, head on x) with hover values and layer-kind ticks.
 
     Parameters
@@ -62,6 +62,8 @@ def head_heatmap(values: xr.DataArray, *, title: str = "", kinds: Mapping[int, s
         ``{layer: layer_kind}``; injected/carried layers are named on the y axis.
     diverging
         Symmetric blue-red colour scale around 0 (for differences with vs without prompts).
+    label
+        The quantity and its symbol (colour bar and hover), default ``values.attrs["label"]``.
 
     Returns
     -------
@@ -83,7 +85,8 @@ def head_heatmap(values: xr.DataArray, *, title: str = "", kinds: Mapping[int, s
     # an array with explicit bounds (row 0 drawn at the top, so flip: layer 0 at the bottom) also
     # works for a single layer or head, where coordinates alone cannot give the cell size
     bounds = (min(heads) - 0.5, min(layers) - 0.5, max(heads) + 0.5, max(layers) + 0.5)
-    img = hv.Image(data[::-1], bounds=bounds, kdims=["head", "layer"], vdims=[hv.Dimension("value")])
+    quantity = hv.Dimension("value", label=label or str(values.attrs.get("label", "value")))
+    img = hv.Image(data[::-1], bounds=bounds, kdims=["head", "layer"], vdims=[quantity])
     finite = data[np.isfinite(data)]
     if diverging:
         lim = float(np.abs(finite).max()) if finite.size else 1.0
@@ -97,6 +100,7 @@ def head_heatmap(values: xr.DataArray, *, title: str = "", kinds: Mapping[int, s
         cmap=cmap,
         clim=clim,
         colorbar=True,
+        colorbar_opts={"title": label or str(values.attrs.get("label", ""))},
         tools=["hover", "tap"],
         title=title,
         yticks=layer_ticks(layers, kinds or {}),

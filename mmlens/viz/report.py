@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlens.store import schema
-from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, MissingData, StudyView, available
+from mmlens.viz.slices import HEAD_MEASURES, StudyView, available
 
 __all__ = ["build_report", "write_report"]
 
@@ -55,89 +55,39 @@ def build_report(
     import panel as pn
 
     from mmlens.viz._static import frame_switcher
-    from mmlens.viz.explorer import Explorer
+    from mmlens.viz._text import md
+    from mmlens.viz.board import Board
+    from mmlens.viz.explorer import Explorer, _main_panes
 
     view = store if isinstance(store, StudyView) else StudyView(store, fg_max_images=fg_max_images)
     app = Explorer({view.method: view}, data_root=data_root, pictures=pictures)
     state = app.state
     datasets = view.datasets[:max_datasets]
     seed = view.seeds[0]
-    parts: list[Any] = [pn.pane.Markdown(_provenance_markdown(view))]
+    state.param.update(dataset=datasets[0], seed=seed)
+    board = Board(app, live=False, images=view.images[:max(1, images)])
+    controls = [m for m in (board.layer, board.head) if m is not None]
+    parts: list[Any] = [pn.pane.Markdown(_provenance_markdown(view), sizing_mode="stretch_width")]
+    parts.append(pn.Row(*[pn.pane.Bokeh(c) for c in controls]))
+    parts += _main_panes(app, board, report=True)
 
-    parts.append(pn.pane.Markdown("## Layer × head maps (mean over images / classes)"))
-    for tower in ("vision", "text"):
-        if tower not in view.groups:
-            parts.append(pn.pane.Markdown(f"*no '{tower}' group in this store*"))
-            continue
-        measures = available(view, tower, HEAD_MEASURES)
-        missing = [HEAD_MEASURES[m][0] for m in HEAD_MEASURES
-                   if m not in measures and not (m == "foreground_attention" and tower != "vision")]
-        if measures:
+    # every dataset and variant of the heatmaps, switched in the page (the board shows the first run)
+    if len(datasets) > 1 or len(view.variants) > 1:
+        parts.append(pn.pane.Markdown("## Layer × head maps of every dataset and variant"))
+        for tower in ("vision", "text"):
+            if tower not in view.groups:
+                continue
+            measures = available(view, tower, HEAD_MEASURES)
+            if not measures:
+                continue
             frames = {}
             for dataset in datasets:
                 for variant in view.variants:
                     state.param.update(dataset=dataset, seed=seed, variant=variant)
                     frames[(dataset, variant)] = tuple(app.plot_heatmap(tower, m) for m in measures)
-            parts.append(pn.pane.Bokeh(frame_switcher(frames, ["dataset", "variant"])))
-        if missing:
-            parts.append(pn.pane.Markdown(f"*{tower}: not in this store: {', '.join(missing)}*"))
-
-    parts.append(pn.pane.Markdown("## Per layer: mean and 95% band across datasets (orange: injected, blue: carried)"))
-    for measure in LAYER_MEASURES:
-        row = []
-        state.curve_measure = measure
-        for tower in ("vision", "text"):
-            if measure in available(view, tower, LAYER_MEASURES):
-                plot = app.plot_curves(tower, mark_layer=False)
-                row.append(pn.pane.HoloViews(plot, backend="bokeh", linked_axes=False))
-        if row:
-            parts.append(pn.Row(*row))
-
-    slots = app.image_slots()
-    layers, heads = view.layers("vision"), view.heads("vision")
-    if slots and layers and heads:
-        parts.append(pn.pane.Markdown("## Images: [cls] attention â with and without prompts, mask, attributions"))
-        state.param.update(dataset=datasets[0], seed=seed)
-        for image in view.images[:images]:
-            state.image = image
-            frames = {}
-            for layer in layers:
-                for head in heads:
-                    state.param.update(layer=layer, head=head)
-                    picture, contour = app.plot_picture(), app.plot_mask_contour()
-                    frames[(layer, head)] = tuple(picture * app.plot_image_slot(s) * contour for s in slots)
-            info = view.image_info(datasets[0], image)
-            parts.append(pn.pane.Markdown(
-                f"**image {image}** of {datasets[0]}: class {info['label']} *{info['classname']}* ({info['split']})"
-            ))
-            parts.append(pn.pane.Bokeh(frame_switcher(frames, ["layer", "head"])))
-    else:
-        parts.append(pn.pane.Markdown("*no attention maps in this store*"))
-
-    if view.has("text", "attention_by_role"):
-        parts.append(pn.pane.Markdown("## Text tower: EOT attention over token roles"))
-        variant = view.prompted_variant or view.variants[0]
-        state.param.update(dataset=datasets[0], seed=seed, variant=variant)
-        names = list(state.param["class_"].names)[:max_classes]
-        frames = {}
-        for layer in view.layers("text"):
-            for head in view.heads("text"):
-                roles = view.text_roles(datasets[0], seed, layer, head).sel(variant=variant)
-                roles = roles.isel({"class": slice(0, max_classes)})
-                frames[(layer, head)] = (plots_role_heatmap(roles, names, f"{datasets[0]}, {variant}: "
-                                                            f"layer {layer}, head {head}"),)
-        parts.append(pn.pane.Bokeh(frame_switcher(frames, ["layer", "head"])))
-
-    parts.append(pn.pane.Markdown("## Accuracy and route ablations (from the stored logits)"))
-    try:
-        table = view.accuracy()
-        summary = table.groupby("variant", sort=False)[["base", "novel", "HM", "all"]].mean().round(2)
-        parts.append(pn.pane.Markdown(f"Mean over {table['dataset'].nunique()} dataset(s) and their seeds:"))
-        parts.append(pn.pane.DataFrame(summary))
-        parts.append(pn.pane.DataFrame(table.round(2), index=False))
-    except MissingData as err:
-        parts.append(pn.pane.Markdown(f"*{err}*"))
-    return pn.Column(*parts, name="mmlens report")
+            parts.append(pn.pane.Bokeh(frame_switcher(frames, ["dataset", "variant"], ncols=3)))
+    del md
+    return pn.Column(*parts, name="mmlens report", sizing_mode="stretch_width", max_width=1400)
 
 
 def plots_role_heatmap(roles: Any, names: list[str], title: str) -> Any:
@@ -210,17 +160,23 @@ def inline_cdn_resources(html: str) -> str:
 
 
 def _provenance_markdown(view: StudyView) -> str:
+    from mmlens.viz._text import md
+    from mmlens.viz.status import store_status
+
     attrs = view.attrs
     keys = [k for k in schema.PROVENANCE_KEYS if k in attrs] + sorted(k for k in attrs if k not in
                                                                        schema.PROVENANCE_KEYS and not k.startswith("_"))
-    rows = "\n".join(f"| {k} | {_cell(attrs[k])} |" for k in keys)
+    rows = "\n".join(f"| {md(k)} | {md(_cell(attrs[k]))} |" for k in keys)
     sizes = ", ".join(f"{g}: " + " × ".join(f"{d} {n}" for d, n in ds.sizes.items() if d in schema.DIMS)
                       for g, ds in view.groups.items())
-    return (f"# mmlens report: {view.method}\n\nDatasets: {', '.join(view.datasets)}; seeds "
-            f"{view.seeds}; variants {view.variants}.\n\nSizes: {sizes}\n\n| provenance | value |\n|---|---|\n{rows}\n")
+    status = store_status(view)
+    warning = f"**{md(status['message'])}**\n\n" if status.get("complete") is False else ""
+    return (f"# mmlens report: {md(view.method)}\n\n{warning}Datasets: {md(', '.join(view.datasets))}; seeds "
+            f"{md(view.seeds)}; variants {md(', '.join(view.variants))}.\n\nSizes: {md(sizes)}\n\n"
+            f"| provenance | value |\n|---|---|\n{rows}\n")
 
 
 def _cell(value: Any) -> str:
-    text = str(value).replace("|", "\\|")
+    text = str(value)
     return text if len(text) <= 80 else text[:77] + "…"
 

@@ -150,7 +150,11 @@ class StudyView:
     """
 
     def __init__(self, store: Any, *, fg_max_images: int | None = 256, n_boot: int = 1000) -> None:
+        import os
+
         self.tree = as_tree(store)
+        #: the path the store was opened from (``None`` for an in-memory tree); lets a view re-open it
+        self.source = store if isinstance(store, (str, os.PathLike)) else None
         self.attrs: dict[str, Any] = dict(self.tree.attrs)
         self.groups: dict[str, xr.Dataset] = {
             name: node.to_dataset() for name, node in self.tree.children.items() if name in schema.GROUPS
@@ -493,6 +497,43 @@ class StudyView:
             for name, amap in out.attribution.items():
                 out.agreement[name] = map_agreement(amap, prompted, out.foreground)
         return out
+
+    def image_block(self, dataset: str, seed: int, image: int) -> dict[str, Any]:
+        """One image's maps at every layer, head and variant, read once and cached.
+
+        Returns
+        -------
+        dict
+            ``attention``: ``{"variants", "layers", "heads", "values"}`` with values
+            ``(variant, layer, head, patch_row, patch_col)``; ``foreground`` ``(patch_row, patch_col)``;
+            ``attribution`` ``{name: map or {layer: map}}``; ``path``; ``messages`` (what is missing).
+            Keys are absent when the store lacks the data.
+        """
+        block = self._images.get((dataset, seed, image), lambda: self._image_block(dataset, seed, image))
+        return {**block, "path": self.image_info(dataset, image)["path"]}
+
+    def head_denominator(self, tower: str, dataset: str, seed: int, variant: str) -> np.ndarray:
+        """Mean ‖(a)_h‖ per (layer, head) over the images/classes: the denominator of ‖β_h‖/‖(a)_h‖."""
+        def load() -> np.ndarray:
+            ds = self.require(tower, "original_norm", why="‖(a)_h‖")
+            da = _select(ds["original_norm"], dataset=dataset, seed=seed)
+            if "variant" in da.dims:
+                da = da.sel(variant=variant) if variant in da["variant"].values else da.isel(variant=0)
+            da = da.mean(_ITEM[tower], skipna=True).transpose("layer", "head")
+            return np.asarray(da.values, dtype=np.float64)
+
+        return self._cache.get(("head_denominator", tower, dataset, seed, variant), load)
+
+    def text_roles_cube(self, dataset: str, seed: int) -> xr.DataArray:
+        """EOT attention per key role, dims ``(variant, class, layer, head, key_role)``, loaded once."""
+        self.text_roles(dataset, seed, *self._first_text_cell())
+        return self._cache.get(("text_roles_all", dataset, seed), lambda: None)
+
+    def _first_text_cell(self) -> tuple[int, int]:
+        layers, heads = self.layers("text"), self.heads("text")
+        if not layers or not heads:
+            raise MissingData("this store has no 'text' group with layers and heads (EOT attention over roles)")
+        return layers[0], heads[0]
 
     def _image_block(self, dataset: str, seed: int, image: int) -> dict[str, Any]:
         block: dict[str, Any] = {"messages": []}

