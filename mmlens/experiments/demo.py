@@ -66,8 +66,8 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
     torch.manual_seed(seed)
     from mmlens.models import toy
 
-    pretrained = "toyworld" if toy.WEIGHTS_FILE.is_file() else None
-    if pretrained is None:
+    pretrained = "toyworld" if toy.WEIGHTS_FILE.is_file() else "random"
+    if pretrained == "random":
         print(f"NOTE: this build of mmlens has no shipped toyworld weights ({toy.WEIGHTS_FILE}); the demo runs on "
               "random toy weights, so its numbers are not meaningful. Create weights with `mmlens toy pretrain`.")
     clip = mmlens.load_clip("mmlens-toy", pretrained=pretrained, device=device)

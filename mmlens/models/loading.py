@@ -68,6 +68,22 @@ class WeightsNotFoundError(FileNotFoundError, RuntimeError):
     """
 
 
+#: What ``pretrained`` (and ``--pretrained`` on the command line) takes to ask for random weights by name.
+RANDOM_WEIGHTS = "random"
+_warned_random_toy = False
+
+
+def _warn_random_toy_once() -> None:
+    """``load_clip("mmlens-toy")`` follows open_clip (random weights) but says so once: most callers meant toyworld."""
+    global _warned_random_toy
+    if not _warned_random_toy:
+        _warned_random_toy = True
+        warnings.warn('load_clip("mmlens-toy") without pretrained builds RANDOM weights (open_clip\'s convention). '
+                      'The shipped toy CLIP is load_clip("mmlens-toy", pretrained="toyworld"); pass '
+                      'pretrained="random" to ask for random weights without this warning.', UserWarning,
+                      stacklevel=3)
+
+
 def activation_name(model: torch.nn.Module) -> str:
     """The MLP activation a CLIP was built with: ``"quick_gelu"`` or ``"gelu"``.
 
@@ -187,7 +203,8 @@ def load_clip(
         Any open_clip model name (``"ViT-B-16"``, ``"ViT-B-16-quickgelu"``, ``"ViT-L-14"``), a config
         registered with :func:`register_config`, or ``"mmlens-toy"`` (the embedded toyworld CLIP).
     pretrained : str or path, optional
-        ``None``: random weights. An open_clip tag (``"openai"``, ``"laion2b_s34b_b88k"``): its file is
+        ``None`` or ``"random"``: random weights (open_clip's convention; for ``"mmlens-toy"`` without
+        ``pretrained`` a warning, once, names ``pretrained="toyworld"``, the shipped weights). An open_clip tag (``"openai"``, ``"laion2b_s34b_b88k"``): its file is
         taken from the Hugging Face cache or open_clip's download cache, and downloaded only when it
         is in neither and the machine is online. A local file: an open_clip checkpoint, a safetensors
         file, or OpenAI's ``ViT-B-16.pt`` (JIT archive or plain state dict). For ``"mmlens-toy"``:
@@ -230,6 +247,10 @@ def load_clip(
         raise ValueError(f"precision={precision!r} is not one of {_PRECISIONS}.")
     tokenizer = None
     known_origin = False  # the shipped toy weights: made for their config, nothing to declare
+    if pretrained is not None and str(pretrained).lower() == RANDOM_WEIGHTS:
+        pretrained = None  # asked for by name: random weights, said so, no warning
+    elif pretrained is None and name == "mmlens-toy":
+        _warn_random_toy_once()
     pretrained_tag = None if pretrained is None else str(pretrained)
     if name == "mmlens-toy":
         from mmlens.models import toy
@@ -497,11 +518,9 @@ def _to_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return model
 
 
-#: What ``--pretrained`` takes on the command line to ask for random weights.
-RANDOM_WEIGHTS = "random"
 
 
-def cli_pretrained(model_name: str, pretrained: str | None) -> str | None:
+def cli_pretrained(model_name: str, pretrained: str | None) -> str:
     """The weights a command-line run loads: what ``--pretrained`` names, else the model's real weights.
 
     On the command line nobody should get random weights without asking: ``mmlens-toy`` defaults to the
@@ -511,11 +530,11 @@ def cli_pretrained(model_name: str, pretrained: str | None) -> str | None:
 
     Examples
     --------
-    >>> cli_pretrained("mmlens-toy", None), cli_pretrained("ViT-B-16", None), cli_pretrained("ViT-B-16", "random")
-    ('toyworld', 'openai', None)
+    >>> cli_pretrained("mmlens-toy", None), cli_pretrained("ViT-B-16", None), cli_pretrained("ViT-B-16", "none")
+    ('toyworld', 'openai', 'random')
     """
     if pretrained is None:
         return "toyworld" if model_name == "mmlens-toy" else "openai"
     if str(pretrained).lower() in (RANDOM_WEIGHTS, "none"):
-        return None
+        return RANDOM_WEIGHTS  # load_clip builds random weights for it, without the toy's warning
     return str(pretrained)

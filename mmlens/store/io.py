@@ -140,6 +140,10 @@ def _is_netcdf(path: Path) -> bool:
 
 def _open_zarr(path: Path, chunks: Any, check: bool) -> xr.DataTree:
     meta, consolidated = integrity.read_metadata(path)
+    if ".zgroup" not in meta and "zarr.json" not in {p.name for p in path.iterdir()}:
+        raise FileNotFoundError(
+            f"{path} is a folder but not a trace store (no zarr group metadata, .zgroup, in it): pass the "
+            "folder that `mmlens trace` or `mmlens.trace_to_store` wrote (usually named *.zarr)")
     attrs = meta.get(".zattrs", {})
     record = integrity.load_record(attrs)
     store: Any = path

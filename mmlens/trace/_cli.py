@@ -101,9 +101,8 @@ def run_seed(prompts: str | None, seed: int | None) -> int:
     if recorded is None:
         return 0 if seed is None else int(seed)
     if seed is not None and int(seed) != recorded:
-        raise SystemExit(f"mmlens trace: --seed {seed} disagrees with --prompts {prompts}, which were trained "
-                         f"with seed {recorded}. Drop --seed (the prompts' seed is the run's seed) or pass "
-                         f"--seed {recorded}.")
+        raise ValueError(f"--seed {seed} disagrees with --prompts {prompts}, which were trained with seed "
+                         f"{recorded}. Drop --seed (the prompts' seed is the run's seed) or pass --seed {recorded}.")
     return recorded
 
 

@@ -63,7 +63,7 @@ def input_spec(model: Any) -> InputSpec:
     Examples
     --------
     >>> from mmlens import load_clip
-    >>> input_spec(load_clip("mmlens-toy")).size  # doctest: +SKIP
+    >>> input_spec(load_clip("mmlens-toy", pretrained="random")).size  # doctest: +SKIP
     (64, 64)
     """
     import open_clip

@@ -61,7 +61,7 @@ def toyworld():
     untrained = []
     for seed in CONTROL_SEEDS:
         torch.manual_seed(seed)
-        untrained.append(PromptedCLIP(load_clip("mmlens-toy"), ds.classnames, method="zeroshot"))
+        untrained.append(PromptedCLIP(load_clip("mmlens-toy", pretrained="random"), ds.classnames, method="zeroshot"))
     return model, batch, foreground, accuracy, untrained
 
 

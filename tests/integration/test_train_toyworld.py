@@ -54,7 +54,7 @@ _CHILD = textwrap.dedent("""
     from mmlens.data.toyworld.dataset import build_in_memory
     from mmlens.train import fit
     torch.manual_seed(0)
-    clip = load_clip("mmlens-toy")   # random weights: resuming does not need the trained ones
+    clip = load_clip("mmlens-toy", pretrained="random")   # random weights: resuming does not need the trained ones
     train = build_in_memory("ToySatellite", "train", shots=1, seed=1, subset="base", size="small")
     model = PromptedCLIP(clip, ["x"], "maple", depth=3, init_seed=1)
     def kill(info):
@@ -67,7 +67,7 @@ _CHILD = textwrap.dedent("""
 
 def _fixed_random_clip():
     torch.manual_seed(0)
-    return load_clip("mmlens-toy")
+    return load_clip("mmlens-toy", pretrained="random")
 
 
 def test_a_killed_training_process_resumes_to_bit_identical_prompts(tmp_path):

@@ -52,3 +52,27 @@ def test_bugs_keep_their_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "get_manifest", broken)
     with pytest.raises(AssertionError, match="internal invariant"):
         main(_trace_args(tmp_path))
+
+
+def test_open_on_a_folder_that_is_not_a_store(tmp_path):
+    import mmlens
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.txt").write_text("not zarr")
+    with pytest.raises(FileNotFoundError, match="is a folder but not a trace store"):
+        mmlens.open(tmp_path / "photos")
+
+
+def test_toy_without_pretrained_warns_once_and_random_is_quiet(recwarn):
+    import warnings
+
+    from mmlens.models import loading
+
+    loading._warned_random_toy = False
+    with pytest.warns(UserWarning, match='pretrained="toyworld"'):
+        loading.load_clip("mmlens-toy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loading.load_clip("mmlens-toy")  # once only
+        clip = loading.load_clip("mmlens-toy", pretrained="random")  # asked for by name: no warning
+    assert clip.pretrained["source"] == "random"
