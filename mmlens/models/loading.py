@@ -204,7 +204,8 @@ def load_clip(
         registered with :func:`register_config`, or ``"mmlens-toy"`` (the embedded toyworld CLIP).
     pretrained : str or path, optional
         ``None`` or ``"random"``: random weights (open_clip's convention; for ``"mmlens-toy"`` without
-        ``pretrained`` a warning, once, names ``pretrained="toyworld"``, the shipped weights). An open_clip tag (``"openai"``, ``"laion2b_s34b_b88k"``): its file is
+        ``pretrained`` a warning, once, names ``pretrained="toyworld"``, the shipped weights). An open_clip
+        tag (``"openai"``, ``"laion2b_s34b_b88k"``): its file is
         taken from the Hugging Face cache or open_clip's download cache, and downloaded only when it
         is in neither and the machine is online. A local file: an open_clip checkpoint, a safetensors
         file, or OpenAI's ``ViT-B-16.pt`` (JIT archive or plain state dict). For ``"mmlens-toy"``:
