@@ -19,12 +19,12 @@ import numpy as np
 
 from mmlens.store import schema
 from mmlens.viz._text import esc
-from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, MissingData, available, map_agreement
+from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, MissingData, available
 
 if TYPE_CHECKING:
     from mmlens.viz.explorer import Explorer
 
-__all__ = ["Board", "robust_limits", "mask_edges", "VARIANT_NAMES", "CAPTIONS"]
+__all__ = ["Board", "robust_limits", "mask_edges", "spearman_maps", "VARIANT_NAMES", "CAPTIONS"]
 
 VARIANT_NAMES = {schema.PROMPTED_VARIANT: "with prompts", schema.REFERENCE_VARIANT: "without prompts"}
 _VARIANT_COLOUR = {schema.PROMPTED_VARIANT: "#1f77b4", schema.REFERENCE_VARIANT: "#7f7f7f"}
@@ -148,43 +148,58 @@ class ImagePayload:
     info: str  # HTML, data escaped
 
 
-# Runs in the page. `ctx` holds the models; `k` is the embedded image shown (0 in the live explorer).
+# Runs in the page. `ctx` holds the models. `images` holds a few images' payloads, one row each, keyed by
+# `id` (the image index): the report embeds its images, the live explorer keeps the selected image and its
+# neighbours there, so that an image move is drawn at once, in the page, like a layer or head move.
 _REDRAW_JS = r"""
 const nL = ctx.layers.length, nH = ctx.heads.length;
 const li = Math.max(0, ctx.layers.indexOf(layer.value)), hi = Math.max(0, ctx.heads.indexOf(head.value));
-const k = image_select === null ? 0 : Math.max(0, image_select.options.indexOf(image_select.value));
 // outlines of the selected cell on every heatmap
-marker.data.x[0] = head.value; marker.data.y[0] = layer.value; marker.change.emit();
-for (const span of spans) { span.location = layer.value; }
+if (marker.data.x[0] !== head.value || marker.data.y[0] !== layer.value) {
+  marker.data.x[0] = head.value; marker.data.y[0] = layer.value; marker.change.emit();
+}
+for (const span of spans) { if (span.location !== layer.value) { span.location = layer.value; } }
 // the image maps
 const cube = images.data;
-if (cube.maps.length > 0) {
+const ids = cube.id || [];
+let want = ids.length > 0 ? ids[0] : null;
+if (image_select !== null) { want = Number(image_select.value); }
+else if (image_slider !== null) { want = image_slider.value; }
+const k = ids.indexOf(want);  // -1: not in the page yet (Python streams it, then this runs again)
+if (k >= 0) {
   const maps = cube.maps[k], R = ctx.rows, C = ctx.cols, S = slot_sources.length, n = R * C;
-  for (let s = 0; s < S; s++) {
-    const target = slot_sources[s].data.image[0];
-    const off = ((s * nL + li) * nH + hi) * n;
-    for (let j = 0; j < n; j++) { target[j] = maps[off + j]; }
-    slot_sources[s].change.emit();
-    const note = cube.titles[k][(s * nL + li) * nH + hi];
-    if (slot_titles[s].text !== note) { slot_titles[s].text = note; }
+  const key = want + ':' + li + ':' + hi;
+  if (ctx.drawn !== key) {
+    for (let s = 0; s < S; s++) {
+      const target = slot_sources[s].data.image[0];
+      const off = ((s * nL + li) * nH + hi) * n;
+      for (let j = 0; j < n; j++) { target[j] = maps[off + j]; }
+      slot_sources[s].change.emit();
+      const note = cube.titles[k][(s * nL + li) * nH + hi];
+      if (slot_titles[s].text !== note) { slot_titles[s].text = note; }
+    }
+    ctx.drawn = key;
   }
   // one colour scale per image (set with the image): a moving colour bar would re-lay out the page
-  if (ctx.shown_image !== k) {
+  if (ctx.shown_image !== want) {
     const top = cube.clim[k][0];
-    shared_mapper.high = (top > 0 && isFinite(top)) ? top : 1.0;
+    const high = (top > 0 && isFinite(top)) ? top : 1.0;
+    if (shared_mapper.high !== high) { shared_mapper.high = high; }
     for (const ps of picture_sources) { ps.data = {image: [cube.picture[k]]}; }
     for (const es of edge_sources) { es.data = {xs: cube.edge_xs[k], ys: cube.edge_ys[k]}; }
-    ctx.shown_image = k;
+    ctx.shown_image = want;
+    // the info line depends on the image only: rewriting it would re-lay out the whole page
+    if (info.text !== cube.info[k]) { info.text = cube.info[k]; }
   }
-  // the info line depends on the image only: rewriting it would re-lay out the whole page
-  if (info.text !== cube.info[k]) { info.text = cube.info[k]; }
 }
 // EOT attention over roles: the selected class (bars) and every class (map)
 if (roles !== null && roles.data.bars.length > 0) {
   const V = ctx.role_variants, K = ctx.n_roles, bars = roles.data.bars[0], grid = roles.data.grid[0];
   const Lt = ctx.text_layers, Ht = ctx.text_heads;
   const lt = Lt.indexOf(layer.value), ht = Ht.indexOf(head.value);
-  if (lt >= 0 && ht >= 0) {
+  // only when the layer, head or class data changed: an image move leaves these plots alone
+  if (lt >= 0 && ht >= 0 && (ctx.roles_key !== lt + ':' + ht || ctx.roles_bars !== bars)) {
+    ctx.roles_key = lt + ':' + ht; ctx.roles_bars = bars;
     for (let v = 0; v < V; v++) {
       const top = bar_sources[v].data.top;
       for (let r = 0; r < K; r++) { top[r] = bars[((lt * Ht.length + ht) * V + v) * K + r]; }
@@ -235,7 +250,9 @@ class Board:
         self.slots = app.image_slots()
         self.rows, self.cols = app._grid_shape()
         self._syncing = False
-        width = 250
+        self._payloads: dict[int, ImagePayload] = {}
+        self._sent: list[int] | None = None  # image ids in the page, in the order the page holds them
+        width = 220  # the explorer's sidebar is 240 px wide
         self.layer = Slider(title="layer", start=self.layers[0], end=max(self.layers[-1], self.layers[0] + 1),
                             step=1, value=state.layer if state.layer is not None else self.layers[0], width=width,
                             css_classes=["mmlens-layer"], disabled=len(self.layers) < 2)
@@ -253,7 +270,8 @@ class Board:
         elif not live and len(embedded) > 1:
             self.image_select = Select(title="image", options=[str(i) for i in embedded], value=str(embedded[0]),
                                        width=120, css_classes=["mmlens-image"])
-        self.info = Div(text="", css_classes=["mmlens-info"], width=900)
+        # a fixed box: the line wraps inside it and never widens the page (it fits a 1000 px window)
+        self.info = Div(text="", css_classes=["mmlens-info"], width=600, height=40)
         self.ctx: dict[str, Any] = {
             "layers": self.layers, "heads": self.heads, "rows": self.rows, "cols": self.cols, "shown_image": -1,
             "kinds": [_KIND_SHORT.get(self.kinds.get(ell, ""), "") and
@@ -265,7 +283,7 @@ class Board:
         self._build_text()
         args = {
             "ctx": self.ctx, "layer": self.layer, "head": self.head, "image_select": self.image_select,
-            "marker": self.marker, "spans": self.spans, "images": self.image_source,
+            "image_slider": self.image_slider, "marker": self.marker, "spans": self.spans, "images": self.image_source,
             "slot_sources": self.slot_sources, "slot_titles": self.slot_titles, "shared_mapper": self.shared_mapper,
             "picture_sources": self.picture_sources, "edge_sources": self.edge_sources, "info": self.info,
             "roles": self.roles_source, "bar_sources": self.bar_sources, "grid_source": self.grid_source,
@@ -275,6 +293,9 @@ class Board:
         self.layer.js_on_change("value", self.redraw)
         self.head.js_on_change("value", self.redraw)
         self.image_source.js_on_change("data", self.redraw)
+        self.image_source.js_on_change("streaming", self.redraw)
+        if self.image_slider is not None:  # drawn in the page when the image is there already
+            self.image_slider.js_on_change("value", self.redraw)
         if self.roles_source is not None:
             self.roles_source.js_on_change("data", self.redraw)
         if self.image_select is not None:
@@ -326,15 +347,21 @@ class Board:
         elif name == "class_":
             self.push_roles()
 
-    def push_image(self) -> None:
-        """Send the selected image(s) to the page (one binary buffer per image)."""
-        if not self.slots:
-            return
-        state = self.app.state
-        payloads = []
-        for image in ([state.image] if self.live else self.embedded):
-            payloads.append(self.image_payload(image))
-        self.image_source.data = {
+    #: Images kept in the page by the live explorer: the selected one and its neighbours.
+    NEIGHBOURS = 2
+    KEEP = 8
+
+    def _window(self, image: int) -> list[int]:
+        """The selected image first, then its neighbours in the store's order (nearest first)."""
+        images = list(self.app.view.images) or [image]
+        i = images.index(image) if image in images else 0
+        order = [i] + [j for d in range(1, self.NEIGHBOURS + 1) for j in (i + d, i - d)]
+        return [images[j] for j in order if 0 <= j < len(images)]
+
+    def _columns(self, images: Sequence[int]) -> dict[str, list[Any]]:
+        payloads = [self._payload(image) for image in images]
+        return {
+            "id": [int(i) for i in images],
             "maps": [p.maps.ravel() for p in payloads],
             "clim": [p.clim.ravel() for p in payloads],
             "titles": [p.titles for p in payloads],
@@ -343,8 +370,46 @@ class Board:
             "edge_ys": [p.edges[1] for p in payloads],
             "info": [p.info for p in payloads],
         }
-        # the first paint (before any event) is done here, so a saved page shows the first frame
-        first = payloads[0]
+
+    def _payload(self, image: int) -> ImagePayload:
+        cache = self._payloads
+        if image not in cache:
+            cache[image] = self.image_payload(image)
+            if len(cache) > 2 * self.KEEP:
+                cache.pop(next(iter(cache)))
+        return cache[image]
+
+    def push_image(self) -> None:
+        """Make sure the page holds the selected image (and, live, its neighbours), one binary row per image.
+
+        The report embeds its images once. The live explorer keeps the selected image and its
+        ``NEIGHBOURS`` on each side in the page (streamed, the oldest rolled out beyond ``KEEP``):
+        an image slider move is then drawn by the page at once, and Python sends the next
+        neighbour afterwards.
+        """
+        if not self.slots:
+            return
+        state = self.app.state
+        if not self.live:
+            self.image_source.data = self._columns(self.embedded)
+            self._sent = list(self.embedded)
+            self._first_paint(self.embedded[0])
+            return
+        sent = self._sent
+        if sent is None:  # the first push: the selected image painted from Python (a saved page shows it)
+            window = self._window(state.image)
+            self.image_source.data = self._columns(window)
+            self._sent = window
+            self._first_paint(state.image)
+            return
+        missing = [i for i in self._window(state.image) if i not in sent]
+        if missing:
+            self.image_source.stream(self._columns(missing), rollover=self.KEEP)
+            self._sent = (sent + missing)[-self.KEEP:]
+
+    def _first_paint(self, image: int) -> None:
+        """Fill the figures from Python, so that a saved page (no JavaScript event yet) shows ``image``."""
+        first = self._payload(image)
         li, hi = self._indices()
         n_layers, n_heads = len(self.layers), len(self.heads)
         for s, src in enumerate(self.slot_sources):
@@ -357,7 +422,7 @@ class Board:
         for es in self.edge_sources:
             es.data = {"xs": first.edges[0], "ys": first.edges[1]}
         self.info.text = first.info
-        self.ctx["shown_image"] = 0
+        self.ctx["shown_image"] = int(image)
 
     def _indices(self) -> tuple[int, int]:
         layer, head = self.layer.value, self.head.value
@@ -539,8 +604,8 @@ class Board:
         from bokeh.models import ColorBar, ColumnDataSource, HoverTool, Label, LinearColorMapper
         from bokeh.plotting import figure
 
-        self.image_source = ColumnDataSource({k: [] for k in ("maps", "clim", "titles", "picture", "edge_xs",
-                                                              "edge_ys", "info")})
+        self.image_source = ColumnDataSource({k: [] for k in ("id", "maps", "clim", "titles", "picture",
+                                                              "edge_xs", "edge_ys", "info")})
         self.shared_mapper = LinearColorMapper(palette=_palette("Inferno256"), low=0.0, high=1.0,
                                                nan_color=(0, 0, 0, 0))
         mask_mapper = LinearColorMapper(palette=_palette("Greys256"), low=0.0, high=1.0)
@@ -639,24 +704,24 @@ class Board:
             a, b = maps[self.slots.index(variants[0])], maps[self.slots.index(variants[1])]
             same = np.all(np.isclose(a, b, atol=1e-6) | (np.isnan(a) & np.isnan(b)), axis=(-2, -1))
         for s, slot in enumerate(self.slots):
-            for li in range(nl):
-                for hi in range(nh):
-                    if slot == "mask":
-                        titles.append("" if fg is not None else "no mask for this image")
-                    elif slot.startswith("attribution:"):
-                        text = ""
-                        if prompted is not None and np.isfinite(maps[s, li, hi]).all():
-                            rho = map_agreement(maps[s, li, hi], maps[prompted, li, hi], None)["spearman"]
-                            if np.isfinite(rho):
-                                text = f"Spearman ρ with â: {rho:.2f}"
-                        titles.append(text)
-                    else:
-                        parts = []
-                        if slot in fg_values:
-                            parts.append(f"FG {fg_values[slot][li, hi]:.3f}")
-                        if same is not None and slot in variants[:2] and same[li, hi]:
-                            parts.append("identical by construction" if li == 0 else "identical")
-                        titles.append(" · ".join(parts))
+            cells = np.full((nl, nh), "", dtype=object)
+            if slot == "mask":
+                cells[:] = "" if fg is not None else "no mask for this image"
+            elif slot.startswith("attribution:"):
+                if prompted is not None:
+                    rho = spearman_maps(maps[s], maps[prompted])
+                    ok = np.isfinite(rho)
+                    cells[ok] = [f"Spearman ρ with â: {r:.2f}" for r in rho[ok]]
+            else:
+                parts = np.full((nl, nh), "", dtype=object)
+                if slot in fg_values:
+                    parts = np.array([f"FG {v:.3f}" for v in fg_values[slot].ravel()], dtype=object).reshape(nl, nh)
+                if same is not None and slot in variants[:2]:
+                    label = np.where(np.arange(nl)[:, None] == 0, "identical by construction", "identical")
+                    joined = np.where(parts == "", label, parts + " · " + label)
+                    parts = np.where(same, joined, parts)
+                cells = parts
+            titles.extend(str(t) for t in cells.ravel())
         picture = app.picture_of(state.dataset, image, block.get("path"))
         info = view.image_info(state.dataset, image)
         words = f"<b>image {image}</b> of {esc(state.dataset)}"
@@ -783,6 +848,36 @@ class Board:
         self.grid_source.data = {"image": [grid[lt, ht].copy()]}
         self.roles_title.text = f"layer {self.layer.value}, head {self.head.value}"
         self.roles_figure.title.text = f"EOT attention of {self.ctx['class_label']}"
+
+
+def spearman_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman ρ of two stacks of maps over their last two axes (patches), vectorised.
+
+    The same definition as :func:`mmlens.viz.slices.map_agreement` (average ranks for ties;
+    NaN where a map is constant or not finite), for every layer and head at once.
+
+    Examples
+    --------
+    >>> a = np.arange(8.0).reshape(2, 2, 2)
+    >>> spearman_maps(a, -a).tolist()
+    [-1.0, -1.0]
+    """
+    from scipy.stats import rankdata
+
+    lead = a.shape[:-2]
+    x = np.asarray(a, np.float64).reshape(-1, a.shape[-2] * a.shape[-1])
+    y = np.asarray(b, np.float64).reshape(-1, b.shape[-2] * b.shape[-1])
+    ok = np.isfinite(x).all(1) & np.isfinite(y).all(1)
+    out = np.full(x.shape[0], np.nan)
+    if ok.any():
+        rx = rankdata(x[ok], axis=1)
+        ry = rankdata(y[ok], axis=1)
+        rx -= rx.mean(1, keepdims=True)
+        ry -= ry.mean(1, keepdims=True)
+        den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[ok] = np.where(den > 0, (rx * ry).sum(1) / np.where(den > 0, den, 1.0), np.nan)
+    return out.reshape(lead)
 
 
 def _slot_title(slot: str) -> str:

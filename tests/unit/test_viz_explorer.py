@@ -118,7 +118,10 @@ def test_layout_builds_and_the_page_sliders_and_the_state_follow_each_other(stud
     app.state.head = 1  # from code: the page's slider follows, and with it every view
     assert board.head.value == 1
     app.state.image = 3
-    assert "image 3" in board.image_source.data["info"][0]
+    data = board.image_source.data
+    assert board.image_slider.value == 3
+    k = data["id"].index(3)  # the selected image is in the page, with its own info line
+    assert "<b>image 3</b>" in data["info"][k]
     assert all(fig.js_event_callbacks.get("tap") for fig in board.heat_figures)  # a click selects a cell
 
 
@@ -236,3 +239,43 @@ def test_offline_layout_links_no_stylesheet_from_the_cdn(study):
     app.state.dataset = "dataset_01"  # panes rebuilt by the update are covered too
     urls = [s.url for s in root.select({"type": ImportedStyleSheet})]
     assert not [u for u in urls if u.startswith(CDN_DIST)]
+
+
+def test_spearman_of_every_layer_and_head_matches_map_agreement():
+    from mmlens.viz.board import spearman_maps
+    from mmlens.viz.slices import map_agreement
+
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 2, 4, 4))
+    b = a + rng.normal(0, 0.3, a.shape)
+    b[0, 1] = np.round(b[0, 1], 1)  # ties
+    b[1, 0] = 0.5  # a constant map: undefined
+    a[2, 1, 0, 0] = np.nan  # not finite: undefined
+    rho = spearman_maps(a, b)
+    for i in range(3):
+        for j in range(2):
+            want = map_agreement(a[i, j], b[i, j], None)["spearman"]
+            np.testing.assert_allclose(rho[i, j], want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(rho[1, 0]) and np.isnan(rho[2, 1]) and np.isfinite(rho[0, 1])
+
+
+def test_the_page_holds_the_selected_image_and_its_neighbours():
+    """An image slider step is drawn by the page: Python keeps the neighbours there, streamed, bounded."""
+    from bokeh.document import Document
+
+    from mmlens.store.synthetic import example_tree
+
+    app = Explorer(example_tree(n_images=20, n_layers=3, n_heads=2, grid=4), image=5)
+    app.panel().get_root(Document())
+    board = app._board
+    ids = board.image_source.data["id"]
+    assert ids[0] == 5 and set(ids) == {3, 4, 5, 6, 7}
+    app.state.image = 6  # one step: only the new neighbour is sent
+    assert set(board.image_source.data["id"]) == {3, 4, 5, 6, 7, 8}
+    app.state.image = 15  # a jump: the oldest rows roll out
+    data = board.image_source.data
+    assert len(data["id"]) == board.KEEP and {13, 14, 15, 16, 17} <= set(data["id"])
+    k = data["id"].index(15)
+    assert "<b>image 15</b>" in data["info"][k]
+    want = board.image_payload(15).maps.ravel()
+    np.testing.assert_array_equal(data["maps"][k], want)
