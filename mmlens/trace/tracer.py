@@ -245,6 +245,7 @@ def _provenance(model, extra: dict | None, device: torch.device) -> dict:
         "compute_dtype": str(computed).replace("torch.", ""),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    fields["preprocess"] = _preprocess_record(model)
     if not fields["weights_sha256"] and hasattr(model.clip, "state_dict"):
         from mmlens.models.loading import state_dict_sha256
 
@@ -253,6 +254,20 @@ def _provenance(model, extra: dict | None, device: torch.device) -> dict:
         source["pretrained"] = pretrained
     fields.update(extra or {})
     return schema.provenance_attrs(**fields)
+
+
+def _preprocess_record(model) -> str:
+    """The picture geometry of the model's own transform (docs/store_schema.md, ``preprocess``), as JSON.
+
+    The explorer cuts pictures with it so that pixels line up with the patch maps
+    (``mmlens.viz.pictures``). open_clip's transforms always crop (or pad) around the centre.
+    """
+    from mmlens.train.transforms import input_spec
+
+    spec = input_spec(model)
+    height, width = spec.size
+    size = height if height == width else [height, width]
+    return json.dumps({"size": size, "resize_mode": spec.resize_mode, "crop": "center"}, sort_keys=True)
 
 
 #: Variants an attribution is computed for (prompts on / off); route ablations are not attributed.
