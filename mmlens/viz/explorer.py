@@ -436,11 +436,15 @@ class Explorer:
                 self._pictures.pop(next(iter(self._pictures)))
         return self._pictures[key]
 
-    def status(self) -> dict[str, Any]:
-        """Whether the selected store is complete (:func:`mmlens.viz.status.store_status`)."""
-        from mmlens.viz.status import store_status
+    def status(self):
+        """How far the selected store's writer got (:func:`mmlens.store.store_status`), ``None`` in memory.
 
-        return store_status(self.view)
+        Returns
+        -------
+        mmlens.store.StoreStatus or None
+            ``None`` for a store opened from memory (a DataTree), which cannot grow.
+        """
+        return status_of(self.view)
 
     def refresh(self) -> None:
         """Re-open stores that were given as paths (a store still being written has grown)."""
@@ -571,6 +575,30 @@ def _views(stores: Any, *, fg_max_images: int | None) -> dict[str, StudyView]:
     return views
 
 
+def status_of(view: StudyView):
+    """:func:`mmlens.store.store_status` of a store opened from a path (the one reader of a writer's progress).
+
+    ``None`` for a store given in memory, or a path that is no longer readable as a store.
+    """
+    from mmlens.store import store_status
+
+    source = getattr(view, "source", None)
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    try:
+        return store_status(source)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def incomplete_note(status: Any) -> str | None:
+    """The header line of a store still being written (``incomplete: 12 of 24 images ...``), else ``None``."""
+    if status is None or status.complete:
+        return None
+    return (f"{status.message} (the store is still being written or was interrupted; "
+            "refresh to read what has been added)")
+
+
 def _short(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -603,7 +631,7 @@ def _build_layout(app: Explorer):
         board = app.new_board()
         sliders.objects = [pn.pane.Bokeh(m) for m in (board.layer, board.head, board.image_slider) if m is not None]
         main.objects = _main_panes(app, board)
-        refresh.visible = app.status().get("complete") is False
+        refresh.visible = incomplete_note(app.status()) is not None
 
     def follow(event: Any) -> None:
         if app._board is not None:
@@ -636,12 +664,12 @@ def _main_panes(app: Explorer, board: Any, *, report: bool = False) -> list[Any]
     view, state = app.view, app.state
     a = view.attrs
     panes: list[Any] = []
-    status = app.status()
+    note = incomplete_note(app.status())
     head = (f"### mmlens {'report' if report else 'explorer'}: {md(state.method)}\n"
             f"model **{md(a.get('model_name', '?'))}** ({md(a.get('pretrained', '?'))}), dataset "
             f"**{md(state.dataset)}**, seed {md(state.seed)}, created {md(a.get('created', '?'))}.")
-    if status.get("complete") is False:
-        head += f"\n\n**{md(status['message'])}**"
+    if note is not None:
+        head += f"\n\n**{md(note)}**"
     panes.append(pn.pane.Markdown(head, sizing_mode="stretch_width"))
 
     def flex(figures: list[Any]) -> Any:

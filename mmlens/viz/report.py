@@ -161,7 +161,7 @@ def inline_cdn_resources(html: str) -> str:
 
 def _provenance_markdown(view: StudyView) -> str:
     from mmlens.viz._text import md
-    from mmlens.viz.status import store_status
+    from mmlens.viz.explorer import incomplete_note, status_of
 
     attrs = view.attrs
     keys = [k for k in schema.PROVENANCE_KEYS if k in attrs] + sorted(k for k in attrs if k not in
@@ -169,8 +169,8 @@ def _provenance_markdown(view: StudyView) -> str:
     rows = "\n".join(f"| {md(k)} | {md(_cell(attrs[k]))} |" for k in keys)
     sizes = ", ".join(f"{g}: " + " × ".join(f"{d} {n}" for d, n in ds.sizes.items() if d in schema.DIMS)
                       for g, ds in view.groups.items())
-    status = store_status(view)
-    warning = f"**{md(status['message'])}**\n\n" if status.get("complete") is False else ""
+    note = incomplete_note(status_of(view))
+    warning = f"**{md(note)}**\n\n" if note is not None else ""
     return (f"# mmlens report: {md(view.method)}\n\n{warning}Datasets: {md(', '.join(view.datasets))}; seeds "
             f"{md(view.seeds)}; variants {md(', '.join(view.variants))}.\n\nSizes: {md(sizes)}\n\n"
             f"| provenance | value |\n|---|---|\n{rows}\n")

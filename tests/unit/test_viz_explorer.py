@@ -279,3 +279,26 @@ def test_the_page_holds_the_selected_image_and_its_neighbours():
     assert "<b>image 15</b>" in data["info"][k]
     want = board.image_payload(15).maps.ravel()
     np.testing.assert_array_equal(data["maps"][k], want)
+
+
+def test_a_store_still_being_written_says_how_far_it_got(tmp_path):
+    """The header and the report read the writer's progress through mmlens.store.store_status (one reader)."""
+    from mmlens.store.io import IncompleteStoreWarning, StoreWriter
+    from mmlens.store.synthetic import example_tree
+    from mmlens.viz.explorer import incomplete_note
+    from mmlens.viz.report import _provenance_markdown
+
+    tree, path = example_tree(n_images=6, n_layers=2, n_heads=2, grid=3), tmp_path / "run.zarr"
+    writer = StoreWriter(path, dict(tree.attrs), total=6)
+    writer.append(tree.isel(image=slice(0, 4)))
+    with pytest.warns(IncompleteStoreWarning):  # mmlens.open says so too
+        app = Explorer(str(path))
+    assert app.status().message == "incomplete: 4 of 6 images"
+    note = incomplete_note(app.status())
+    assert note.startswith("incomplete: 4 of 6 images")
+    assert "incomplete: 4 of 6 images" in _provenance_markdown(app.view)
+    writer.append(tree.isel(image=slice(4, 6)))
+    writer.close()
+    app.refresh()
+    assert app.status().complete and incomplete_note(app.status()) is None
+    assert incomplete_note(Explorer(tree).status()) is None  # in memory: nothing to say
