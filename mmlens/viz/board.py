@@ -50,7 +50,8 @@ CAPTIONS = {
                  "FG = Σ_j f_j â_j (f_j: foreground fraction of patch j). "
                  "inj = fresh prompts injected at that layer, car = prompts carried from the layer before. "
                  "Click a cell to select its layer and head (red outline). Grey: undefined (reason in the hover); "
-                 "▲: above the colour bar's top (clipped at the 98th percentile; exact value in the hover)."),
+                 "▲: above the colour bar's top: a ratio map whose largest value exceeds 1.5 × its 98th percentile "
+                 "is clipped at that percentile (exact value in the hover); other maps span their range."),
     "curves": ("Mean per layer with a 95 % percentile-bootstrap band (across what: under each title). "
                "Shaded orange: layers where prompts "
                "are injected; blue: carried. The dashed red line is the selected layer."),
@@ -68,7 +69,8 @@ def robust_limits(values: np.ndarray, *, ratio: bool, diverging: bool = False,
     """Colour limits that one outlier cannot flatten, and which cells they clip.
 
     Ratios (heavy upper tails: a tiny denominator makes one cell huge) are clipped at the
-    ``q``-th percentile when the maximum lies far above it; other measures use their range.
+    ``q``-th percentile when the maximum exceeds 1.5 times it; other measures use their range.
+    The heatmap caption (``CAPTIONS["heatmaps"]``) states this rule.
 
     Returns
     -------

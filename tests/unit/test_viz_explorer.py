@@ -302,3 +302,16 @@ def test_a_store_still_being_written_says_how_far_it_got(tmp_path):
     app.refresh()
     assert app.status().complete and incomplete_note(app.status()) is None
     assert incomplete_note(Explorer(tree).status()) is None  # in memory: nothing to say
+
+
+def test_the_heatmap_caption_states_the_clipping_rule_robust_limits_applies():
+    from mmlens.viz.board import CAPTIONS, robust_limits
+
+    assert "1.5 × its 98th percentile" in CAPTIONS["heatmaps"]
+    base = np.linspace(1.0, 2.0, 99)
+    cap = float(np.percentile(np.append(base, 2.0), 98))
+    for factor, clipped in ((1.4, False), (1.6, True)):
+        values = np.append(base, factor * cap)
+        high = robust_limits(values, ratio=True)[1]
+        p98 = float(np.percentile(values, 98))
+        assert (high == p98) is clipped and (high == values.max()) is not clipped
