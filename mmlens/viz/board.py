@@ -40,9 +40,11 @@ SYMBOL = {
     "bias_residual_ratio": "‖β‖ / ‖x‖",
 }
 _RATIOS = ("bias_ratio",)
-HEAT_W, HEAT_H = 300, 250
-MAP_W = 215
-CURVE_W, CURVE_H = 420, 260
+# sizes chosen so that a 1000 px JupyterLab window shows one view per row without overflow and a
+# 1400 px window three heatmaps per row (five in the report): tests/browser checks both widths
+HEAT_W, HEAT_H = 260, 240
+MAP_W = 200
+CURVE_W, CURVE_H = 380, 260
 
 #: One line under each panel: what it shows and how to read it.
 CAPTIONS = {
@@ -254,7 +256,7 @@ class Board:
         self._syncing = False
         self._payloads: dict[int, ImagePayload] = {}
         self._sent: list[int] | None = None  # image ids in the page, in the order the page holds them
-        width = 220  # the explorer's sidebar is 240 px wide
+        width = 185  # the explorer's sidebar is 205 px wide
         self.layer = Slider(title="layer", start=self.layers[0], end=max(self.layers[-1], self.layers[0] + 1),
                             step=1, value=state.layer if state.layer is not None else self.layers[0], width=width,
                             css_classes=["mmlens-layer"], disabled=len(self.layers) < 2)
@@ -273,7 +275,7 @@ class Board:
             self.image_select = Select(title="image", options=[str(i) for i in embedded], value=str(embedded[0]),
                                        width=120, css_classes=["mmlens-image"])
         # a fixed box: the line wraps inside it and never widens the page (it fits a 1000 px window)
-        self.info = Div(text="", css_classes=["mmlens-info"], width=600, height=40)
+        self.info = Div(text="", css_classes=["mmlens-info"], width=320, height=48)
         self.ctx: dict[str, Any] = {
             "layers": self.layers, "heads": self.heads, "rows": self.rows, "cols": self.cols, "shown_image": -1,
             "kinds": [_KIND_SHORT.get(self.kinds.get(ell, ""), "") and
@@ -623,7 +625,7 @@ class Board:
             is_mask = slot == "mask"
             fig = figure(width=MAP_W + (70 if s == len(self.slots) - 1 or is_mask else 0), height=MAP_W + 20,
                          toolbar_location=None, tools="", x_range=(0, C), y_range=(0, R), match_aspect=True,
-                         title=slot)
+                         title=slot, css_classes=["mmlens-map", "mmlens-map-" + slot.replace(":", "-")])
             fig.axis.visible = False
             fig.grid.visible = False
             picture = ColumnDataSource({"image": [np.zeros((1, 1), np.uint32)]})

@@ -249,7 +249,6 @@ class Explorer:
         from mmlens.viz import plots
 
         label = HEAD_MEASURES[measure][0]
-        title = f"{tower}: {label}"
         try:
             values = self.heatmap_data(tower, measure)
         except MissingData as err:
@@ -259,8 +258,11 @@ class Explorer:
             blank = xr.DataArray(np.full((len(layers), len(heads)), np.nan), dims=("layer", "head"),
                                  coords={"layer": layers, "head": heads})
             return plots.head_heatmap(blank, title=f"{tower}: {_short(str(err), 45)}")
-        return plots.head_heatmap(values, title=title, kinds=self.view.layer_kinds(tower),
-                                  diverging=self.state.minus_reference)
+        from mmlens.viz.board import SYMBOL
+
+        return plots.head_heatmap(values, title=f"{tower}: {SYMBOL.get(measure, label)}",
+                                  kinds=self.view.layer_kinds(tower), diverging=self.state.minus_reference,
+                                  label=SYMBOL.get(measure, label))
 
     def plot_curves(self, tower: str, *, mark_layer: bool = True):
         """Per-layer curves with bands for one tower (all variants of the store; NaN when missing)."""
@@ -611,7 +613,7 @@ def _build_layout(app: Explorer):
 
     state = app.state
     p = state.param
-    w = {"width": 220}
+    w = {"width": 190}  # a narrow sidebar: the views keep most of a 1000 px window
     selectors = pn.Column(
         pn.widgets.Select.from_param(p.method, label="method", **w),
         pn.widgets.Select.from_param(p.dataset, label="dataset", **w),
@@ -620,12 +622,12 @@ def _build_layout(app: Explorer):
         pn.widgets.Select.from_param(p.class_, label="class (text tower)", **w),
         pn.widgets.Select.from_param(p.curve_measure, label="curves", **w),
         pn.widgets.Checkbox.from_param(p.minus_reference, label="subtract zeroshot", **w),
-        width=235,
+        width=200,
     )
-    sliders = pn.Column(width=235)
-    refresh = pn.widgets.Button(label="refresh (store still being written)", width=220,
+    sliders = pn.Column(width=200)
+    refresh = pn.widgets.Button(label="refresh (still being written)", width=190,
                                 visible=False)
-    main = pn.Column(sizing_mode="stretch_width", min_width=600)
+    main = pn.Column(sizing_mode="stretch_width", min_width=300)
 
     def rebuild(*_: Any) -> None:
         board = app.new_board()
@@ -641,7 +643,7 @@ def _build_layout(app: Explorer):
     state.param.watch(follow, ["layer", "head", "image", "class_"])
     refresh.on_click(lambda _event: (app.refresh(), rebuild()))
     rebuild()
-    layout = pn.Row(pn.Column(selectors, sliders, refresh, width=240), main, name="mmlens-explorer",
+    layout = pn.Row(pn.Column(selectors, sliders, refresh, width=205), main, name="mmlens-explorer",
                     sizing_mode="stretch_width")
     layout._hooks = [*layout._hooks, inline_panel_stylesheets]  # works offline: no stylesheet from Panel's CDN
     return layout
@@ -720,7 +722,7 @@ def _main_panes(app: Explorer, board: Any, *, report: bool = False) -> list[Any]
         full = view.accuracy()
         summary = full.groupby("variant", sort=False)[["base", "novel", "HM", "all"]].mean().round(2)
         n_sets = full["dataset"].nunique()
-        panes.append(pn.Row(
+        panes.append(pn.FlexBox(  # the two tables wrap under each other in a narrow window
             pn.Column(pn.pane.Markdown(f"**top-1 (%) on {md(state.dataset)}, seed {md(state.seed)}**; "
                                        "NaN: no image of that split was traced"),
                       pn.pane.DataFrame(table.drop(columns=["dataset", "seed"]).round(2), index=False,

@@ -244,3 +244,31 @@ PROBE_JS = r"""
   requestAnimationFrame(frame);
 })
 """
+
+
+# The right edge of everything a reader sees inside an element (canvases, form controls, tables, text; through
+# shadow roots), against the element's own: content that sticks out is cut off or needs a horizontal scroll.
+# Empty boxes (Bokeh's annotation overlays, layout wrappers) do not count: they draw nothing.
+OVERFLOW_JS = r"""
+(area) => {
+  const box = area.getBoundingClientRect();
+  const drawn = new Set(['CANVAS', 'IMG', 'INPUT', 'SELECT', 'BUTTON', 'TABLE', 'svg']);
+  const hasText = (el) => Array.from(el.childNodes).some((n) => n.nodeType === 3 && n.textContent.trim());
+  let right = box.left, worst = '';
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (drawn.has(el.tagName) || hasText(el)) {
+        const r = el.getBoundingClientRect();
+        const st = getComputedStyle(el);
+        if (r.width > 0 && r.height > 0 && r.right > right && st.visibility !== 'hidden' && st.display !== 'none') {
+          right = r.right;
+          worst = el.tagName + ' ' + (el.textContent || '').trim().slice(0, 40);
+        }
+      }
+      if (el.shadowRoot) { walk(el.shadowRoot); }
+    }
+  };
+  walk(area);
+  return {area_left: box.left, area_right: box.right, right: right, worst: worst};
+}
+"""

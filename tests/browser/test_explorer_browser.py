@@ -10,6 +10,7 @@ import pytest
 from tests.browser._pages import (
     ARTIFACTS,
     CHROMIUM_ARGS,
+    OVERFLOW_JS,
     JupyterLab,
     chromium,
     missing,
@@ -69,10 +70,23 @@ def test_explorer_in_jupyterlab_as_panel_and_as_ipywidget(tmp_path):
             handle.press("ArrowRight")
             page.wait_for_timeout(1500)
             assert _differs(before, maps.screenshot()) > 0.002, "the heatmap outline did not follow the head slider"
+        widths = {}
         for width in (1400, 1000):  # a tall window, so that the whole output is on screen at once
             page.set_viewport_size({"width": width, "height": 3000})
             page.wait_for_timeout(2500)
             panel_out.scroll_into_view_if_needed()
+            area = panel_out.locator(".jp-OutputArea-output").first
+            edges = area.evaluate(OVERFLOW_JS)
+            # nothing of the explorer sticks out of the notebook's output area (cut off, or a scrollbar)
+            assert edges["right"] <= edges["area_right"] + 1, f"at {width} px: {edges}"
+            widths[width] = edges["area_right"] - edges["area_left"]
+            # an element taller than the window is cut by JupyterLab's scrolling panel: make the window taller
+            tall = int(area.bounding_box()["height"]) + 600
+            if tall > 3000:
+                page.set_viewport_size({"width": width, "height": tall})
+                page.wait_for_timeout(1500)
+                panel_out.scroll_into_view_if_needed()
             panel_out.locator(".jp-OutputArea").first.screenshot(path=str(ARTIFACTS / f"explorer_{width}.png"))
+        assert widths[1400] > widths[1000]  # the two windows really gave the explorer different widths
         browser.close()
     assert not [e for e in errors if "mmlens" in e or "Bokeh" in e], errors[:5]

@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,6 +125,25 @@ def jupyterlab(tmp_path_factory, browser_parts):
         shutil.copy(root / "jupyterlab.log", ARTIFACTS / "quickstart_jupyterlab.log")
 
 
+# What the page's Bokeh models hold: the explorer's sliders, the outlined cell, the curves' layer line, the
+# maps' FG labels and the info line (Bokeh 3 keeps every document in window.Bokeh.documents).
+BOKEH_STATE_JS = r"""
+() => {
+  const models = window.Bokeh.documents.flatMap((d) => Array.from(d.all_models));
+  const kind = (m) => m.constructor.__name__;
+  const slider = (cls) => models.find((m) => kind(m) === 'Slider' && (m.css_classes || []).includes(cls));
+  const marker = models.find((m) => kind(m) === 'ColumnDataSource' && Object.keys(m.data).sort().join() === 'x,y'
+                                    && m.data.x.length === 1);
+  const info = models.find((m) => kind(m) === 'Div' && (m.css_classes || []).includes('mmlens-info'));
+  const fg = models.filter((m) => kind(m) === 'Label' && /^FG /.test(m.text || ''))
+                   .map((m) => parseFloat(m.text.slice(3)));
+  const spans = models.filter((m) => kind(m) === 'Span').map((m) => m.location);
+  return {layer: slider('mmlens-layer')?.value, head: slider('mmlens-head')?.value,
+          marker: marker ? [marker.data.x[0], marker.data.y[0]] : null, info: info?.text ?? '', fg, spans};
+}
+"""
+
+
 def _png_differs(a: bytes, b: bytes) -> float:
     """Share of pixels that differ between two same-size PNG screenshots."""
     import numpy as np
@@ -208,29 +228,44 @@ def test_quickstart_runs_and_the_layer_slider_updates_the_views(jupyterlab, brow
                                      ".jp-RenderedText:has-text('Traceback')")
         assert error_outputs.count() == 0, "a cell raised:\n" + "\n".join(error_outputs.all_inner_texts())[:3000]
 
-        overlay = page.locator(".mmlens-image-full canvas").first
-        heatmap = page.locator(".mmlens-heatmap canvas").first
+        # the notebook's last explorer cell moved the selection from code: layer 4, head 2, image 3; it printed
+        # the foreground attention of that map, which the page must show too
+        printed = page.get_by_text(re.compile(r"foreground attention of \[cls\] at layer \d+, head \d+")).first
+        said = re.search(r"image (\d+) .*at layer (\d+), head (\d+): \{'full': ([\d.]+), 'zeroshot': ([\d.]+)\}",
+                         printed.inner_text(), re.DOTALL)
+        assert said, printed.inner_text()
+        image, layer, head = (int(said.group(i)) for i in (1, 2, 3))
+        fg_printed = sorted(float(said.group(i)) for i in (4, 5))
+        cell = page.locator(".jp-Cell", has=page.locator(".mmlens-layer")).first
+        overlay = cell.locator(".mmlens-map-full").first
+        heatmap = cell.locator(".mmlens-heat").first
         overlay.scroll_into_view_if_needed()
         page.wait_for_timeout(2000)
         page.screenshot(path=str(ARTIFACTS / "quickstart_before.png"), full_page=True)
+        shown = page.evaluate(BOKEH_STATE_JS)
+        assert (shown["layer"], shown["head"]) == (layer, head), shown  # the sliders followed the code
+        assert shown["marker"] == [head, layer], shown  # the outlined cell is the selected one
+        assert f"image {image}" in shown["info"], shown
+        # the maps drawn are the selected image's at that layer and head: their FG labels are the printed numbers
+        np.testing.assert_allclose(sorted(shown["fg"]), fg_printed, atol=1.5e-3)
         overlay_before, heatmap_before = overlay.screenshot(), heatmap.screenshot()
         assert _not_blank(overlay_before) and _not_blank(heatmap_before), "plots did not render (blank canvas)"
         (ARTIFACTS / "quickstart_overlay_before.png").write_bytes(overlay_before)
 
-        info = page.get_by_text(re.compile(r"layer \d+, head \d+\. FG")).first  # the image panel's caption
-        before_text = info.inner_text()
-        layer_value = int(re.search(r"layer (\d+), head", before_text).group(1))
         handle.focus()
-        page.keyboard.press("ArrowLeft" if layer_value > 0 else "ArrowRight")
-        expected = layer_value - 1 if layer_value > 0 else layer_value + 1
-        _wait_until(lambda: f"layer {expected}, head" in info.inner_text(), 60,
-                    f"the image caption to say layer {expected}", page)
+        page.keyboard.press("ArrowLeft" if layer > 0 else "ArrowRight")
+        expected = layer - 1 if layer > 0 else layer + 1
+        _wait_until(lambda: page.evaluate(BOKEH_STATE_JS)["marker"] == [head, expected], 60,
+                    f"the outline to move to layer {expected}", page)
 
         def changed() -> bool:
             return _png_differs(overlay_before, overlay.screenshot()) > 0.02 and \
                 _png_differs(heatmap_before, heatmap.screenshot()) > 0.002
 
         _wait_until(changed, 60, "the overlay and the heatmap outline to follow the layer slider", page)
+        after = page.evaluate(BOKEH_STATE_JS)
+        assert after["layer"] == expected and after["spans"] and set(after["spans"]) == {expected}, after
+        assert sorted(after["fg"]) != sorted(shown["fg"]), "the FG labels did not follow the layer"
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "quickstart_after.png"), full_page=True)
         (ARTIFACTS / "quickstart_overlay_after.png").write_bytes(overlay.screenshot())
