@@ -1,135 +1,25 @@
-"""The interactive explorer: a ``param`` view state linked to HoloViews/Panel views of a trace store."""
+"""The interactive explorer: a selection (:mod:`mmlens.viz.state`) over trace stores, its data, plots and pictures.
+
+The linked views are :mod:`mmlens.viz.board`; their Panel layout is :mod:`mmlens.viz.layout`.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import param
 
 from mmlens.store import schema
-from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, ImageSlice, MissingData, StudyView, available
+from mmlens.viz.layout import build_layout, status_of
+from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, ImageSlice, MissingData, StudyView
+from mmlens.viz.state import ExplorerState
 
 __all__ = ["Explorer", "ExplorerState", "explore", "load_extensions"]
 
 _TOWERS = ("vision", "text")
-
-
-def _choice(**kwargs: Any) -> param.Selector:
-    """A selector whose choices are filled in from the store (empty until then)."""
-    return param.Selector(default=None, objects=[], check_on_set=True, allow_None=True, **kwargs)
-
-
-class ExplorerState(param.Parameterized):
-    """What the explorer shows: one selection per dimension, choices read from the store's coords.
-
-    Testable without a browser: set attributes (``state.layer = 3``) and read the views' data
-    from :class:`Explorer`. Choices follow the selected method's store (``method``) and the
-    class names follow the selected dataset.
-
-    Examples
-    --------
-    >>> from mmlens.store.synthetic import example_tree
-    >>> from mmlens.viz.slices import StudyView
-    >>> state = ExplorerState({"maple": StudyView(example_tree(n_layers=3))})
-    >>> state.param["layer"].objects, state.layer
-    ([0, 1, 2], 0)
-    >>> state.select_cell(layer=1.8, head=0.2); (state.layer, state.head)
-    (2, 0)
-    """
-
-    method = _choice(doc="prompt method (one store per method)")
-    dataset = _choice(doc="dataset of a study")
-    seed = _choice(doc="prompt-training seed")
-    variant = _choice(doc="variant shown by heatmaps (full, zeroshot, ablations)")
-    layer = _choice(doc="block, 0-based")
-    head = _choice(doc="attention head")
-    class_ = _choice(label="class", doc="class (text tower)")
-    image = param.Integer(default=0, bounds=(0, 0), doc="image index (vision tower)")
-    curve_measure = param.Selector(default="prompt_mass", objects=list(LAYER_MEASURES), check_on_set=True,
-                                   doc="per-layer curves")
-    minus_reference = param.Boolean(default=False, label="subtract zeroshot", doc="heatmaps show full − zeroshot")
-
-    def __init__(self, views: Mapping[str, StudyView], **values: Any) -> None:
-        super().__init__()
-        if not views:
-            raise ValueError("expected at least one store, found none")
-        self._views = dict(views)
-        self.param["method"].objects = list(self._views)
-        with param.parameterized.discard_events(self):
-            self.method = values.pop("method", next(iter(self._views)))
-        self._sync_choices()
-        unknown = [k for k in values if k not in self.param]
-        if unknown:
-            raise TypeError(f"unknown selection(s) {unknown}; expected some of {list(self.param)[1:]}")
-        for key, value in values.items():
-            setattr(self, key, value)
-
-    @property
-    def view(self) -> StudyView:
-        """The store of the selected method."""
-        return self._views[self.method]
-
-    @param.depends("method", watch=True)
-    def _sync_choices(self) -> None:
-        view = self.view
-        layers = sorted(set(view.layers("vision")) | set(view.layers("text")))
-        heads = sorted(set(view.heads("vision")) | set(view.heads("text")))
-        variants = view.variants
-        choices = {
-            "dataset": view.datasets,
-            "seed": view.seeds,
-            "variant": variants,
-            "layer": layers,
-            "head": heads,
-        }
-        updates: dict[str, Any] = {}
-        for name, objects in choices.items():
-            self.param[name].objects = objects
-            current = getattr(self, name)
-            if current not in objects:
-                updates[name] = _default_choice(name, objects)
-        images = view.images
-        self.param["image"].bounds = (min(images), max(images)) if images else (0, 0)
-        if self.image not in images:
-            updates["image"] = images[0] if images else 0
-        measures = [m for m in LAYER_MEASURES if m in available(view, "vision", LAYER_MEASURES)
-                    or m in available(view, "text", LAYER_MEASURES)] or list(LAYER_MEASURES)
-        self.param["curve_measure"].objects = measures
-        if self.curve_measure not in measures:
-            updates["curve_measure"] = measures[0]
-        if updates:
-            self.param.update(**updates)
-        self._sync_classes()
-
-    @param.depends("dataset", watch=True)
-    def _sync_classes(self) -> None:
-        classes = self.view.classes(self.dataset) if self.dataset is not None else {}
-        self.param["class_"].objects = classes
-        if self.class_ not in classes.values():
-            self.class_ = next(iter(classes.values()), None)
-
-    def select_cell(self, layer: float, head: float) -> None:
-        """Select the heatmap cell nearest to ``(layer, head)`` (as a Tap stream reports it)."""
-        if layer is None or head is None or not np.isfinite(layer) or not np.isfinite(head):
-            return
-        layers, heads = self.param["layer"].objects, self.param["head"].objects
-        if not layers or not heads:
-            return
-        new_layer = min(layers, key=lambda v: abs(v - layer))
-        new_head = min(heads, key=lambda v: abs(v - head))
-        self.param.update(layer=new_layer, head=new_head)
-
-
-def _default_choice(name: str, objects: Sequence[Any]) -> Any:
-    if not objects:
-        return None
-    if name == "variant" and schema.PROMPTED_VARIANT in objects:
-        return schema.PROMPTED_VARIANT
-    return objects[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,7 +363,7 @@ class Explorer:
     def panel(self):
         """The Panel layout (built once; displaying the explorer shows it)."""
         if self._layout is None:
-            self._layout = _build_layout(self)
+            self._layout = build_layout(self)
         return self._layout
 
     def __panel__(self):
@@ -577,162 +467,6 @@ def _views(stores: Any, *, fg_max_images: int | None) -> dict[str, StudyView]:
     return views
 
 
-def status_of(view: StudyView):
-    """:func:`mmlens.store.store_status` of a store opened from a path (the one reader of a writer's progress).
-
-    ``None`` for a store given in memory, or a path that is no longer readable as a store.
-    """
-    from mmlens.store import store_status
-
-    source = getattr(view, "source", None)
-    if not isinstance(source, (str, os.PathLike)):
-        return None
-    try:
-        return store_status(source)
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def incomplete_note(status: Any) -> str | None:
-    """The header line of a store still being written (``incomplete: 12 of 24 images ...``), else ``None``."""
-    if status is None or status.complete:
-        return None
-    return (f"{status.message} (the store is still being written or was interrupted; "
-            "refresh to read what has been added)")
-
-
 def _short(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
-
-def _build_layout(app: Explorer):
-    """Sidebar of run selectors and the board's layer / head / image sliders; the linked views beside it."""
-    import panel as pn
-
-    from mmlens.viz._static import inline_panel_stylesheets
-
-    state = app.state
-    p = state.param
-    w = {"width": 190}  # a narrow sidebar: the views keep most of a 1000 px window
-    selectors = pn.Column(
-        pn.widgets.Select.from_param(p.method, label="method", **w),
-        pn.widgets.Select.from_param(p.dataset, label="dataset", **w),
-        pn.widgets.Select.from_param(p.seed, label="seed", **w),
-        pn.widgets.Select.from_param(p.variant, label="variant (heatmaps)", **w),
-        pn.widgets.Select.from_param(p.class_, label="class (text tower)", **w),
-        pn.widgets.Select.from_param(p.curve_measure, label="curves", **w),
-        pn.widgets.Checkbox.from_param(p.minus_reference, label="subtract zeroshot", **w),
-        width=200,
-    )
-    sliders = pn.Column(width=200)
-    refresh = pn.widgets.Button(label="refresh (still being written)", width=190,
-                                visible=False)
-    main = pn.Column(sizing_mode="stretch_width", min_width=300)
-
-    def rebuild(*_: Any) -> None:
-        board = app.new_board()
-        sliders.objects = [pn.pane.Bokeh(m) for m in (board.layer, board.head, board.image_slider) if m is not None]
-        main.objects = _main_panes(app, board)
-        refresh.visible = incomplete_note(app.status()) is not None
-
-    def follow(event: Any) -> None:
-        if app._board is not None:
-            app._board.follow(event.name, event.new)
-
-    state.param.watch(rebuild, ["method", "dataset", "seed", "variant", "minus_reference", "curve_measure"])
-    state.param.watch(follow, ["layer", "head", "image", "class_"])
-    refresh.on_click(lambda _event: (app.refresh(), rebuild()))
-    rebuild()
-    layout = pn.Row(pn.Column(selectors, sliders, refresh, width=205), main, name="mmlens-explorer",
-                    sizing_mode="stretch_width")
-    layout._hooks = [*layout._hooks, inline_panel_stylesheets]  # works offline: no stylesheet from Panel's CDN
-    return layout
-
-
-def _caption(text: str) -> Any:
-    import panel as pn
-
-    return pn.pane.HTML(f'<div class="mmlens-caption" style="color:#555;font-size:12px;max-width:1100px">{text}</div>',
-                        sizing_mode="stretch_width", margin=(0, 10, 12, 10))
-
-
-def _main_panes(app: Explorer, board: Any, *, report: bool = False) -> list[Any]:
-    """The linked views of ``board`` with section titles and one-line captions (data text escaped)."""
-    import panel as pn
-
-    from mmlens.viz._text import md
-    from mmlens.viz.board import CAPTIONS
-
-    view, state = app.view, app.state
-    a = view.attrs
-    panes: list[Any] = []
-    note = incomplete_note(app.status())
-    head = (f"### mmlens {'report' if report else 'explorer'}: {md(state.method)}\n"
-            f"model **{md(a.get('model_name', '?'))}** ({md(a.get('pretrained', '?'))}), dataset "
-            f"**{md(state.dataset)}**, seed {md(state.seed)}, created {md(a.get('created', '?'))}.")
-    if note is not None:
-        head += f"\n\n**{md(note)}**"
-    panes.append(pn.pane.Markdown(head, sizing_mode="stretch_width"))
-
-    def flex(figures: list[Any]) -> Any:
-        return pn.FlexBox(*[pn.pane.Bokeh(f) for f in figures], sizing_mode="stretch_width")
-
-    items = "classes (text) and images (vision)"
-    panes.append(pn.pane.Markdown(f"#### Layer × head: variant *{md(state.variant)}*"
-                                  + (" minus zeroshot" if state.minus_reference else "")))
-    figures = [f for tower in ("vision", "text") for f in board.heat_panes.get(tower, [])]
-    if figures:
-        panes.append(flex(figures))
-    for note in board.heat_notes.values():
-        panes.append(pn.pane.Markdown(f"*{md(note)}*"))
-    panes.append(_caption(CAPTIONS["heatmaps"].format(items=items)))
-    if board.curve_figures:
-        panes.append(pn.pane.Markdown("#### Per layer: mean and 95 % band"))
-        panes.append(flex(board.curve_figures))
-        panes.append(_caption(CAPTIONS["curves"]))
-    else:
-        panes.append(pn.pane.Markdown(f"*no curves of {md(state.curve_measure)} in this store*"))
-    if board.image_figures:
-        panes.append(pn.pane.Markdown("#### The selected image: [cls] attention â with and without prompts"))
-        panes.append(pn.pane.Bokeh(board.info))
-        if board.image_select is not None:
-            panes.append(pn.pane.Bokeh(board.image_select))
-        panes.append(flex(board.image_figures))
-        panes.append(_caption(CAPTIONS["images"]))
-        if "mask" not in board.slots:
-            panes.append(pn.pane.Markdown("*no foreground mask in this store: no mask panel, outline or FG values "
-                                          "(datasets with masks: OxfordPets trimaps, toyworld)*"))
-        if not any(s.startswith("attribution:") for s in board.slots):
-            panes.append(pn.pane.Markdown("*no attribution group: trace with `--attribution` to compare "
-                                          "captum maps with â*"))
-    else:
-        panes.append(pn.pane.Markdown("*this store has no cls_attention, mask or attribution maps: no image panel*"))
-    if board.text_figures:
-        panes.append(pn.pane.Markdown("#### Text tower: EOT attention over token roles"))
-        panes.append(flex(board.text_figures))
-        panes.append(_caption(CAPTIONS["text"]))
-    else:
-        panes.append(pn.pane.Markdown("*no text/attention_by_role in this store: no text-role panel*"))
-    if view.reference_variant is None:
-        panes.append(pn.pane.Markdown("*no zeroshot variant (traced without `--with-reference`): no "
-                                      "without-prompts maps, curves or differences*"))
-    panes.append(pn.pane.Markdown("#### Accuracy and route ablations (from the stored logits)"))
-    try:
-        table = app.accuracy_data()
-        full = view.accuracy()
-        summary = full.groupby("variant", sort=False)[["base", "novel", "HM", "all"]].mean().round(2)
-        n_sets = full["dataset"].nunique()
-        panes.append(pn.FlexBox(  # the two tables wrap under each other in a narrow window
-            pn.Column(pn.pane.Markdown(f"**top-1 (%) on {md(state.dataset)}, seed {md(state.seed)}**; "
-                                       "NaN: no image of that split was traced"),
-                      pn.pane.DataFrame(table.drop(columns=["dataset", "seed"]).round(2), index=False,
-                                        escape=True)),
-            pn.Column(pn.pane.Markdown(f"**mean over {n_sets} dataset{'s' if n_sets != 1 else ''} and their "
-                                       "seeds**"), pn.pane.DataFrame(summary, escape=True)),
-        ))
-    except MissingData as err:
-        panes.append(pn.pane.Markdown(f"*accuracy: {md(err)}*"))
-    text = app.evaluation_markdown()
-    if text is not None:
-        panes.append(pn.pane.Markdown("**evaluation (mmlens.train.evaluate), every route ablation:**\n\n" + text))
-    return panes

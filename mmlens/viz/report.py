@@ -57,7 +57,8 @@ def build_report(
     from mmlens.viz._static import frame_switcher
     from mmlens.viz._text import md
     from mmlens.viz.board import Board
-    from mmlens.viz.explorer import Explorer, _main_panes
+    from mmlens.viz.explorer import Explorer
+    from mmlens.viz.layout import main_panes
 
     view = store if isinstance(store, StudyView) else StudyView(store, fg_max_images=fg_max_images)
     app = Explorer({view.method: view}, data_root=data_root, pictures=pictures)
@@ -69,7 +70,7 @@ def build_report(
     controls = [m for m in (board.layer, board.head) if m is not None]
     parts: list[Any] = [pn.pane.Markdown(_provenance_markdown(view), sizing_mode="stretch_width")]
     parts.append(pn.Row(*[pn.pane.Bokeh(c) for c in controls]))
-    parts += _main_panes(app, board, report=True)
+    parts += main_panes(app, board, report=True)
 
     # every dataset and variant of the heatmaps, switched in the page (the board shows the first run)
     if len(datasets) > 1 or len(view.variants) > 1:
@@ -161,7 +162,7 @@ def inline_cdn_resources(html: str) -> str:
 
 def _provenance_markdown(view: StudyView) -> str:
     from mmlens.viz._text import md
-    from mmlens.viz.explorer import incomplete_note, status_of
+    from mmlens.viz.layout import incomplete_note, status_of
 
     attrs = view.attrs
     keys = [k for k in schema.PROVENANCE_KEYS if k in attrs] + sorted(k for k in attrs if k not in

@@ -147,9 +147,9 @@ def test_hostile_text_is_escaped_in_the_board_and_the_markdown():
     for image in app.view.images:
         info = board.image_payload(image).info
         assert "<img" not in info and "<script" not in info and "&lt;" in info
-    from mmlens.viz.explorer import _main_panes
+    from mmlens.viz.layout import main_panes
 
-    texts = " ".join(str(getattr(p, "object", "")) for p in _main_panes(app, board))
+    texts = " ".join(str(getattr(p, "object", "")) for p in main_panes(app, board))
     assert "<script" not in texts and "<img" not in texts and HOSTILE[1] not in texts
 
 
@@ -285,7 +285,7 @@ def test_a_store_still_being_written_says_how_far_it_got(tmp_path):
     """The header and the report read the writer's progress through mmlens.store.store_status (one reader)."""
     from mmlens.store.io import IncompleteStoreWarning, StoreWriter
     from mmlens.store.synthetic import example_tree
-    from mmlens.viz.explorer import incomplete_note
+    from mmlens.viz.layout import incomplete_note
     from mmlens.viz.report import _provenance_markdown
 
     tree, path = example_tree(n_images=6, n_layers=2, n_heads=2, grid=3), tmp_path / "run.zarr"
