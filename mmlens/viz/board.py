@@ -39,10 +39,11 @@ SYMBOL = {
     "bias_norm_ratio": "‖β‖ / ‖(a)‖",
     "bias_residual_ratio": "‖β‖ / ‖x‖",
 }
+_TITLE = {"foreground_attention": "foreground FG"}
 _RATIOS = ("bias_ratio",)
 # sizes chosen so that a 1000 px JupyterLab window shows one view per row without overflow and a
 # 1400 px window three heatmaps per row (five in the report): tests/browser checks both widths
-HEAT_W, HEAT_H = 260, 240
+HEAT_W, HEAT_H = 240, 235
 MAP_W = 200
 CURVE_W, CURVE_H = 380, 260
 
@@ -499,7 +500,8 @@ class Board:
         mapper = LinearColorMapper(palette=palette, low=low, high=high, nan_color="#d9d9d9")
         layers, heads = self.app.view.layers(tower), self.app.view.heads(tower)
         symbol = SYMBOL[measure]
-        title = f"{tower}: {symbol}" + (" (with − without prompts)" if diverging else "")
+        # titles fit the figure's width; the colour bar and the hover give the full symbol
+        title = f"{tower}: {_TITLE.get(measure, symbol)}" + (" (with − without)" if diverging else "")
         fig = figure(width=HEAT_W, height=HEAT_H, title=title, toolbar_location=None, tools="tap",
                      css_classes=["mmlens-heat"],
                      x_range=(min(heads) - 0.5, max(heads) + 0.5), y_range=(min(layers) - 0.5, max(layers) + 0.5),

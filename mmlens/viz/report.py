@@ -68,9 +68,10 @@ def build_report(
     state.param.update(dataset=datasets[0], seed=seed)
     board = Board(app, live=False, images=view.images[:max(1, images)])
     controls = [m for m in (board.layer, board.head) if m is not None]
-    parts: list[Any] = [pn.pane.Markdown(_provenance_markdown(view), sizing_mode="stretch_width")]
+    summary, provenance = _provenance_markdown(view)
+    parts: list[Any] = [pn.pane.Markdown(summary, sizing_mode="stretch_width")]
     parts.append(pn.Row(*[pn.pane.Bokeh(c) for c in controls]))
-    parts += main_panes(app, board, report=True)
+    parts += main_panes(app, board, report=True)[1:]  # the summary above already names the run
 
     # every dataset and variant of the heatmaps, switched in the page (the board shows the first run)
     if len(datasets) > 1 or len(view.variants) > 1:
@@ -87,6 +88,8 @@ def build_report(
                     state.param.update(dataset=dataset, seed=seed, variant=variant)
                     frames[(dataset, variant)] = tuple(app.plot_heatmap(tower, m) for m in measures)
             parts.append(pn.pane.Bokeh(frame_switcher(frames, ["dataset", "variant"], ncols=3)))
+    # the provenance table last: the views first, where a reader looks
+    parts.append(pn.pane.Markdown(provenance, sizing_mode="stretch_width"))
     del md
     return pn.Column(*parts, name="mmlens report", sizing_mode="stretch_width", max_width=1400)
 
@@ -160,7 +163,8 @@ def inline_cdn_resources(html: str) -> str:
     return _CDN.sub(lambda m: panel_dist_data_uri(m.group(1)) or m.group(0), html)
 
 
-def _provenance_markdown(view: StudyView) -> str:
+def _provenance_markdown(view: StudyView) -> tuple[str, str]:
+    """The page's summary line (run, warning when incomplete) and its provenance table (escaped)."""
     from mmlens.viz._text import md
     from mmlens.viz.layout import incomplete_note, status_of
 
@@ -172,9 +176,13 @@ def _provenance_markdown(view: StudyView) -> str:
                       for g, ds in view.groups.items())
     note = incomplete_note(status_of(view))
     warning = f"**{md(note)}**\n\n" if note is not None else ""
-    return (f"# mmlens report: {md(view.method)}\n\n{warning}Datasets: {md(', '.join(view.datasets))}; seeds "
-            f"{md(view.seeds)}; variants {md(', '.join(view.variants))}.\n\nSizes: {md(sizes)}\n\n"
-            f"| provenance | value |\n|---|---|\n{rows}\n")
+    a = view.attrs
+    summary = (f"# mmlens report: {md(view.method)}\n\n{warning}model **{md(a.get('model_name', '?'))}** "
+               f"({md(a.get('pretrained', '?'))}); datasets {md(', '.join(view.datasets))}; seeds "
+               f"{md(view.seeds)}; variants {md(', '.join(view.variants))}; created {md(a.get('created', '?'))}. "
+               "Provenance at the end of the page.")
+    table = (f"## Provenance\n\nSizes: {md(sizes)}\n\n| provenance | value |\n|---|---|\n{rows}\n")
+    return summary, table
 
 
 def _cell(value: Any) -> str:

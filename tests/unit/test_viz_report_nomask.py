@@ -34,9 +34,21 @@ def test_report_of_a_store_without_masks_says_so_and_shows_the_rest(eurosat_stor
     html = page.read_text(encoding="utf-8")
     assert "no foreground mask in this store" in html  # the note naming what is left out and why
     # Bokeh embeds titles as JSON (non-ASCII escaped): compare the ASCII part
-    assert "vision: foreground attention" not in html  # no heatmap of a measure that needs masks
+    # no heatmap of a measure that needs masks (its title and colour bar)
+    assert "vision: foreground FG" not in html and "foreground attention FG" not in html
     assert "vision: prompt mass" in html and "text: prompt mass" in html  # the views the store can show
     assert "EuroSAT" in html and "Traceback" not in html
+
+
+def test_the_foreground_views_are_named_in_a_report_of_a_store_with_masks(tmp_path):
+    """The control of the test above: with masks the same strings are in the page."""
+    from mmlens.store.synthetic import example_tree
+    from mmlens.viz.report import write_report
+
+    html = write_report(example_tree(n_images=2, n_layers=2, n_heads=2, grid=3), tmp_path / "r.html",
+                        images=1).read_text(encoding="utf-8")
+    assert "vision: foreground FG" in html and "foreground attention FG" in html
+    assert "no foreground mask in this store" not in html
 
 
 def test_a_traced_store_records_the_models_picture_geometry_and_the_explorer_uses_it(eurosat_store):
