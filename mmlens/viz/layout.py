@@ -67,9 +67,10 @@ def build_layout(app: Explorer):
         main.objects = main_panes(app, board)
         refresh.visible = incomplete_note(app.status()) is not None
 
-    def follow(event: Any) -> None:
+    def follow(*events: Any) -> None:  # param.update(layer=4, head=2, image=3) sends the three at once
         if app._board is not None:
-            app._board.follow(event.name, event.new)
+            for event in events:
+                app._board.follow(event.name, event.new)
 
     state.param.watch(rebuild, ["method", "dataset", "seed", "variant", "minus_reference", "curve_measure"])
     state.param.watch(follow, ["layer", "head", "image", "class_"])

@@ -62,6 +62,7 @@ def test_hostile_class_names_never_run_as_code(browser, tmp_path):
                          ".filter(Boolean).map(r => r.querySelector('.mmlens-info')?.shadowRoot?.textContent)"
                          ".filter(Boolean).join(' ')")
     assert any(name in info for name in HOSTILE), f"the class name is not shown as text: {info!r}"
+    page.locator(".mmlens-info").first.scroll_into_view_if_needed()  # the line with the hostile class name
     page.screenshot(path=str(ARTIFACTS / "report_hostile.png"), full_page=False)
     assert page.get_by_text('"><script>window.__pwned=2;alert(2)</script>').count() > 0
     assert page.locator("img[src=x]").count() == 0

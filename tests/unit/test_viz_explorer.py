@@ -120,6 +120,9 @@ def test_layout_builds_and_the_page_sliders_and_the_state_follow_each_other(stud
     app.state.image = 3
     data = board.image_source.data
     assert board.image_slider.value == 3
+    app.state.param.update(layer=1, head=0, image=2)  # several at once (one batch of events), as notebooks do
+    assert (board.layer.value, board.head.value, board.image_slider.value) == (1, 0, 2)
+    app.state.image = 3
     k = data["id"].index(3)  # the selected image is in the page, with its own info line
     assert "<b>image 3</b>" in data["info"][k]
     assert all(fig.js_event_callbacks.get("tap") for fig in board.heat_figures)  # a click selects a cell
