@@ -276,7 +276,10 @@ class Board:
             self.image_select = Select(title="image", options=[str(i) for i in embedded], value=str(embedded[0]),
                                        width=120, css_classes=["mmlens-image"])
         # a fixed box: the line wraps inside it and never widens the page (it fits a 1000 px window)
-        self.info = Div(text="", css_classes=["mmlens-info"], width=320, height=48)
+        # the box never grows (a long path is cut off; the hover-free text is still in the page), so a
+        # new image's line neither re-flows the page nor overlaps the controls below it
+        self.info = Div(text="", css_classes=["mmlens-info"], width=320 if live else 640, height=64,
+                        styles={"overflow": "hidden"})
         self.ctx: dict[str, Any] = {
             "layers": self.layers, "heads": self.heads, "rows": self.rows, "cols": self.cols, "shown_image": -1,
             "kinds": [_KIND_SHORT.get(self.kinds.get(ell, ""), "") and

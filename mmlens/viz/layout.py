@@ -71,6 +71,9 @@ def build_layout(app: Explorer):
         if app._board is not None:
             for event in events:
                 app._board.follow(event.name, event.new)
+            # the board's Bokeh models changed from Python (a notebook cell, not a page event): a notebook
+            # page only learns of such changes when they are pushed over the comm
+            pn.io.push_notebook(layout)
 
     state.param.watch(rebuild, ["method", "dataset", "seed", "variant", "minus_reference", "curve_measure"])
     state.param.watch(follow, ["layer", "head", "image", "class_"])
