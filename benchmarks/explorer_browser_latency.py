@@ -12,7 +12,10 @@ kind, and the notebook / report ratio of medians.
 Stores: ``--store toy`` (default, a synthetic run of 12 layers x 12 heads x 14x14 patches, 64
 images) or ``--store PATH`` (e.g. the 11-dataset study that ``benchmarks/explorer_latency.py``
 builds; the explorer opens it lazily). The report has no image slider (its images are embedded and
-switched with a select), so its ``image`` row switches between two embedded images.
+switched with a select), so its ``image`` row switches between two embedded images. The notebook's
+``image`` row steps the slider back and forth; the page holds the neighbouring images
+(``Board.NEIGHBOURS``), so these steps are drawn in the page like the report's. The load average
+is printed with the numbers.
 
 Run: python benchmarks/explorer_browser_latency.py [--trials 20] [--store PATH]
 """
@@ -91,6 +94,13 @@ def trials(page, kind: str, n: int, quiet_ms: int, *, image_control: str) -> lis
     return out
 
 
+def _load() -> str:
+    """The machine's load average: the numbers mean little without it on a shared machine."""
+    import os
+
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def summary(values: list[float]) -> str:
     if not values:
         return "   no change seen"
@@ -116,6 +126,7 @@ def main() -> None:
         f"app = mmlens.explore({str(store)!r})\napp",
     ])
     kinds = args.kinds.split(",")
+    load_before = _load()
     results: dict[tuple[str, str], list[float]] = {}
     with JupyterLab(work) as lab, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
@@ -140,7 +151,8 @@ def main() -> None:
                     trials(rpage, kind, n, args.quiet, image_control="select"))
         page.screenshot(path=str(work / "explorer.png"), full_page=True)
         browser.close()
-    print(f"\nstore: {store}; {args.trials} trials per kind; input event -> last changed canvas pixel (ms)\n")
+    print(f"\nstore: {store}; {args.trials} trials per kind; input event -> last changed canvas pixel (ms)")
+    print(f"machine load (1/5/15 min) before: {load_before}, after: {_load()}\n")
     print(f"{'kind':<7} {'notebook median':>16} {'p90':>6}   {'report median':>14} {'p90':>6}   ratio of medians")
     for kind in kinds:
         nb, rp = results.get(("notebook", kind), []), results.get(("report", kind), [])

@@ -77,6 +77,16 @@ CANVASES_JS = """
 """
 
 
+def shrink_png(path: Path) -> Path:
+    """Re-save a screenshot with a 256-colour palette: small enough to commit, plots still readable."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+    return path
+
+
 def free_port() -> int:
     import socket
 

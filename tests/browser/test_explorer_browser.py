@@ -15,6 +15,7 @@ from tests.browser._pages import (
     chromium,
     missing,
     run_all,
+    shrink_png,
     skip_or_fail,
     write_notebook,
 )
@@ -87,6 +88,7 @@ def test_explorer_in_jupyterlab_as_panel_and_as_ipywidget(tmp_path):
                 page.wait_for_timeout(1500)
                 panel_out.scroll_into_view_if_needed()
             panel_out.locator(".jp-OutputArea").first.screenshot(path=str(ARTIFACTS / f"explorer_{width}.png"))
+            shrink_png(ARTIFACTS / f"explorer_{width}.png")
         assert widths[1400] > widths[1000]  # the two windows really gave the explorer different widths
         browser.close()
     assert not [e for e in errors if "mmlens" in e or "Bokeh" in e], errors[:5]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser._pages import ARTIFACTS, CHROMIUM_ARGS, HOSTILE, chromium, hostile_tree, missing, skip_or_fail
+from tests.browser._pages import (
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    HOSTILE,
+    chromium,
+    hostile_tree,
+    missing,
+    shrink_png,
+    skip_or_fail,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -64,6 +73,7 @@ def test_hostile_class_names_never_run_as_code(browser, tmp_path):
     assert any(name in info for name in HOSTILE), f"the class name is not shown as text: {info!r}"
     page.locator(".mmlens-info").first.scroll_into_view_if_needed()  # the line with the hostile class name
     page.screenshot(path=str(ARTIFACTS / "report_hostile.png"), full_page=False)
+    shrink_png(ARTIFACTS / "report_hostile.png")
     assert page.get_by_text('"><script>window.__pwned=2;alert(2)</script>').count() > 0
     assert page.locator("img[src=x]").count() == 0
     assert not blocked, f"the report reached for the network: {blocked[:3]}"
@@ -85,5 +95,6 @@ def test_report_screenshots(browser, tmp_path):
         scroll = page.evaluate("document.documentElement.scrollWidth")
         assert scroll <= width, f"the report is {scroll} px wide in a {width} px window"
         page.screenshot(path=str(ARTIFACTS / f"report_{width}.png"), full_page=True)
+        shrink_png(ARTIFACTS / f"report_{width}.png")
         assert not errors and not blocked
         page.close()
