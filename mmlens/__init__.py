@@ -32,4 +32,16 @@ _LAZY = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 
-__getattr__, __dir__ = lazy_exports("mmlens", _LAZY, globals())
+_resolve, __dir__ = lazy_exports("mmlens", _LAZY, globals())
+
+#: Names that give or take trace stores: resolving one also registers the ``.mml`` accessor, which lives
+#: above the statistics (mmlens.stats.accessor) so that mmlens.store never imports mmlens.stats.
+_STORE_NAMES = frozenset({"trace", "trace_to_store", "intervene", "open", "evaluate", "explore", "stats", "viz"})
+
+
+def __getattr__(name: str):  # noqa: ANN202  (PEP 562)
+    value = _resolve(name)
+    if name in _STORE_NAMES:
+        import mmlens.stats.accessor  # noqa: F401
+
+    return value

@@ -6,8 +6,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import xarray as xr
+
+from mmlens.stats.accuracy import image_accuracy
 
 __all__ = ["COLUMNS", "study_statistics", "bias_comparison", "image_accuracy", "method_comparison"]
 
@@ -96,23 +97,6 @@ def _summaries(da: xr.DataArray, over: Sequence[str], n_boot: int, base: dict[st
                 per = summarize(da, over=list(over), by_layer_kind=by_kind, n_boot=n_boot, nested=STUDY_NESTING)
                 rows += _records(per, {**base, "n_datasets": 1})
     return rows
-
-
-def image_accuracy(study: xr.DataTree) -> xr.DataArray:
-    """Per-image correctness (0 or 100) of every traced variant, from the stored logits; NaN for padding.
-
-    Returns
-    -------
-    xarray.DataArray
-        (dataset, seed, variant, image), in %.
-    """
-    logits = study["logits"].to_dataset()
-    scores = logits["logits"].fillna(-np.inf)
-    pred = scores.argmax("class")
-    label = logits["label"]
-    correct = (pred == label).astype(np.float64) * 100.0
-    valid = (label >= 0) & logits["logits"].notnull().any("class")
-    return correct.where(valid).rename("accuracy")
 
 
 def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> tuple[list[dict[str, Any]], list[str]]:

@@ -109,13 +109,12 @@ def key_numbers(stores: dict[str, str | Path]) -> tuple[dict, dict]:
     base store: ``kind``, mean ``prompt_mass`` at [cls] and mean ``bias_norm_ratio`` ‖β‖/‖(a)‖).
     """
     import mmlens
-    from mmlens.stats import bias_norm_ratio, prompt_mass
+    from mmlens.stats import bias_norm_ratio, image_accuracy, prompt_mass
 
     accuracy = {}
     for subset, path in stores.items():
-        tree = mmlens.open(path)
-        correct = tree["logits"]["logits"].argmax("class") == tree["logits"]["label"]
-        accuracy[subset] = {v: 100 * float(correct.sel(variant=v).mean()) for v in ("zeroshot", "full")}
+        correct = image_accuracy(mmlens.open(path))
+        accuracy[subset] = {v: float(correct.sel(variant=v).mean()) for v in ("zeroshot", "full")}
     base = mmlens.open(stores["base"])
     mass = prompt_mass(base).sel(variant="full", measure="readout").mean(("image", "head")).compute()
     ratio = bias_norm_ratio(base).sel(variant="full", measure="bias_over_original").mean("image").compute()

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mmlens.store import accessor as _accessor  # noqa: F401  (.mml on what open returns)
 from mmlens.store import integrity, schema
 from mmlens.store.integrity import StoreIntegrityError, store_status
 from mmlens.store.lock import StoreLockedError, WriterLock
@@ -67,9 +66,10 @@ def open(  # noqa: A001
 ) -> xr.DataTree:
     """Open a trace store (zarr directory or netCDF file) lazily as a DataTree.
 
-    Arrays are dask arrays (one block per stored chunk) and nothing is read until used. The
-    ``ds.mml`` accessor is registered on the result. A zarr store still being written (or whose
-    writer was killed) opens at its last complete chunk, with an :class:`IncompleteStoreWarning`.
+    Arrays are dask arrays (one block per stored chunk) and nothing is read until used. Reached as
+    ``mmlens.open``, the ``ds.mml`` accessor (:mod:`mmlens.stats.accessor`) is registered too. A zarr
+    store still being written (or whose writer was killed) opens at its last complete chunk, with an
+    :class:`IncompleteStoreWarning`.
 
     By default (``check=True``) a zarr store is checked against its writer's integrity record from
     directory listings alone (no chunk is read): every recorded chunk must exist with its recorded

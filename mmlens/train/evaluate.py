@@ -590,12 +590,6 @@ def combine(results: Sequence[xr.Dataset]) -> xr.Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def _hm(b: Any, n: Any) -> Any:
-    b, n = np.asarray(b, dtype=float), np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(b + n > 0, 2 * b * n / (b + n), 0.0)
-
-
 def summary(ds: xr.Dataset) -> xr.Dataset:
     """Seed-mean accuracies per dataset (plus an ``"Average"`` dataset), with HM where base/novel exist.
 
@@ -618,6 +612,8 @@ def summary(ds: xr.Dataset) -> xr.Dataset:
     """
     import xarray as xr
 
+    from mmlens.stats.elementary import harmonic_mean
+
     acc = ds["accuracy"]
     mean = acc.mean("seed", skipna=True)
     std = acc.std("seed", skipna=True)
@@ -630,7 +626,7 @@ def summary(ds: xr.Dataset) -> xr.Dataset:
         out[str(split)] = mean.sel(split=split, drop=True)
         out[f"std_{split}"] = std.sel(split=split, drop=True)
     if {"base", "novel"} <= set(ds["split"].values.tolist()):
-        out["hm"] = xr.apply_ufunc(_hm, out["base"], out["novel"])
+        out["hm"] = harmonic_mean(out["base"], out["novel"])
     out.attrs = dict(ds.attrs)
     out.attrs["n_seeds"] = int(ds.sizes["seed"])
     for name in ("trainable_parameters", "route", "branch", "layers"):

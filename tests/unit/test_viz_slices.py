@@ -8,7 +8,7 @@ import scipy.stats
 import xarray as xr
 
 from mmlens.store.synthetic import example_study, example_tree
-from mmlens.viz.slices import MissingData, StudyView, map_agreement
+from mmlens.viz.slices import MissingData, StudyView
 
 
 @pytest.fixture(scope="module")
@@ -224,10 +224,8 @@ def _with_attribution(tree, per_layer=False):
                                                                             tree.children}, "attribution": attribution})
 
 
-def test_attribution_maps_and_agreement_match_mmlens_attribution(tree):
-    pytest.importorskip("torch")
-    from mmlens.attribution.agreement import foreground_mass, rank_correlation
-
+def test_image_slice_shows_the_prompted_variants_attribution_maps(tree):
+    # the agreement numbers themselves are defined once, in mmlens.stats.agreement (tested there)
     t = _with_attribution(tree, per_layer=True)
     view = StudyView(t)
     sl = view.image_slice("synthetic", 1, 2, 1, 0)
@@ -236,21 +234,7 @@ def test_attribution_maps_and_agreement_match_mmlens_attribution(tree):
     np.testing.assert_allclose(sl.attribution["attention_gradcam"],
                                t["attribution"]["attention_gradcam"].sel(variant="full", image=2, layer=1).values,
                                rtol=1e-6)
-    a_hat = tree["vision"]["cls_attention"].sel(variant="full", image=[2], layer=1, head=0)
-    rho = rank_correlation(occ.expand_dims(image=[2]).drop_vars("variant"), a_hat.drop_vars("variant"))
-    assert sl.agreement["occlusion"]["spearman"] == pytest.approx(float(rho.squeeze()), abs=1e-6)
-    mass = foreground_mass(occ.expand_dims(image=[2]).drop_vars("variant"), tree["vision"]["foreground"].sel(image=[2]))
-    assert sl.agreement["occlusion"]["foreground_mass"] == pytest.approx(float(mass.squeeze()), rel=1e-6)
-
-
-def test_map_agreement_hand_cases():
-    a = np.array([[4.0, 3.0], [2.0, 1.0]])
-    assert map_agreement(a, a, None)["spearman"] == pytest.approx(1.0)
-    assert map_agreement(a, -a, None)["spearman"] == pytest.approx(-1.0)
-    assert np.isnan(map_agreement(np.ones((2, 2)), a, None)["spearman"])
-    fg = np.array([[1.0, 0.0], [0.0, 0.0]])
-    out = map_agreement(np.array([[3.0, -1.0], [0.0, 0.0]]), a, fg)
-    assert out["foreground_mass"] == pytest.approx(0.75) and out["foreground_chance"] == pytest.approx(0.25)
+    assert set(sl.agreement["occlusion"]) == {"spearman", "foreground_mass", "foreground_chance"}
 
 
 def test_lazy_zarr_store_gives_the_same_numbers(tree, tmp_path):
