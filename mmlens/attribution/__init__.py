@@ -31,13 +31,12 @@ from mmlens.attribution.image import (
 )
 from mmlens.attribution.prompts import PromptIntegratedGradients, handcrafted_prompts, prompt_parameters
 
-#: Image-side methods by the variable name they take in the ``attribution`` group.
+#: Image-side methods by the variable name they take in the ``attribution`` group (each class's ``name``,
+#: one of mmlens.store.schema.ATTRIBUTION_METHODS).
 IMAGE_METHODS = {
-    "ig_pixels": PixelIntegratedGradients,
-    "ig_patch_embedding": PatchEmbeddingIntegratedGradients,
-    "occlusion": PatchOcclusion,
-    "attention_gradcam": AttentionGradCAM,
-    "gradient_rollout": GradientRollout,
+    cls.name: cls
+    for cls in (PixelIntegratedGradients, PatchEmbeddingIntegratedGradients, PatchOcclusion, AttentionGradCAM,
+                GradientRollout)
 }
 
 __all__ = [

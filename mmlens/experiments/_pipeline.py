@@ -12,7 +12,8 @@ from typing import Any
 
 from mmlens.experiments._ledger import Ledger
 from mmlens.experiments._sources import DataSource, resolve_datasets
-from mmlens.experiments.reproduce import QUICK, ROUTES, TRACE_VARIANTS
+from mmlens.experiments.reproduce import QUICK
+from mmlens.store import schema
 from mmlens.train.recipes import TOY_RECIPE, prompt_depth, recipe_for
 
 __all__ = ["Config", "Result", "run", "layout"]
@@ -229,12 +230,12 @@ class _Runner:
 
     def variants(self, method: str) -> list[str]:
         """Evaluated variants: full, zeroshot and route ablations per ``--ablations`` (MaPLe only)."""
-        from mmlens.train import ablation_variants
+        from mmlens.store.variants import ablation_variants
 
         if method != "maple":
             return ["full", "zeroshot"]
         out = ["full", "zeroshot"]
-        for route in ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
+        for route in schema.ABLATION_ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
             branches = ["both"] if self.cfg.ablations == "routes" else ["both", "vision", "text"]
             out += ablation_variants([route], branches, ["all"], reference=False)
             if self.cfg.ablations == "grid":
@@ -294,7 +295,7 @@ class _Runner:
         manifest = src.manifest
         # autocast as in training and evaluation, on the run's own device; the statistics stay float32
         with resolve_precision(cfg.precision, cfg.device).autocast():
-            trace_to_store(model, test, path, with_reference=True, variants=list(TRACE_VARIANTS),
+            trace_to_store(model, test, path, with_reference=True, variants=list(schema.VARIANTS),
                            store_bias_vectors=True, mean_bias=mean_bias, batch_size=32, device=cfg.device,
                            image_split=split, class_split=[split] * len(test.classnames), progress=cfg.progress,
                            provenance={"dataset": dataset, "manifest_version": str(manifest.manifest_version),
@@ -431,7 +432,7 @@ def run(cfg: Config) -> Result:
 def _evaluations(runner: _Runner) -> Any:
     import xarray as xr
 
-    from mmlens.train.evaluate import combine
+    from mmlens.stats.tables import combine_results
 
     cfg = runner.cfg
     parts = []
@@ -440,11 +441,11 @@ def _evaluations(runner: _Runner) -> Any:
             for m in cfg.methods:
                 with xr.open_dataset(runner.eval_path(d, s, m), engine="h5netcdf") as ds:
                     parts.append(ds.load())
-    return combine(parts)
+    return combine_results(parts)
 
 
 def _tables(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
-    from mmlens.train import to_csv, to_markdown
+    from mmlens.stats.tables import to_csv, to_markdown
 
     acc = _evaluations(runner)
     files["accuracy_nc"].parent.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: Route ablations traced with every run (per image, so their accuracy gets bootstrap intervals).
-TRACE_VARIANTS = ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts")
-ROUTES = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts")
+# Every run traces the plain variants (mmlens.store.schema.VARIANTS: full, zeroshot and the route ablations,
+# per image, so their accuracy gets bootstrap intervals); evaluation adds the ablations named by --ablations.
 
 QUICK = {"shots": 2, "epochs": 2, "batch_size": 8, "max_images": 16, "ablations": "routes", "n_boot": 200}
 #: Evaluated variants: ``routes`` (both branches), ``branches`` (+ vision / text alone), ``grid`` (+ the

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlens.store import schema
+
 __all__ = ["METHODS", "PromptedCLIP", "ROLE_CODES", "BlockCall", "block_forward", "classname_in_prompt"]
 
 
@@ -37,8 +39,9 @@ def classname_in_prompt(name: str) -> str:
     """
     return str(name).replace("_", " ")
 
-# Token roles are stored as small integer codes so they can ride along with tensors.
-ROLE_CODES = {"cls": 0, "patch": 1, "prompt": 2, "sot": 3, "word": 4, "eot": 5, "pad": 6, "classname": 7}
+# Token roles ride along with tensors as small integer codes: the position of each role in the schema's
+# vocabulary (codes never leave the process; stores hold the role names).
+ROLE_CODES = {role: code for code, role in enumerate(schema.TOKEN_ROLES)}
 ROLE_NAMES = {v: k for k, v in ROLE_CODES.items()}
 
 

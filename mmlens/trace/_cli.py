@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-# the names of mmlens.store.schema.ATTRIBUTION_METHODS (kept here so that `mmlens --help` imports nothing)
-_ATTRIBUTION_METHODS = ("ig_pixels", "ig_patch_embedding", "occlusion", "attention_gradcam", "gradient_rollout",
-                        "prompt_ig")
+# the schema is a names-only module (no numpy, xarray or torch), so `mmlens --help` stays light
+from mmlens.store.schema import ATTRIBUTION_METHODS
 
 
 def _attribution_methods(text: str) -> list[str]:
@@ -18,7 +17,7 @@ def _attribution_methods(text: str) -> list[str]:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names among {', '.join(_ATTRIBUTION_METHODS)}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated names among {', '.join(ATTRIBUTION_METHODS)}")
     return names
 
 
@@ -59,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--attribution", type=_attribution_methods, default=None, metavar="METHOD[,METHOD]",
                    help="also compute captum attributions of the traced images into the store's `attribution` "
                         "group (explaining the true class; for the variants full and, with --with-reference, "
-                        "zeroshot): " + ", ".join(_ATTRIBUTION_METHODS) + ". Costly: integrated gradients run "
+                        "zeroshot): " + ", ".join(ATTRIBUTION_METHODS) + ". Costly: integrated gradients run "
                         "the model n_steps (32; prompt_ig 16) times per image, occlusion once per patch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -55,7 +55,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from mmlens.models.checkpoints import read_prompt_file
-    from mmlens.train.evaluate import _prompt_files, evaluate, to_csv, to_markdown
+    from mmlens.stats.tables import to_csv, to_markdown
+    from mmlens.train.evaluate import _prompt_files, evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)

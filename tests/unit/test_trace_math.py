@@ -20,7 +20,7 @@ from mmlens.trace.decompose import (
     merged_output,
     split_attention,
 )
-from mmlens.trace.interventions import ROUTES, RoleMeanBias, SplitHook, intervene, measure_mean_bias
+from mmlens.trace.interventions import ROUTE_RULES, RoleMeanBias, SplitHook, intervene, measure_mean_bias
 
 CLASSES = ["cat", "dog", "airplane"]
 
@@ -69,10 +69,10 @@ def test_hand_computed_one_block_one_head():
         "drop_prompts": a_hat,
     }
     for variant, want in expected.items():
-        out = SplitHook({("vision", 0): ROUTES[variant]})(call)
+        out = SplitHook({("vision", 0): ROUTE_RULES[variant]})(call)
         assert (out[0, 0] - x[0, 0]).tolist() == pytest.approx(want, abs=1e-6), variant
     mean = {("vision", 0): RoleMeanBias(per_token={}, pooled={c: torch.full((2,), 0.25) for c in roles.tolist()})}
-    out = SplitHook({("vision", 0): ROUTES["constant_bias"]}, mean)(call)
+    out = SplitHook({("vision", 0): ROUTE_RULES["constant_bias"]}, mean)(call)
     assert (out[0, 0] - x[0, 0]).tolist() == pytest.approx([a_hat[0] + 0.25, a_hat[1] + 0.25], abs=1e-6)
 
 
