@@ -21,7 +21,7 @@ __all__ = ["COLUMNS", "study_statistics", "bias_comparison", "image_accuracy", "
 COLUMNS = ["statistic", "tower", "method", "measure", "variant", "split", "dataset", "layers", "layer_kind", "mean",
            "low", "high", "n_datasets", "n_seeds", "n_items", "interval"]
 
-#: The design of a study (``_study.stack_runs``): every seed of a dataset traces the same images and
+#: The design of a study (:func:`mmlens.store.study.combine_runs`): every seed of a dataset traces the same images and
 #: class prompts (seeds cross items), each dataset has its own (items nest in datasets), and seeds
 #: are crossed with datasets (one seed number may share e.g. the prompt initialisation).
 STUDY_NESTING = {"image": ("dataset",), "class": ("dataset",)}

@@ -461,21 +461,21 @@ def _tables(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
 
 
 def _studies(runner: _Runner) -> dict[str, Any]:
-    from mmlens.experiments._study import stack_runs
+    from mmlens.store.study import combine_runs
 
     cfg = runner.cfg
-    return {split: stack_runs({(d, s): runner.store_path(d, s, split) for d in cfg.datasets for s in cfg.seeds})
+    return {split: combine_runs({(d, s): runner.store_path(d, s, split) for d in cfg.datasets for s in cfg.seeds})
             for split in ("base", "novel")}
 
 
 def _bias_study(runner: _Runner) -> Any:
     """The bias-tuning traces (base classes) as one study, or None when bias tuning was not trained."""
-    from mmlens.experiments._study import stack_runs
+    from mmlens.store.study import combine_runs
 
     cfg = runner.cfg
     if not ("bias" in cfg.methods and "maple" in cfg.methods):
         return None
-    return stack_runs({(d, s): runner.store_path(d, s, "base", "bias") for d in cfg.datasets for s in cfg.seeds})
+    return combine_runs({(d, s): runner.store_path(d, s, "base", "bias") for d in cfg.datasets for s in cfg.seeds})
 
 
 def _statistics(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
