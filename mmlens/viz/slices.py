@@ -20,6 +20,7 @@ __all__ = [
     "LAYER_MEASURES",
     "ImageSlice",
     "MissingData",
+    "StoreSlices",
     "StudyView",
     "as_tree",
     "map_agreement",
@@ -122,8 +123,11 @@ class _LRU:
         return value
 
 
-class StudyView:
-    """Read-only, cached access to one trace store (one run or a study) for the explorer's views.
+class StoreSlices:
+    """Read-only, cached slices of one trace store (one run or a study), shaped for the explorer's views.
+
+    Only view data shaping lives here (which variables, which run, averaging for a map or a curve);
+    every derived number comes from :mod:`mmlens.stats`.
 
     Works the same on a single run (no ``dataset``/``seed`` dims: the root attrs name them) and
     on a study (``dataset``/``seed`` dims). Every method returns small in-memory arrays; the
@@ -145,7 +149,7 @@ class StudyView:
     Examples
     --------
     >>> from mmlens.store.synthetic import example_tree
-    >>> view = StudyView(example_tree(n_images=4, n_layers=3, n_heads=2))
+    >>> view = StoreSlices(example_tree(n_images=4, n_layers=3, n_heads=2))
     >>> view.datasets, view.layers("vision"), view.variants
     (['synthetic'], [0, 1, 2], ['full', 'zeroshot'])
     >>> view.head_map("vision", "prompt_mass", "synthetic", 0, "full").dims
@@ -673,7 +677,7 @@ def _per_item_layer_measure(ds: xr.Dataset, measure: str) -> xr.DataArray:
     raise ValueError(f"unknown layer measure {measure!r}")
 
 
-def available(view: StudyView, tower: str, names: Mapping[str, tuple[str, tuple[str, ...]]]) -> list[str]:
+def available(view: StoreSlices, tower: str, names: Mapping[str, tuple[str, tuple[str, ...]]]) -> list[str]:
     """Measures of ``names`` whose variables ``tower`` holds (others would show a message)."""
     out = []
     for name, (_, needed) in names.items():
@@ -682,3 +686,7 @@ def available(view: StudyView, tower: str, names: Mapping[str, tuple[str, tuple[
         if view.has(tower, *needed):
             out.append(name)
     return out
+
+
+#: The former name of :class:`StoreSlices` (it serves single runs as well as studies).
+StudyView = StoreSlices
