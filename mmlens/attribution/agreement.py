@@ -1,16 +1,8 @@
-"""Agreement between attribution maps and the trace (re-exported: defined in :mod:`mmlens.stats.agreement`)."""
+"""Agreement between attribution maps and the trace (re-exported: defined in :mod:`mmlens.stats.attribution`)."""
 
 from __future__ import annotations
 
-from mmlens.stats.agreement import (
-    GRID,
-    agreement,
-    foreground_chance,
-    foreground_mass,
-    map_agreement,
-    patch_foreground,
-    rank_correlation,
-)
+from mmlens.stats import attribution as _home
+from mmlens.stats.attribution import *  # noqa: F403
 
-__all__ = ["GRID", "agreement", "foreground_chance", "foreground_mass", "map_agreement", "patch_foreground",
-           "rank_correlation"]
+__all__ = list(_home.__all__)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mmlens.stats.agreement import map_agreement
+from mmlens.stats.attribution import map_agreement
 from mmlens.store import schema
 from mmlens.store.select import per_dataset, select_run
 

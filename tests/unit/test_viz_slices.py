@@ -225,7 +225,7 @@ def _with_attribution(tree, per_layer=False):
 
 
 def test_image_slice_shows_the_prompted_variants_attribution_maps(tree):
-    # the agreement numbers themselves are defined once, in mmlens.stats.agreement (tested there)
+    # the agreement numbers themselves are defined once, in mmlens.stats.attribution (tested there)
     t = _with_attribution(tree, per_layer=True)
     view = StoreSlices(t)
     sl = view.image_slice("synthetic", 1, 2, 1, 0)
