@@ -1,4 +1,4 @@
-"""Statistics of attribution maps: agreement with the trace (rank correlation with ``[cls]`` attention, foreground mass).
+"""Statistics of attribution maps: agreement with the trace (rank correlation with [cls] attention, foreground mass).
 
 Pure xarray/numpy/scipy (no torch), so stored attribution groups can be compared on a laptop.
 """
