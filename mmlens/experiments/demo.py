@@ -97,7 +97,7 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
 
     report = write_report(stores["base"], out / "demo_report.html", title=f"mmlens demo: MaPLe on {dataset}")
     seconds = time.perf_counter() - start
-    summary = _summary(dataset, accuracy, layers, stores, report, seconds)
+    summary = _console_text(dataset, accuracy, layers, stores, report, seconds)
     return {"accuracy": accuracy, "layers": layers, "stores": stores, "report": report, "seconds": seconds,
             "summary": summary}
 
@@ -129,7 +129,7 @@ def key_numbers(stores: dict[str, str | Path]) -> tuple[dict, dict]:
     return accuracy, layers
 
 
-def _summary(dataset, accuracy, layers, stores, report, seconds) -> str:
+def _console_text(dataset, accuracy, layers, stores, report, seconds) -> str:
     lines = [f"mmlens demo — MaPLe prompts on toyworld '{dataset}' ({seconds:.0f} s)", "",
              "accuracy (%)      zero-shot   MaPLe"]
     for subset in ("base", "novel"):

@@ -49,7 +49,7 @@ def provenance(ds: xr.Dataset | xr.DataArray) -> dict[str, Any]:
     return {k: v for k, v in ds.attrs.items() if k != schema.PROGRESS_ATTR}
 
 
-def finish(
+def with_provenance(
     result: xr.DataArray, source: xr.Dataset | xr.DataArray, statistic: str, definition: str, **extra: Any
 ) -> xr.DataArray:
     """Name the result and re-attach provenance (xarray drops attrs in most operations)."""

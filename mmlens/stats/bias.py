@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from mmlens.stats._common import finish, group_of, require, stack_measures
+from mmlens.stats._common import group_of, require, stack_measures, with_provenance
 from mmlens.stats.elementary import safe_ratio
 
 __all__ = ["bias_alignment", "bias_consistency", "bias_head_ratio", "bias_norm_ratio"]
@@ -41,7 +41,7 @@ def bias_norm_ratio(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") ->
             "bias_over_residual": ds["bias_norm"] / ds["residual_norm"],
         }
     )
-    return finish(out, ds, "bias_norm_ratio", "|beta| / |(a)| and |beta| / |x| at the readout query")
+    return with_provenance(out, ds, "bias_norm_ratio", "|beta| / |(a)| and |beta| / |x| at the readout query")
 
 
 def bias_head_ratio(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
@@ -64,7 +64,7 @@ def bias_head_ratio(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") ->
     ds = group_of(data, tower)
     require(ds, ["bias_head_norm", "original_norm"], "bias_head_ratio")
     out = safe_ratio(ds["bias_head_norm"], ds["original_norm"])
-    return finish(out, ds, "bias_head_ratio", "|beta_h| / |(a)_h| per head at the readout query")
+    return with_provenance(out, ds, "bias_head_ratio", "|beta_h| / |(a)_h| per head at the readout query")
 
 
 def bias_consistency(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
@@ -148,7 +148,7 @@ def bias_consistency(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -
             "dataset_mean_share": share,
         }
     )
-    return finish(
+    return with_provenance(
         out,
         ds,
         "bias_consistency",
@@ -233,7 +233,7 @@ def bias_alignment(prompted: xr.Dataset | xr.DataTree, learned: xr.Dataset | xr.
     source = group_of(prompted, tower)
     if "layer_kind" in source.coords:
         out = out.assign_coords(layer_kind=source.coords["layer_kind"].reset_coords(drop=True).sel(layer=out["layer"]))
-    return finish(out, source, "bias_alignment",
+    return with_provenance(out, source, "bias_alignment",
                   "cos(mean_i beta_i of the prompt method, learned bias b of bias tuning), same dataset and layer")
 
 
