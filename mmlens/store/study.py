@@ -183,6 +183,16 @@ def _stack_seeds(parts: list[xr.Dataset], seeds: list[int]) -> xr.Dataset:
 
 def _stack_datasets(parts: list[xr.Dataset], datasets: list[str]) -> xr.Dataset:
     fill = {**_STRING_FILL, "label": -1}
+    # per-image and per-class coordinates belong to one dataset: (dataset, image) / (dataset, class) always,
+    # even where two datasets happen to agree (or there is only one), so that the layout never depends on values
+    parts = [
+        p.assign_coords({
+            c: p.coords[c].expand_dims(dataset=1)
+            for c in p.coords
+            if c not in p.dims and {"image", "class"} & set(p.coords[c].dims)
+        })
+        for p in parts
+    ]
     out = xr.concat(
         parts,
         dim=pd.Index(datasets, name="dataset"),
