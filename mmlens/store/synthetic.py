@@ -152,8 +152,9 @@ def example_study(
     the builder of real studies, so the layout is the same. With ``chunks`` the arrays are dask
     arrays generated block by block (``chunks`` images per block) and nothing is computed until
     asked for: ``example_study(11, 2000, chunks=250, with_vectors=False).to_zarr(path)`` streams a
-    ViT-B/16-sized study (12 layers x 12 heads, ``grid=14``; ``cls_attention`` alone is 11 x 2 x 2000 x 144 x 196 float32 = 5 GB; pass
-    ``variables=`` to keep only what a benchmark needs) to disk in bounded memory. The numbers
+    ViT-B/16-sized study (12 layers x 12 heads, ``grid=14``; ``cls_attention`` alone is
+    11 x 2 x 2000 x 144 x 196 float32 = 5 GB; pass ``variables=`` to keep only what a benchmark
+    needs) to disk in bounded memory. The numbers
     depend on ``seed`` and on ``chunks``.
 
     Parameters
