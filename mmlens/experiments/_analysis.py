@@ -9,6 +9,7 @@ from typing import Any
 import xarray as xr
 
 from mmlens.stats.accuracy import image_accuracy
+from mmlens.store import schema
 
 __all__ = ["COLUMNS", "study_statistics", "bias_comparison", "image_accuracy", "method_comparison"]
 
@@ -173,7 +174,7 @@ def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> t
     if "full" in have and "zeroshot" in have:
         mid = (acc.sel(variant="full") + acc.sel(variant="zeroshot")) / 2
         parts.append((acc.sel(variant="full") - acc.sel(variant="zeroshot")).expand_dims(variant=["full - zeroshot"]))
-        for route in ("bias_only", "redistribution_only", "constant_bias", "drop_prompts"):
+        for route in schema.ABLATION_ROUTES:
             if route in have:
                 parts.append((acc.sel(variant=route) - mid).expand_dims(variant=[f"{route} - {_MID}"]))
     acc = xr.concat(parts, dim="variant", coords="minimal", compat="override", join="outer")

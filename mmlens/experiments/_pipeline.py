@@ -236,10 +236,11 @@ class _Runner:
             return ["full", "zeroshot"]
         out = ["full", "zeroshot"]
         for route in schema.ABLATION_ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
-            branches = ["both"] if self.cfg.ablations == "routes" else ["both", "vision", "text"]
+            branches = ["both"] if self.cfg.ablations == "routes" else list(schema.VARIANT_BRANCHES)
             out += ablation_variants([route], branches, ["all"], reference=False)
             if self.cfg.ablations == "grid":
-                out += ablation_variants([route], ["both"], ["injected", "carried"], reference=False)
+                out += ablation_variants([route], ["both"], [g for g in schema.LAYER_GROUPS if g != "all"],
+                                         reference=False)
         return out
 
     def evaluate(self, dataset: str, seed: int, method: str) -> dict[str, Any]:
