@@ -21,13 +21,18 @@ _LAZY = {
     "save_prompts": "mmlens.models.checkpoints",
     "load_prompts": "mmlens.models.checkpoints",
     "import_prompts": "mmlens.models.checkpoints",
-    "trace": "mmlens.trace",  # the package is callable: mmlens.trace(...) runs tracer.trace
-    "trace_to_store": "mmlens.trace.tracer",
-    "intervene": "mmlens.trace.interventions",
+    "trace": "mmlens.tracing.tracer",
+    "trace_to_store": "mmlens.tracing.tracer",
+    "intervene": "mmlens.tracing.interventions",
     "open": "mmlens.store.io",
     "evaluate": "mmlens.train.evaluate",
     "explore": "mmlens.viz.explorer",
 }
+
+# sub-packages, reachable after a bare ``import mmlens`` (``mmlens.stats.summarize(...)``); each is
+# imported on first attribute access, so ``import mmlens`` itself imports neither torch nor xarray
+_SUBPACKAGES = ("attribution", "data", "experiments", "models", "stats", "store", "tracing", "train", "viz")
+_LAZY.update({name: f"mmlens.{name}" for name in _SUBPACKAGES})
 
 __all__ = ["__version__", *sorted(_LAZY)]
 

@@ -16,7 +16,7 @@ _COMMAND_MODULES = [
     "mmlens.data._cli",  # data list / verify / toyworld
     "mmlens.models._cli",  # toy pretrain
     "mmlens.train._cli",  # train, evaluate
-    "mmlens.trace._cli",  # trace
+    "mmlens.tracing._cli",  # trace
     "mmlens.store._cli",  # store verify
 ]
 

@@ -264,7 +264,7 @@ class _Runner:
         if key not in self._mean_bias:
             import torch
 
-            from mmlens.trace.interventions import measure_mean_bias
+            from mmlens.tracing.interventions import measure_mean_bias
             from mmlens.train._data import batches, model_inputs
             from mmlens.train.transforms import input_spec
 
@@ -280,7 +280,7 @@ class _Runner:
 
     def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
         from mmlens.models.precision import resolve_precision
-        from mmlens.trace.tracer import trace_to_store
+        from mmlens.tracing.tracer import trace_to_store
         from mmlens.train.transforms import input_spec
 
         cfg = self.cfg
@@ -304,7 +304,7 @@ class _Runner:
 
     def trace_bias(self, dataset: str, seed: int, split: str = "base") -> dict[str, Any]:
         """Trace bias tuning (variant ``full``, its b vectors) to compare its b with MaPLe's β side by side."""
-        from mmlens.trace.tracer import trace_to_store
+        from mmlens.tracing.tracer import trace_to_store
         from mmlens.train.transforms import input_spec
 
         cfg = self.cfg

@@ -11,7 +11,7 @@ _ATTRIBUTION_METHODS = ("ig_pixels", "ig_patch_embedding", "occlusion", "attenti
 
 def _attribution_methods(text: str) -> list[str]:
     """argparse type of ``--attribution``: comma-separated method names, checked by ``trace``'s own parser."""
-    from mmlens.trace.tracer import parse_attribution
+    from mmlens.tracing.tracer import parse_attribution
 
     try:
         names = list(parse_attribution(text))
@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from mmlens.data import build, get_manifest
     from mmlens.data.transforms import eval_mask_transform
-    from mmlens.trace.tracer import trace_to_store
+    from mmlens.tracing.tracer import trace_to_store
     from mmlens.train.transforms import input_spec
 
     args.seed = run_seed(args.prompts, args.seed)
@@ -177,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
     subset = args.subset
     # autocast on the device the model runs on (not always "cuda"): --device cpu --precision amp runs the
-    # GPU path on CPU; the split inside stays float32 (mmlens.trace.decompose)
+    # GPU path on CPU; the split inside stays float32 (mmlens.tracing.decompose)
     with _precision(args).autocast():
         path = trace_to_store(
             model, loader, args.out, with_reference=args.with_reference, all_queries=args.all_queries,

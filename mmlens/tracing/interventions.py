@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from mmlens.models.prompted import ROLE_CODES, ROLE_NAMES, BlockCall, block_forward, finish_block
-from mmlens.trace.decompose import AttentionSplit, float32_region, merged_output, split_attention
+from mmlens.tracing.decompose import AttentionSplit, float32_region, merged_output, split_attention
 
 __all__ = ["VARIANTS", "Route", "ROUTES", "RoleMeanBias", "SplitHook", "intervene", "measure_mean_bias"]
 
