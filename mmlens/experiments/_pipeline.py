@@ -158,7 +158,7 @@ class _Runner:
     @property
     def size(self) -> Any:
         """The CLIP's input spec: size plus its own resize geometry (what trace's preprocess uses)."""
-        from mmlens.train.transforms import input_spec
+        from mmlens.data.transforms import input_spec
 
         return input_spec(self.clip)
 
@@ -264,9 +264,9 @@ class _Runner:
         if key not in self._mean_bias:
             import torch
 
+            from mmlens.data.transforms import input_spec
             from mmlens.tracing.interventions import measure_mean_bias
             from mmlens.train._data import batches, model_inputs
-            from mmlens.train.transforms import input_spec
 
             train = self.source(dataset).train(seed=seed, shots=self.cfg.shots, size=self.size)
             spec = input_spec(model)
@@ -279,9 +279,9 @@ class _Runner:
         return self._mean_bias[key]
 
     def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
+        from mmlens.data.transforms import input_spec
         from mmlens.models.precision import resolve_precision
         from mmlens.tracing.tracer import trace_to_store
-        from mmlens.train.transforms import input_spec
 
         cfg = self.cfg
         src = self.source(dataset)
@@ -304,8 +304,8 @@ class _Runner:
 
     def trace_bias(self, dataset: str, seed: int, split: str = "base") -> dict[str, Any]:
         """Trace bias tuning (variant ``full``, its b vectors) to compare its b with MaPLe's β side by side."""
+        from mmlens.data.transforms import input_spec
         from mmlens.tracing.tracer import trace_to_store
-        from mmlens.train.transforms import input_spec
 
         cfg = self.cfg
         src = self.source(dataset)

@@ -156,9 +156,8 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from mmlens.data import build, get_manifest
-    from mmlens.data.transforms import eval_mask_transform
+    from mmlens.data.transforms import eval_mask_transform, input_spec
     from mmlens.tracing.tracer import trace_to_store
-    from mmlens.train.transforms import input_spec
 
     args.seed = run_seed(args.prompts, args.seed)
     manifest = get_manifest(args.dataset)

@@ -252,10 +252,10 @@ def test_evaluate_with_amp_on_cpu_matches_fp32():
     the number of such images is measured from direct model calls and must stay small.
     """
     from mmlens.data.toyworld.dataset import build_in_memory
+    from mmlens.data.transforms import input_spec
     from mmlens.tracing.interventions import intervene
     from mmlens.train import evaluate
     from mmlens.train._data import model_inputs
-    from mmlens.train.transforms import input_spec
 
     base = build_in_memory("satellite", "test", subset="base")
     model = PromptedCLIP(load_clip("mmlens-toy", pretrained="toyworld"), base.classnames, "maple", depth=2,
