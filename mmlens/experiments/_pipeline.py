@@ -12,7 +12,8 @@ from typing import Any
 
 from mmlens.experiments._ledger import Ledger
 from mmlens.experiments._sources import DataSource, resolve_datasets
-from mmlens.experiments.reproduce import QUICK, ROUTES, TRACE_VARIANTS
+from mmlens.experiments.config import QUICK
+from mmlens.store import schema
 from mmlens.train.recipes import TOY_RECIPE, prompt_depth, recipe_for
 
 __all__ = ["Config", "Result", "run", "layout"]
@@ -234,7 +235,7 @@ class _Runner:
         if method != "maple":
             return ["full", "zeroshot"]
         out = ["full", "zeroshot"]
-        for route in ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
+        for route in schema.ABLATION_VARIANTS:  # grouped by route: both, vision, text, injected blocks, carried blocks
             branches = ["both"] if self.cfg.ablations == "routes" else ["both", "vision", "text"]
             out += ablation_variants([route], branches, ["all"], reference=False)
             if self.cfg.ablations == "grid":
@@ -294,7 +295,7 @@ class _Runner:
         manifest = src.manifest
         # autocast as in training and evaluation, on the run's own device; the statistics stay float32
         with resolve_precision(cfg.precision, cfg.device).autocast():
-            trace_to_store(model, test, path, with_reference=True, variants=list(TRACE_VARIANTS),
+            trace_to_store(model, test, path, with_reference=True, variants=list(schema.VARIANTS),
                            store_bias_vectors=True, mean_bias=mean_bias, batch_size=32, device=cfg.device,
                            image_split=split, class_split=[split] * len(test.classnames), progress=cfg.progress,
                            provenance={"dataset": dataset, "manifest_version": str(manifest.manifest_version),

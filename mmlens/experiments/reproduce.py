@@ -15,14 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: Route ablations traced with every run (per image, so their accuracy gets bootstrap intervals).
-TRACE_VARIANTS = ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts")
-ROUTES = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts")
-
-QUICK = {"shots": 2, "epochs": 2, "batch_size": 8, "max_images": 16, "ablations": "routes", "n_boot": 200}
-#: Evaluated variants: ``routes`` (both branches), ``branches`` (+ vision / text alone), ``grid`` (+ the
-#: injected / carried blocks alone; the grid of docs/results/toyworld_base_to_novel.md).
-ABLATIONS = ("routes", "branches", "grid")
+from mmlens.experiments.config import ABLATIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
