@@ -267,7 +267,7 @@ class _Runner:
 
             from mmlens.data.transforms import input_spec
             from mmlens.tracing.interventions import measure_mean_bias
-            from mmlens.train._data import batches, model_inputs
+            from mmlens.train import batches, model_inputs
 
             train = self.source(dataset).train(seed=seed, shots=self.cfg.shots, size=self.size)
             spec = input_spec(model)

@@ -20,7 +20,7 @@ from mmlens.experiments.config import ABLATIONS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mmlens reproduce``."""
-    from mmlens.models._cli import add_quick_gelu_argument
+    from mmlens.models.loading import add_quick_gelu_argument
 
     parser.add_argument("--out", required=True, help="output folder (created; rerun with the same folder to resume)")
     parser.add_argument("--datasets", nargs="+", default=None,

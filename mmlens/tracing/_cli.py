@@ -24,7 +24,7 @@ def _attribution_methods(text: str) -> list[str]:
 
 def register(subparsers) -> None:
     """Add ``mmlens trace``."""
-    from mmlens.models._cli import add_quick_gelu_argument
+    from mmlens.models.loading import add_quick_gelu_argument
 
     p = subparsers.add_parser(
         "trace",
@@ -114,7 +114,7 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
 
     from mmlens.models import PromptedCLIP, import_prompts, load_clip, load_prompts
     from mmlens.models.loading import cli_pretrained
-    from mmlens.train.recipes import prompt_depth
+    from mmlens.models.prompted import prompt_depth
 
     seed = getattr(args, "seed", None)
     torch.manual_seed(0 if seed is None else seed)  # random weights and prompt inits repeat on a rerun

@@ -29,6 +29,8 @@ _LAZY = {
     "FitResult": "mmlens.train.trainer",
     "latest_checkpoint": "mmlens.train.trainer",
     "WarmupCosine": "mmlens.train.schedule",
+    "batches": "mmlens.train._data",
+    "model_inputs": "mmlens.train._data",
 }
 
 __all__ = sorted([*_LAZY, "evaluate", "combine", "summary", "to_markdown", "to_csv", "ablation_variants",

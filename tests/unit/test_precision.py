@@ -254,8 +254,7 @@ def test_evaluate_with_amp_on_cpu_matches_fp32():
     from mmlens.data.toyworld.dataset import build_in_memory
     from mmlens.data.transforms import input_spec
     from mmlens.tracing.interventions import intervene
-    from mmlens.train import evaluate
-    from mmlens.train._data import model_inputs
+    from mmlens.train import evaluate, model_inputs
 
     base = build_in_memory("satellite", "test", subset="base")
     model = PromptedCLIP(load_clip("mmlens-toy", pretrained="toyworld"), base.classnames, "maple", depth=2,
