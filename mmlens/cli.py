@@ -50,7 +50,7 @@ def _is_user_error(err: BaseException) -> bool:
     """
     if isinstance(err, (ValueError, LookupError, OSError)):
         return True
-    from mmlens.store.io import StoreIdentityError  # torch-free, and only imported once something failed
+    from mmlens.store.writer import StoreIdentityError  # torch-free, and only imported once something failed
 
     return isinstance(err, StoreIdentityError)
 

@@ -592,7 +592,7 @@ def trace_to_store(
     ``mmlens store verify``) are re-traced first, exactly those batches. Takes the keyword
     arguments of :func:`trace`. Returns the store path; open it with ``mmlens.open(path)``.
     """
-    from mmlens.store.io import StoreWriter
+    from mmlens.store.writer import StoreWriter
 
     device = torch.device(kwargs.pop("device", None) or next(model.parameters()).device)
     progress = kwargs.pop("progress", True)
