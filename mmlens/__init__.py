@@ -13,8 +13,13 @@ from __future__ import annotations
 from mmlens._lazy import lazy_exports
 from mmlens._version import __version__
 
+# sub-packages, reachable after a bare ``import mmlens`` (``mmlens.stats.summarize(...)``); each is
+# imported on first attribute access, so ``import mmlens`` itself imports neither torch nor xarray
+_SUBPACKAGES = ("attribution", "data", "experiments", "models", "stats", "store", "tracing", "train", "viz")
+
 # public name -> module that defines it (imported lazily, PEP 562)
 _LAZY = {
+    **{name: f"mmlens.{name}" for name in _SUBPACKAGES},
     "load_clip": "mmlens.models.loading",
     "LoadedCLIP": "mmlens.models.loading",
     "PromptedCLIP": "mmlens.models.prompted",
@@ -28,11 +33,6 @@ _LAZY = {
     "evaluate": "mmlens.train.evaluate",
     "explore": "mmlens.viz.explorer",
 }
-
-# sub-packages, reachable after a bare ``import mmlens`` (``mmlens.stats.summarize(...)``); each is
-# imported on first attribute access, so ``import mmlens`` itself imports neither torch nor xarray
-_SUBPACKAGES = ("attribution", "data", "experiments", "models", "stats", "store", "tracing", "train", "viz")
-_LAZY.update({name: f"mmlens.{name}" for name in _SUBPACKAGES})
 
 __all__ = ["__version__", *sorted(_LAZY)]
 

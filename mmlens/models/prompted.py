@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MAPLE_DEPTH", "METHODS", "PromptedCLIP", "ROLE_CODES", "BlockCall", "block_forward", "classname_in_prompt"]
+__all__ = ["METHODS", "PromptedCLIP", "ROLE_CODES", "BlockCall", "block_forward", "classname_in_prompt"]
 
 
 def classname_in_prompt(name: str) -> str:

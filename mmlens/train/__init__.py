@@ -25,12 +25,12 @@ parse_variant = _evaluate_module.parse_variant
 Variant = _evaluate_module.Variant
 
 _LAZY = {
+    "batches": "mmlens.train._data",  # batches and model inputs as fit and evaluate feed them (the pipeline's too)
+    "model_inputs": "mmlens.train._data",
     "fit": "mmlens.train.trainer",
     "FitResult": "mmlens.train.trainer",
     "latest_checkpoint": "mmlens.train.trainer",
     "WarmupCosine": "mmlens.train.schedule",
-    "batches": "mmlens.train._data",
-    "model_inputs": "mmlens.train._data",
 }
 
 __all__ = sorted([*_LAZY, "evaluate", "combine", "summary", "to_markdown", "to_csv", "ablation_variants",
