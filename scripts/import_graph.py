@@ -21,18 +21,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "mmlens"
 
-#: package -> the packages it may import (besides the root helpers). From docs/architecture.md:
-#: models <- tracing <- experiments; data <- train; store <- stats <- viz; experiments on top.
+#: package -> the packages it may import (besides the root helpers). The design's arrows:
+#: models <- tracing <- experiments; data <- train; store <- stats <- viz; experiments on top. store and
+#: stats are the torch-free foundation (vocabularies, derived numbers) that any package may use, but
+#: store never imports stats.
+_FOUNDATION = {"store", "stats"}
 ALLOWED: dict[str, set[str]] = {
     "store": set(),
     "stats": {"store"},
-    "models": {"store"},  # token-role vocabulary lives in store.schema (torch-free)
-    "data": {"store"},
-    "tracing": {"models", "data", "store", "attribution"},
-    "attribution": {"models", "data", "store", "tracing"},
-    "train": {"models", "data", "store", "stats", "tracing"},  # route ablations run through interventions
-    "viz": {"store", "stats", "tracing", "models", "data"},  # tracing/models only for on-demand traces
-    "experiments": {"models", "data", "store", "stats", "tracing", "attribution", "train", "viz"},
+    "models": _FOUNDATION,
+    "data": _FOUNDATION,
+    "tracing": {"models", "data", "attribution"} | _FOUNDATION,
+    "attribution": {"models", "data"} | _FOUNDATION,
+    "train": {"models", "data", "tracing"} | _FOUNDATION,  # route ablations run through interventions
+    "viz": {"tracing", "models", "data"} | _FOUNDATION,  # tracing/models only for on-demand traces
+    "experiments": {"models", "data", "tracing", "attribution", "train", "viz"} | _FOUNDATION,
 }
 TORCH_FREE = {"store", "stats"}
 HEAVY = ("torch", "open_clip", "torchvision", "captum")
