@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch imports in {'/'.join(sorted(TORCH_FREE))}: {len(torch_in)}")
     for line in torch_in:
         print("  " + line)
+    private = list(dict.fromkeys(private))  # one line per import statement, not per imported name
     print(f"private modules used across packages: {len(private)}")
     if args.private:
         for line in private:
