@@ -12,7 +12,7 @@ from typing import Any
 
 from mmlens.experiments._ledger import Ledger
 from mmlens.experiments._sources import DataSource, resolve_datasets
-from mmlens.experiments.reproduce import QUICK
+from mmlens.experiments.config import QUICK
 from mmlens.store import schema
 from mmlens.train.recipes import TOY_RECIPE, prompt_depth, recipe_for
 
@@ -159,7 +159,7 @@ class _Runner:
     @property
     def size(self) -> Any:
         """The CLIP's input spec: size plus its own resize geometry (what trace's preprocess uses)."""
-        from mmlens.train.transforms import input_spec
+        from mmlens.data.transforms import input_spec
 
         return input_spec(self.clip)
 
@@ -266,9 +266,9 @@ class _Runner:
         if key not in self._mean_bias:
             import torch
 
-            from mmlens.trace.interventions import measure_mean_bias
-            from mmlens.train._data import batches, model_inputs
-            from mmlens.train.transforms import input_spec
+            from mmlens.data.transforms import input_spec
+            from mmlens.tracing.interventions import measure_mean_bias
+            from mmlens.train import batches, model_inputs
 
             train = self.source(dataset).train(seed=seed, shots=self.cfg.shots, size=self.size)
             spec = input_spec(model)
@@ -281,9 +281,9 @@ class _Runner:
         return self._mean_bias[key]
 
     def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
+        from mmlens.data.transforms import input_spec
         from mmlens.models.precision import resolve_precision
-        from mmlens.trace.tracer import trace_to_store
-        from mmlens.train.transforms import input_spec
+        from mmlens.tracing.tracer import trace_to_store
 
         cfg = self.cfg
         src = self.source(dataset)
@@ -306,8 +306,8 @@ class _Runner:
 
     def trace_bias(self, dataset: str, seed: int, split: str = "base") -> dict[str, Any]:
         """Trace bias tuning (variant ``full``, its b vectors) to compare its b with MaPLe's β side by side."""
-        from mmlens.trace.tracer import trace_to_store
-        from mmlens.train.transforms import input_spec
+        from mmlens.data.transforms import input_spec
+        from mmlens.tracing.tracer import trace_to_store
 
         cfg = self.cfg
         src = self.source(dataset)

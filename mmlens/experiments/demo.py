@@ -54,10 +54,9 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
 
     import mmlens
     from mmlens.data.toyworld import build_in_memory
-    from mmlens.data.transforms import eval_mask_transform
+    from mmlens.data.transforms import eval_mask_transform, input_spec
     from mmlens.train import fit
     from mmlens.train.recipes import prompt_depth
-    from mmlens.train.transforms import input_spec
 
     start = time.perf_counter()
     out = Path(out)

@@ -44,6 +44,37 @@ def classname_in_prompt(name: str) -> str:
 ROLE_CODES = {role: code for code, role in enumerate(schema.TOKEN_ROLES)}
 ROLE_NAMES = {v: k for k, v in ROLE_CODES.items()}
 
+#: MaPLe's prompt depth J (prompts in blocks 0-8 of ViT-B/16's 12): the depth the recipes ask for.
+MAPLE_DEPTH = 9
+
+
+def prompt_depth(n_blocks: int, depth: int | None = None) -> tuple[int, str | None]:
+    """The prompt depth to use on a model with ``n_blocks`` blocks, and a note when it was clipped.
+
+    ``depth=None`` asks for the recipe's depth (MaPLe's 9, :data:`MAPLE_DEPTH`), clipped to ``n_blocks - 1``
+    so that at least one block carries the prompts forward (MaPLe on ViT-B/16: 9 of 12). An explicit depth
+    is checked, not clipped: asking for more blocks than the model has is an error.
+
+    Examples
+    --------
+    >>> prompt_depth(12)
+    (9, None)
+    >>> prompt_depth(6)
+    (5, 'prompt depth 5: the recipe depth 9 clipped to the 6-block model (all blocks but the last)')
+    >>> prompt_depth(6, 3)
+    (3, None)
+    """
+    if depth is not None:
+        if not 1 <= depth <= n_blocks:
+            raise ValueError(f"prompt depth {depth}: the model has {n_blocks} blocks; choose 1..{n_blocks}.")
+        return depth, None
+    recipe = MAPLE_DEPTH
+    if recipe <= n_blocks - 1:
+        return recipe, None
+    clipped = max(1, n_blocks - 1)
+    return clipped, (f"prompt depth {clipped}: the recipe depth {recipe} clipped to the {n_blocks}-block model "
+                     "(all blocks but the last)")
+
 
 @dataclass(frozen=True)
 class _MethodSpec:

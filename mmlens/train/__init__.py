@@ -21,6 +21,8 @@ parse_variant = _evaluate_module.parse_variant
 Variant = _evaluate_module.Variant
 
 _LAZY = {
+    "batches": "mmlens.train._data",  # batches and model inputs as fit and evaluate feed them (the pipeline's too)
+    "model_inputs": "mmlens.train._data",
     "fit": "mmlens.train.trainer",
     "FitResult": "mmlens.train.trainer",
     "latest_checkpoint": "mmlens.train.trainer",

@@ -226,7 +226,7 @@ def evaluate(
         (``bias_only``, ``redistribution_only``, ``constant_bias``, ``drop_prompts``), each optionally
         restricted to a branch and a layer group: ``"bias_only:vision"``, ``"drop_prompts:both:carried"``
         (see :func:`ablation_variants`). ``constant_bias`` uses the mean β measured on the entry's own
-        few-shot training images (:func:`mmlens.trace.interventions.measure_mean_bias`).
+        few-shot training images (:func:`mmlens.tracing.interventions.measure_mean_bias`).
     protocol : str
         ``"base_to_novel"``: prompts trained on dataset D are evaluated on D's ``base`` and ``novel``
         classes. ``"cross_dataset"`` / ``"domain_generalisation"``: every set of prompts on every
@@ -398,7 +398,7 @@ def _images(ds: Any, spec: Any, normalize: bool, batch_size: int, num_workers: i
 
 
 def _mean_bias(model, train_ds, entry: _Entry, spec, normalize, batch_size, num_workers, device):
-    from mmlens.trace.interventions import measure_mean_bias
+    from mmlens.tracing.interventions import measure_mean_bias
     from mmlens.train._data import classnames_of
 
     model.set_classnames(classnames_of(train_ds, fallback=entry.classnames))
@@ -409,7 +409,7 @@ def _mean_bias(model, train_ds, entry: _Entry, spec, normalize, batch_size, num_
 def _intervention(model, variant: Variant, mean_bias):
     if variant.route == "full":
         return nullcontext()
-    from mmlens.trace.interventions import intervene
+    from mmlens.tracing.interventions import intervene
 
     return intervene(model, variant.route, branch=variant.branch,
                      layers=None if variant.layers == "all" else variant.layers,

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmlens.data.transforms import input_spec, resize_batch
 from mmlens.models.precision import resolve_precision
 from mmlens.train._data import batches, build_split, classnames_of, dataset_identity
 from mmlens.train.schedule import WarmupCosine
-from mmlens.train.transforms import input_spec, random_resized_crop_flip, resize_batch
+from mmlens.train.transforms import random_resized_crop_flip
 
 __all__ = ["FitResult", "fit", "latest_checkpoint", "CHECKPOINT_FORMAT", "PROMPTS_FILENAME"]
 

@@ -12,7 +12,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from mmlens import PromptedCLIP, load_clip
 from mmlens.models import METHODS
 from mmlens.models.prompted import ROLE_CODES, BlockCall
-from mmlens.trace.decompose import (
+from mmlens.tracing.decompose import (
     CompletenessError,
     attention_output,
     check_completeness,
@@ -20,7 +20,7 @@ from mmlens.trace.decompose import (
     merged_output,
     split_attention,
 )
-from mmlens.trace.interventions import ROUTE_RULES, RoleMeanBias, SplitHook, intervene, measure_mean_bias
+from mmlens.tracing.interventions import ROUTE_RULES, RoleMeanBias, SplitHook, intervene, measure_mean_bias
 
 CLASSES = ["cat", "dog", "airplane"]
 

@@ -30,7 +30,7 @@ import torch
 
 from mmlens.models.prompted import ROLE_CODES, ROLE_NAMES, BlockCall, block_forward, finish_block
 from mmlens.store import schema
-from mmlens.trace.decompose import AttentionSplit, float32_region, merged_output, split_attention
+from mmlens.tracing.decompose import AttentionSplit, float32_region, merged_output, split_attention
 
 __all__ = ["VARIANTS", "Route", "ROUTE_RULES", "RoleMeanBias", "SplitHook", "intervene", "measure_mean_bias"]
 
