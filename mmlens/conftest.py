@@ -1,5 +1,8 @@
 """Doctests: every ``>>>`` example in ``mmlens/`` runs (``--doctest-modules``), on the shipped toy model.
 
+(Here rather than at the repository root, as in xarray: a root ``conftest.py`` would shadow
+``tests/conftest.py`` for ``from conftest import ...`` in the tests.)
+
 The examples of the model, trace, train and attribution modules use a few names that the namespace
 below provides, so that they read like a notebook cell and need no ``+SKIP``:
 
