@@ -25,7 +25,7 @@ import pytest
 
 # Examples that take several seconds each (they train or generate data sets): deselected with -m "not slow".
 _SLOW_DOCTESTS = {
-    "mmlens.train.pretrain_toy.pretrain",
+    "mmlens.train.pretrain_toy.pretrain",  # trains a toy CLIP for two steps (~20 s)
 }
 
 

@@ -323,8 +323,16 @@ def evaluate(
 
     Examples
     --------
-    >>> ds = evaluate("runs/", root="~/data", clip=clip, variants=["full", "zeroshot"])  # doctest: +SKIP
-    >>> print(to_markdown(ds))                                                           # doctest: +SKIP
+    >>> from mmlens.data.toyworld import build_in_memory
+    >>> test = {"ToySatellite": {s: build_in_memory("satellite", "test", subset=s) for s in ("base", "novel")}}
+    >>> ds = evaluate(model, test, variants=["full", "zeroshot"], progress=False)
+    >>> dict(ds.accuracy.sizes), int(ds.total.sel(variant="full", split="novel").squeeze())
+    ({'dataset': 1, 'seed': 1, 'method': 1, 'variant': 2, 'split': 2}, 128)
+    >>> print(to_markdown(ds).splitlines()[0])
+    | method / variant | params | Base | Novel | HM | ToySatellite |
+
+    Prompt files trained by ``mmlens train``, on the datasets under a data root:
+    ``evaluate("runs/", root="~/data", clip=clip, variants=["full", "zeroshot"])``.
     """
     import torch
     import xarray as xr
@@ -537,9 +545,13 @@ def combine(results: Sequence[xr.Dataset]) -> xr.Dataset:
 
     Examples
     --------
-    >>> a = evaluate(model_a, data, seeds=1)     # doctest: +SKIP
-    >>> b = evaluate(model_b, data, seeds=2)     # doctest: +SKIP
-    >>> both = combine([a, b])                   # doctest: +SKIP
+    >>> from mmlens.data.toyworld import build_in_memory
+    >>> data = {"ToySatellite": {"novel": build_in_memory("satellite", "test", subset="novel")}}
+    >>> a = evaluate(model, data, seeds=1, splits=["novel"], progress=False)
+    >>> b = evaluate(model, data, seeds=2, splits=["novel"], progress=False)
+    >>> both = combine([a, b])
+    >>> both.seed.values.tolist(), dict(both.accuracy.sizes)
+    ([1, 2], {'dataset': 1, 'seed': 2, 'method': 1, 'variant': 1, 'split': 1})
     """
     import xarray as xr
 

@@ -7,7 +7,10 @@ match for every red star in the batch, not only for the image it was written for
 evenly over all matches, as in UniCL). Seeded and reproducible on a given machine and thread count.
 
 >>> cfg = PretrainConfig(steps=2, batch_size=8, eval_every=0)
->>> model, history = pretrain(cfg, log=None)  # doctest: +SKIP
+>>> cfg.steps, cfg.batch_size
+(2, 8)
+
+``model, history = pretrain(cfg)`` then trains a toy CLIP (:func:`pretrain` runs it in its example).
 """
 
 from __future__ import annotations
