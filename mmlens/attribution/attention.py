@@ -68,10 +68,11 @@ def attention_probabilities(
 
     Examples
     --------
-    >>> blk = model.clip.visual.transformer.resblocks[0]                 # doctest: +SKIP
-    >>> a, out = attention_probabilities(blk, blk.ln_1(x))               # doctest: +SKIP
-    >>> torch.allclose(out, blk.attention(blk.ln_1(x)), atol=1e-6)       # doctest: +SKIP
-    True
+    >>> blk = model.clip.visual.transformer.resblocks[0]
+    >>> z = blk.ln_1(torch.randn(2, 17, blk.attn.embed_dim))             # [batch, tokens, width]
+    >>> a, out = attention_probabilities(blk, z)
+    >>> a.shape, torch.allclose(out, blk.attention(z), atol=1e-5)
+    (torch.Size([2, 4, 17, 17]), True)
     """
     mha = block.attn
     if not isinstance(mha, nn.MultiheadAttention) or not mha._qkv_same_embed_dim or not mha.batch_first:
@@ -104,10 +105,10 @@ class AttentionCapture:
 
     Examples
     --------
-    >>> with AttentionCapture(model) as cap:              # doctest: +SKIP
+    >>> with AttentionCapture(model) as cap:
     ...     logits = model(images)
-    >>> cap.records[0].shape                              # doctest: +SKIP
-    torch.Size([2, 4, 67, 67])
+    >>> cap.records[0].shape               # [image, head, token, token]: [cls], 8 x 8 patches, 2 prompts
+    torch.Size([4, 4, 67, 67])
     """
 
     def __init__(self, model: Any, branch: str = "vision") -> None:
@@ -202,8 +203,8 @@ class AttentionGradCAM(_AttentionMethod):
 
     Examples
     --------
-    >>> cam = AttentionGradCAM(model).attribute(images, target="label", labels=y)   # doctest: +SKIP
-    >>> cam.dims                                                                   # doctest: +SKIP
+    >>> cam = AttentionGradCAM(model, progress=False).attribute(images, target="label", labels=labels)
+    >>> cam.dims
     ('image', 'layer', 'patch_row', 'patch_col')
     """
 
@@ -270,9 +271,9 @@ class GradientRollout(_AttentionMethod):
 
     Examples
     --------
-    >>> rel = GradientRollout(model).attribute(images, target=2)   # doctest: +SKIP
-    >>> rel.dims                                                   # doctest: +SKIP
-    ('image', 'patch_row', 'patch_col')
+    >>> rel = GradientRollout(model, progress=False).attribute(images, target=2)
+    >>> rel.dims, rel.prompt_relevance.dims
+    (('image', 'patch_row', 'patch_col'), ('image',))
     """
 
     name = "gradient_rollout"
