@@ -269,7 +269,8 @@ def pretrain(
 
     Examples
     --------
-    >>> model, hist = pretrain(PretrainConfig(steps=2, batch_size=4, eval_every=0, log_every=1), log=None)
+    >>> cfg = PretrainConfig(steps=2, batch_size=4, eval_every=0, log_every=1, text_warmup=0)  # no text warm-up
+    >>> model, hist = pretrain(cfg, log=None)
     >>> len(hist), model.training
     (2, False)
     """
