@@ -22,7 +22,7 @@ import platform
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
         f"{len(fresh)} of {len(runs)} runs trained in this invocation"
         + ("." if len(fresh) == len(runs) else " (the others were finished runs found under --runs)."),
         f"- Software: mmlens {__version__}, torch {torch.__version__}, open_clip {open_clip.__version__}, "
-        f"Python {platform.python_version()}; {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        f"Python {platform.python_version()}; {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
         "## Base-to-novel (all methods)",
         "",

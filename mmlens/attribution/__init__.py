@@ -6,8 +6,10 @@ Image side: :class:`PixelIntegratedGradients`, :class:`PatchEmbeddingIntegratedG
 as ``.attribute(images, target=...)``. :func:`agreement` compares maps with the trace's ``[cls]``
 attention and foreground masks; :func:`to_dataset` builds the trace's ``attribution`` group.
 
->>> from mmlens.attribution import PatchOcclusion, agreement   # doctest: +SKIP
->>> occ = PatchOcclusion(model).attribute(images, target="label", labels=labels)   # doctest: +SKIP
+>>> from mmlens.attribution import PatchOcclusion, agreement
+>>> occ = PatchOcclusion(model, progress=False).attribute(images, target="label", labels=labels)
+>>> occ.dims
+('image', 'patch_row', 'patch_col')
 """
 
 from __future__ import annotations

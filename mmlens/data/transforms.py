@@ -67,8 +67,8 @@ def input_spec(model: Any) -> InputSpec:
     Examples
     --------
     >>> from mmlens import load_clip
-    >>> input_spec(load_clip("mmlens-toy", pretrained="random")).size  # doctest: +SKIP
-    (64, 64)
+    >>> input_spec(load_clip("mmlens-toy", pretrained="toyworld")).size
+    (32, 32)
     """
     import open_clip
 

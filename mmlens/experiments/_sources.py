@@ -19,8 +19,8 @@ def resolve_datasets(names: Sequence[str] | None, data_root: str | os.PathLike |
 
     Examples
     --------
-    >>> resolve_datasets(["toy_sketch", "eurosat"], None)
-    ['ToySketch', 'EuroSAT']
+    >>> resolve_datasets(["toy_sketch", "ToySketch", "toy_photo"], None)
+    ['ToySketch', 'ToyPhoto']
     """
     from mmlens.data.manifest import get_manifest
     from mmlens.data.protocol import base_to_novel_datasets

@@ -180,11 +180,8 @@ class PromptedCLIP(nn.Module):
     Examples
     --------
     >>> from mmlens import load_clip, PromptedCLIP
-    >>> from mmlens.models.loading import register_config
-    >>> register_config("doc-tiny", {"embed_dim": 16, "vision_cfg": {"image_size": 32,
-    ...     "layers": 3, "width": 32, "patch_size": 8}, "text_cfg": {"context_length": 20,
-    ...     "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}})
-    >>> model = PromptedCLIP(load_clip("doc-tiny"), ["cat", "dog"], method="maple", depth=2)
+    >>> clip = load_clip("mmlens-toy", pretrained="toyworld")
+    >>> model = PromptedCLIP(clip, ["blue ring", "red star"], method="maple", depth=2, init_seed=0)
     >>> model(torch.zeros(1, 3, 32, 32)).shape
     torch.Size([1, 2])
     """

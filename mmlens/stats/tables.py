@@ -31,9 +31,14 @@ def combine_results(results: Sequence[xr.Dataset]) -> xr.Dataset:
 
     Examples
     --------
-    >>> a = evaluate(model_a, data, seeds=1)     # doctest: +SKIP
-    >>> b = evaluate(model_b, data, seeds=2)     # doctest: +SKIP
-    >>> both = combine_results([a, b])           # doctest: +SKIP
+    >>> from mmlens.data.toyworld import build_in_memory
+    >>> from mmlens.train import evaluate
+    >>> data = {"ToySatellite": {"novel": build_in_memory("satellite", "test", subset="novel")}}
+    >>> a = evaluate(model, data, seeds=1, splits=["novel"], progress=False)
+    >>> b = evaluate(model, data, seeds=2, splits=["novel"], progress=False)
+    >>> both = combine_results([a, b])
+    >>> both.seed.values.tolist(), dict(both.accuracy.sizes)
+    ([1, 2], {'dataset': 1, 'seed': 2, 'method': 1, 'variant': 1, 'split': 1})
     """
     if not results:
         raise ValueError("combine_results() needs at least one evaluate() result.")

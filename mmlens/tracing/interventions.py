@@ -273,8 +273,12 @@ def intervene(model, variant: str, *, branch: str = "both", layers=None,
 
     Examples
     --------
-    >>> with intervene(model, "bias_only", branch="vision", layers="injected"):  # doctest: +SKIP
-    ...     logits = model(images)
+    >>> with torch.no_grad(), intervene(model, "bias_only", branch="vision", layers="injected"):
+    ...     only_bias = model(images)
+    >>> with torch.no_grad():
+    ...     full = model(images)
+    >>> only_bias.shape == full.shape, bool((only_bias != full).any()), model.block_hook is None
+    (True, True, True)
     """
     routes = routes_for(model, variant, branch=branch, layers=layers)
     if variant == "constant_bias" and not mean_bias:
@@ -311,9 +315,9 @@ def measure_mean_bias(model, batches: Iterable, *, branch: str = "both",
 
     Examples
     --------
-    >>> means = measure_mean_bias(model, [images])  # doctest: +SKIP
-    >>> means["text", 0].per_token[ROLE_CODES["eot"]].shape  # doctest: +SKIP
-    torch.Size([1, 512])
+    >>> means = measure_mean_bias(model, [images])
+    >>> means["text", 0].per_token[ROLE_CODES["eot"]].shape
+    torch.Size([1, 64])
     """
     sums: dict[tuple[str, int], _RoleSums] = {}
     wanted = set(_branches(branch))

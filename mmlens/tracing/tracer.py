@@ -529,8 +529,12 @@ def trace(
 
     Examples
     --------
-    >>> tree = mmlens.trace(model, images, with_reference=True)  # doctest: +SKIP
-    >>> tree["vision"]["prompt_mass"].sel(variant="full", layer=0).mean("image")  # doctest: +SKIP
+    >>> tree = mmlens.trace(model, images, with_reference=True, progress=False)
+    >>> sorted(tree.children)
+    ['logits', 'text', 'vision']
+    >>> alpha = tree["vision"]["prompt_mass"].sel(variant="full", layer=0)  # α at [cls], per image and head
+    >>> alpha.dims, bool(((alpha > 0) & (alpha < 1)).all())
+    (('image', 'head'), True)
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": [], "attribution": []}

@@ -254,8 +254,16 @@ def evaluate(
 
     Examples
     --------
-    >>> ds = evaluate("runs/", root="~/data", clip=clip, variants=["full", "zeroshot"])  # doctest: +SKIP
-    >>> print(to_markdown(ds))                                                           # doctest: +SKIP
+    >>> from mmlens.data.toyworld import build_in_memory
+    >>> test = {"ToySatellite": {s: build_in_memory("satellite", "test", subset=s) for s in ("base", "novel")}}
+    >>> ds = evaluate(model, test, variants=["full", "zeroshot"], progress=False)
+    >>> dict(ds.accuracy.sizes), int(ds.total.sel(variant="full", split="novel").squeeze())
+    ({'dataset': 1, 'seed': 1, 'method': 1, 'variant': 2, 'split': 2}, 128)
+    >>> print(to_markdown(ds).splitlines()[0])
+    | method / variant | params | Base | Novel | HM | ToySatellite |
+
+    Prompt files trained by ``mmlens train``, on the datasets under a data root:
+    ``evaluate("runs/", root="~/data", clip=clip, variants=["full", "zeroshot"])``.
     """
     import torch
     import xarray as xr

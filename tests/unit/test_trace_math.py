@@ -111,6 +111,7 @@ def vit_b16():
     return load_clip("ViT-B-16")
 
 
+@pytest.mark.slow  # real-size ViT-B/16 (random weights)
 @pytest.mark.parametrize("method", ["zeroshot", "maple"])
 def test_completeness_vit_b16_random(vit_b16, method):
     clip = vit_b16
@@ -298,6 +299,7 @@ def test_trace_checks_the_module_on_the_first_batch(tiny_clip):
     assert model.block_hook is None
 
 
+@pytest.mark.slow  # real-size ViT-B/16 (random weights)
 def test_trace_logits_equal_open_clip_forward_vit_b16(vit_b16):
     """Zero-shot trace on ViT-B-16: the logits equal open_clip's own encode_image/encode_text."""
     import mmlens
