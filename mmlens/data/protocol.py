@@ -178,12 +178,3 @@ def domain_generalisation_targets(source: str = "ImageNet") -> list[str]:
     src = get_manifest(source).name
     return [n for n in list_manifests() if get_manifest(n).protocol.get("domain_generalisation_of") == src]
 
-
-def __getattr__(name: str):  # noqa: ANN202  (PEP 562)
-    # harmonic_mean is a derived number: defined in mmlens.stats, still reachable here (lazily, so that the
-    # protocol stays free of xarray)
-    if name == "harmonic_mean":
-        from mmlens.stats.elementary import harmonic_mean
-
-        return harmonic_mean
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

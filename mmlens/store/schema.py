@@ -287,7 +287,7 @@ def provenance_attrs(**fields: Any) -> dict[str, str | int | float]:
         mmlens_version=__version__,
         xarray_version=xr.__version__,
         numpy_version=np.__version__,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     for key, value in fields.items():
         out[key] = _storable_attr(key, value)

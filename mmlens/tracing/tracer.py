@@ -243,7 +243,7 @@ def _provenance(model, extra: dict | None, device: torch.device) -> dict:
         # the statistics themselves are float32 either way
         "dtype": str(weights).replace("torch.", ""),
         "compute_dtype": str(computed).replace("torch.", ""),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if not fields["weights_sha256"] and hasattr(model.clip, "state_dict"):
         from mmlens.models.loading import state_dict_sha256

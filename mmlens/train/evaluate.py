@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -393,7 +393,7 @@ def _provenance(protocol: str, clip: Any, device: Any, skipped: list[str]) -> di
         "torch_version": str(torch.__version__),
         "open_clip_version": str(open_clip.__version__),
         "device": str(device),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "skipped": "\n".join(skipped),
     }
 
