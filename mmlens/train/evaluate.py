@@ -259,6 +259,7 @@ def evaluate(
     >>> ds = evaluate(model, test, variants=["full", "zeroshot"], progress=False)
     >>> dict(ds.accuracy.sizes), int(ds.total.sel(variant="full", split="novel").squeeze())
     ({'dataset': 1, 'seed': 1, 'method': 1, 'variant': 2, 'split': 2}, 128)
+    >>> from mmlens.stats.tables import to_markdown
     >>> print(to_markdown(ds).splitlines()[0])
     | method / variant | params | Base | Novel | HM | ToySatellite |
 

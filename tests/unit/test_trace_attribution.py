@@ -112,9 +112,7 @@ def test_bad_attribution_requests_fail_before_tracing(tiny_clip):
 
 def test_method_names_agree_across_schema_attribution_and_cli():
     from mmlens.attribution.dataset import PER_RESULT_COORDS
-    from mmlens.tracing._cli import _ATTRIBUTION_METHODS
 
     assert set(schema.ATTRIBUTION_METHODS) == {*IMAGE_METHODS, PromptIntegratedGradients.name}
     assert {cls.name for cls in IMAGE_METHODS.values()} == set(IMAGE_METHODS)
-    assert set(_ATTRIBUTION_METHODS) == set(schema.ATTRIBUTION_METHODS)
     assert set(schema.ATTRIBUTION_PER_IMAGE) == set(PER_RESULT_COORDS)
