@@ -100,7 +100,7 @@ def run_check(device: str | torch.device = "cuda", *, tiny: bool = False, n_imag
     from open_clip.model import convert_weights_to_lp
 
     from mmlens import trace
-    from mmlens.trace.decompose import CompletenessError
+    from mmlens.tracing.decompose import CompletenessError
 
     device = torch.device(device)
     model = _build(tiny, n_classes).eval()

@@ -25,8 +25,8 @@ from pathlib import Path
 from _timing import interleaved_medians
 
 import mmlens
-from mmlens.store.io import StoreWriter
 from mmlens.store.synthetic import example_tree
+from mmlens.store.writer import StoreWriter
 
 CHUNK = 32
 

@@ -8,16 +8,17 @@ import sys
 
 from mmlens._version import __version__
 
-# Each module defines ``register(subparsers)`` adding its sub-commands; every sub-command sets
-# ``func`` (called with the parsed args, returns an exit code). Kept as a list so that each
-# sub-package owns its own CLI code.
+# (module, function): the function ``register(subparsers)`` adds the module's sub-commands; every
+# sub-command sets ``func`` (called with the parsed args, returns an exit code). Kept as a list so that
+# each sub-package owns its own CLI code and only this module assembles them (no package imports
+# another package's private CLI module); the order is the order of ``mmlens --help``.
 _COMMAND_MODULES = [
-    "mmlens.experiments._cli",  # demo, reproduce, report
-    "mmlens.data._cli",  # data list / verify / toyworld
-    "mmlens.models._cli",  # toy pretrain
-    "mmlens.train._cli",  # train, evaluate
-    "mmlens.trace._cli",  # trace
-    "mmlens.store._cli",  # store verify
+    ("mmlens.experiments._cli", "register"),  # demo, reproduce
+    ("mmlens.viz._cli", "register_report"),  # report
+    ("mmlens.data._cli", "register"),  # data list / verify / toyworld
+    ("mmlens.train._cli", "register"),  # toy pretrain, train, evaluate
+    ("mmlens.tracing._cli", "register"),  # trace
+    ("mmlens.store._cli", "register"),  # store verify
 ]
 
 
@@ -30,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full Python traceback when a command stops on an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module, function in _COMMAND_MODULES:
+        getattr(importlib.import_module(module), function)(sub)
     return parser
 
 
@@ -49,7 +50,7 @@ def _is_user_error(err: BaseException) -> bool:
     """
     if isinstance(err, (ValueError, LookupError, OSError)):
         return True
-    from mmlens.store.io import StoreIdentityError  # torch-free, and only imported once something failed
+    from mmlens.store.writer import StoreIdentityError  # torch-free, and only imported once something failed
 
     return isinstance(err, StoreIdentityError)
 

@@ -32,7 +32,7 @@ def main() -> None:
     from mmlens import PromptedCLIP, load_clip
     from mmlens.data.toyworld import build_in_memory
     from mmlens.models.prompted import ROLE_CODES
-    from mmlens.trace.interventions import SplitHook, measure_mean_bias
+    from mmlens.tracing.interventions import SplitHook, measure_mean_bias
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mmlens-toy")

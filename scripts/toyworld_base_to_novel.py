@@ -22,13 +22,12 @@ import platform
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = ["ToySatellite", "ToySketch", "ToyTexture", "ToyLowLight", "ToyFineGrained", "ToyClutter"]
 METHODS = ["zeroshot", "coop", "deep_vision", "deep_language", "ivlp", "maple", "bias", "bias_coupled"]
-ROUTES = ["bias_only", "redistribution_only", "constant_bias", "drop_prompts"]
 # relative training cost, to start the long jobs first
 _COST = {"maple": 6, "ivlp": 6, "bias_coupled": 5, "deep_language": 5, "bias": 5, "coop": 4, "deep_vision": 2,
          "zeroshot": 0}
@@ -44,10 +43,11 @@ def _architecture() -> str:
 
 def ablation_grid() -> list[str]:
     """full, zeroshot; each route on both branches, on one branch, and on the injected / carried layers."""
+    from mmlens.store.schema import ABLATION_ROUTES
     from mmlens.train import ablation_variants
 
     grid = ["full", "zeroshot"]
-    for route in ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
+    for route in ABLATION_ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
         grid += ablation_variants([route], ["both", "vision", "text"], ["all"], reference=False)
         grid += ablation_variants([route], ["both"], ["injected", "carried"], reference=False)
     return grid
@@ -181,7 +181,7 @@ def write_report(path: Path, ds, args, command: str, timings: dict, runs: list[d
         f"{len(fresh)} of {len(runs)} runs trained in this invocation"
         + ("." if len(fresh) == len(runs) else " (the others were finished runs found under --runs)."),
         f"- Software: mmlens {__version__}, torch {torch.__version__}, open_clip {open_clip.__version__}, "
-        f"Python {platform.python_version()}; {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        f"Python {platform.python_version()}; {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
         "## Base-to-novel (all methods)",
         "",

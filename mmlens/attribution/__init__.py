@@ -6,8 +6,10 @@ Image side: :class:`PixelIntegratedGradients`, :class:`PatchEmbeddingIntegratedG
 as ``.attribute(images, target=...)``. :func:`agreement` compares maps with the trace's ``[cls]``
 attention and foreground masks; :func:`to_dataset` builds the trace's ``attribution`` group.
 
->>> from mmlens.attribution import PatchOcclusion, agreement   # doctest: +SKIP
->>> occ = PatchOcclusion(model).attribute(images, target="label", labels=labels)   # doctest: +SKIP
+>>> from mmlens.attribution import PatchOcclusion, agreement
+>>> occ = PatchOcclusion(model, progress=False).attribute(images, target="label", labels=labels)
+>>> occ.dims
+('image', 'patch_row', 'patch_col')
 """
 
 from __future__ import annotations
@@ -31,13 +33,12 @@ from mmlens.attribution.image import (
 )
 from mmlens.attribution.prompts import PromptIntegratedGradients, handcrafted_prompts, prompt_parameters
 
-#: Image-side methods by the variable name they take in the ``attribution`` group.
+#: Image-side methods by the variable name they take in the ``attribution`` group (each class's ``name``,
+#: one of mmlens.store.schema.ATTRIBUTION_METHODS).
 IMAGE_METHODS = {
-    "ig_pixels": PixelIntegratedGradients,
-    "ig_patch_embedding": PatchEmbeddingIntegratedGradients,
-    "occlusion": PatchOcclusion,
-    "attention_gradcam": AttentionGradCAM,
-    "gradient_rollout": GradientRollout,
+    cls.name: cls
+    for cls in (PixelIntegratedGradients, PatchEmbeddingIntegratedGradients, PatchOcclusion, AttentionGradCAM,
+                GradientRollout)
 }
 
 __all__ = [

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import xarray as xr
+from captum.attr import LayerGradientXActivation
 from torch import nn
 
 from mmlens.attribution._inputs import (
@@ -67,10 +68,11 @@ def attention_probabilities(
 
     Examples
     --------
-    >>> blk = model.clip.visual.transformer.resblocks[0]                 # doctest: +SKIP
-    >>> a, out = attention_probabilities(blk, blk.ln_1(x))               # doctest: +SKIP
-    >>> torch.allclose(out, blk.attention(blk.ln_1(x)), atol=1e-6)       # doctest: +SKIP
-    True
+    >>> blk = model.clip.visual.transformer.resblocks[0]
+    >>> z = blk.ln_1(torch.randn(2, 17, blk.attn.embed_dim))             # [batch, tokens, width]
+    >>> a, out = attention_probabilities(blk, z)
+    >>> a.shape, torch.allclose(out, blk.attention(z), atol=1e-5)
+    (torch.Size([2, 4, 17, 17]), True)
     """
     mha = block.attn
     if not isinstance(mha, nn.MultiheadAttention) or not mha._qkv_same_embed_dim or not mha.batch_first:
@@ -103,10 +105,10 @@ class AttentionCapture:
 
     Examples
     --------
-    >>> with AttentionCapture(model) as cap:              # doctest: +SKIP
+    >>> with AttentionCapture(model) as cap:
     ...     logits = model(images)
-    >>> cap.records[0].shape                              # doctest: +SKIP
-    torch.Size([2, 4, 67, 67])
+    >>> cap.records[0].shape               # [image, head, token, token]: [cls], 8 x 8 patches, 2 prompts
+    torch.Size([4, 4, 67, 67])
     """
 
     def __init__(self, model: Any, branch: str = "vision") -> None:
@@ -153,16 +155,24 @@ class _AttentionMethod:
         self.model = model
         self.progress = progress
 
-    def _gradients(self, forward: ClassLogits, x: torch.Tensor, t: torch.Tensor
-                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """One forward and backward: probabilities, their gradients, roles, target logits."""
-        n_layers = self.model.n_layers["vision"]
-        with AttentionCapture(self.model) as cap, torch.enable_grad():
-            xg = x.detach().requires_grad_(True)  # keeps the graph differentiable without learned prompts
-            out = forward(xg, t)
-            probs = [cap.records[layer] for layer in range(n_layers)]
-            grads = torch.autograd.grad(out.sum(), probs)
-        return [p.detach() for p in probs], [g.detach() for g in grads], cap.roles[0], out.detach()
+    def _grad_x_attention(self, forward: ClassLogits, x: torch.Tensor, t: torch.Tensor
+                          ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """One forward and backward: ``dlogit/dA * A`` per layer, roles, target logits.
+
+        captum's :class:`~captum.attr.LayerGradientXActivation` on the softmax probes of
+        :class:`AttentionCapture` (one module per layer) computes ``grad * A`` for every layer at once.
+        """
+        seen: list[torch.Tensor] = []
+
+        def logits(images: torch.Tensor) -> torch.Tensor:
+            out = forward(images)
+            seen.append(out)  # captum runs the forward once; its target logits are reported as ``logit``
+            return out
+
+        with AttentionCapture(self.model) as cap:
+            per_layer = LayerGradientXActivation(logits, list(cap.probes)).attribute(x, target=t)
+        target_logits = seen[-1].detach().gather(1, t.reshape(-1, 1)).squeeze(1)
+        return [a.detach() for a in per_layer], cap.roles[0], target_logits
 
     def _run(self, images: Any, target: Any, internal_batch_size: int | None, labels: Any, paths: Any,
              classnames: Any, desc: str, compute: Any) -> tuple[Any, ...]:
@@ -176,16 +186,11 @@ class _AttentionMethod:
         grid = patch_grid(self.model, batch.images)
         results, logits = [], []
         for rows in progress(chunks(len(batch), internal_batch_size), enabled=self.progress, desc=desc):
-            probs, grads, roles, out = self._gradients(forward, batch.images[rows], tgt[rows].to(device))
+            weighted, roles, out = self._grad_x_attention(forward, batch.images[rows], tgt[rows].to(device))
             cls, patches = patch_indices(roles, grid)
-            results.append(compute(probs, grads, roles, cls, patches))
+            results.append(compute(weighted, roles, cls, patches))
             logits.append(out.cpu())
         return batch, tgt, grid, results, torch.cat(logits)
-
-
-def _weighted(prob: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Chefer's gradient weighting ``(grad * A)^+`` per head: ``[batch, heads, q, k]``."""
-    return (grad * prob).clamp(min=0)
 
 
 class AttentionGradCAM(_AttentionMethod):
@@ -198,8 +203,8 @@ class AttentionGradCAM(_AttentionMethod):
 
     Examples
     --------
-    >>> cam = AttentionGradCAM(model).attribute(images, target="label", labels=y)   # doctest: +SKIP
-    >>> cam.dims                                                                   # doctest: +SKIP
+    >>> cam = AttentionGradCAM(model, progress=False).attribute(images, target="label", labels=labels)
+    >>> cam.dims
     ('image', 'layer', 'patch_row', 'patch_col')
     """
 
@@ -234,8 +239,9 @@ class AttentionGradCAM(_AttentionMethod):
             ``layer_kind`` and the image metadata.
         """
 
-        def compute(probs, grads, roles, cls, patches):
-            layers = [_weighted(p, g)[:, :, cls][:, :, patches] for p, g in zip(probs, grads)]  # [B, H, P]
+        def compute(weighted, roles, cls, patches):
+            # Chefer's weighting (grad * A)^+ per head, on the [cls] -> patch row
+            layers = [w.clamp(min=0)[:, :, cls][:, :, patches] for w in weighted]  # [B, H, P]
             m = torch.stack(layers, dim=1)  # [B, L, H, P]
             return m if per_head else m.mean(dim=2)
 
@@ -265,9 +271,9 @@ class GradientRollout(_AttentionMethod):
 
     Examples
     --------
-    >>> rel = GradientRollout(model).attribute(images, target=2)   # doctest: +SKIP
-    >>> rel.dims                                                   # doctest: +SKIP
-    ('image', 'patch_row', 'patch_col')
+    >>> rel = GradientRollout(model, progress=False).attribute(images, target=2)
+    >>> rel.dims, rel.prompt_relevance.dims
+    (('image', 'patch_row', 'patch_col'), ('image',))
     """
 
     name = "gradient_rollout"
@@ -293,15 +299,15 @@ class GradientRollout(_AttentionMethod):
         """
         kinds = self.model.layer_kinds("vision") if self.model.prompts_enabled else []
 
-        def compute(probs, grads, roles, cls, patches):
-            prompt_rows = torch.nonzero(roles.reshape(-1) == ROLE_CODES["prompt"]).reshape(-1).to(probs[0].device)
-            b, _, t, _ = probs[0].shape
-            eye = torch.eye(t, dtype=probs[0].dtype, device=probs[0].device)
+        def compute(weighted, roles, cls, patches):
+            prompt_rows = torch.nonzero(roles.reshape(-1) == ROLE_CODES["prompt"]).reshape(-1).to(weighted[0].device)
+            b, _, t, _ = weighted[0].shape
+            eye = torch.eye(t, dtype=weighted[0].dtype, device=weighted[0].device)
             rel = eye.expand(b, t, t).clone()
-            for layer, (p, g) in enumerate(zip(probs, grads)):
+            for layer, w in enumerate(weighted):
                 if layer > 0 and prompt_rows.numel() and kinds and kinds[layer] == "injected":
                     rel[:, prompt_rows] = eye[prompt_rows]
-                rel = rel + _weighted(p, g).mean(dim=1) @ rel
+                rel = rel + w.clamp(min=0).mean(dim=1) @ rel  # Chefer's (grad * A)^+, mean over heads
             readout = rel[:, cls]  # [B, T]
             return readout[:, patches], readout[:, prompt_rows].sum(dim=-1)
 

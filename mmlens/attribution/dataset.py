@@ -29,8 +29,11 @@ def attribute_variants(method: Any, images: Any, target: Any = None, *,
 
     Examples
     --------
-    >>> occ = attribute_variants(PatchOcclusion(model), images, "label", labels=y)   # doctest: +SKIP
-    >>> occ.sel(variant="full") - occ.sel(variant="zeroshot")                       # doctest: +SKIP
+    >>> from mmlens.attribution import PatchOcclusion
+    >>> occ = attribute_variants(PatchOcclusion(model, progress=False), images, "label", labels=labels)
+    >>> shift = occ.sel(variant="full") - occ.sel(variant="zeroshot")   # what the prompts change
+    >>> occ.variant.values.tolist(), shift.dims
+    (['full', 'zeroshot'], ('image', 'patch_row', 'patch_col'))
     """
     model = method.model
     unknown = [v for v in variants if v not in ("full", "zeroshot")]
@@ -77,8 +80,14 @@ def to_dataset(results: Mapping[str, xr.DataArray | Sequence[xr.DataArray]],
 
     Examples
     --------
-    >>> ds = to_dataset({"occlusion": occ, "ig_pixels": ig})     # doctest: +SKIP
-    >>> tree["attribution"] = xr.DataTree(ds)                    # doctest: +SKIP
+    >>> from mmlens.attribution import AttentionGradCAM, PatchOcclusion
+    >>> occ = PatchOcclusion(model, progress=False).attribute(images, labels=labels)
+    >>> cam = AttentionGradCAM(model, progress=False).attribute(images, labels=labels)
+    >>> ds = to_dataset({"occlusion": occ, "attention_gradcam": cam})
+    >>> sorted(ds.data_vars)
+    ['attention_gradcam', 'attention_gradcam_logit', 'occlusion', 'occlusion_logit']
+    >>> tree = mmlens.trace(model, images, progress=False)
+    >>> tree["attribution"] = xr.DataTree(ds)
     """
     pieces = []
     for name, value in results.items():

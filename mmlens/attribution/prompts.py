@@ -57,7 +57,7 @@ def prompt_parameters(model: Any) -> list[PromptParameter]:
 
     Examples
     --------
-    >>> [(p.name, p.branch, p.rows[0]) for p in prompt_parameters(maple_model)][:2]   # doctest: +SKIP
+    >>> [(p.name, p.branch, p.rows[0]) for p in prompt_parameters(model)][:2]   # model: MaPLe
     [('ctx', 'text', (0, 0)), ('compound_prompts_text.0', 'text', (1, 0))]
     """
     out = []
@@ -113,9 +113,9 @@ def handcrafted_prompts(model: Any, words: str | None = None) -> tuple[dict[str,
 
     Examples
     --------
-    >>> values, notes = handcrafted_prompts(maple_model)             # doctest: +SKIP
-    >>> values["ctx"].shape, notes["handcrafted_words"]              # doctest: +SKIP
-    (torch.Size([2, 512]), 'a photo of a')
+    >>> values, notes = handcrafted_prompts(model)                   # model: MaPLe
+    >>> values["ctx"].shape, notes["handcrafted_words"]
+    (torch.Size([2, 64]), 'a photo of a')
     """
     words = words or model.ctx_init or "a photo of a"
     params = dict(model.prompt_learner.named_parameters())
@@ -212,10 +212,11 @@ class PromptIntegratedGradients:
 
     Examples
     --------
-    >>> pig = PromptIntegratedGradients(model, initial_prompts=initial_state)      # doctest: +SKIP
-    >>> a = pig.attribute(images, target="label", labels=y, baselines=["zero", "handcrafted", "initial"])
-    ...                                                                            # doctest: +SKIP
-    >>> a.dims                                                                     # doctest: +SKIP
+    >>> initial_state = {k: v.clone() for k, v in model.prompt_state_dict().items()}  # before training
+    >>> pig = PromptIntegratedGradients(model, initial_prompts=initial_state, progress=False)
+    >>> a = pig.attribute(images[:1], target="label", labels=labels[:1], baselines=["zero", "handcrafted"],
+    ...                   n_steps=4)
+    >>> a.dims
     ('baseline', 'image', 'branch', 'layer', 'prompt_token')
     """
 

@@ -26,7 +26,6 @@ _LAZY = {
     "load_split": "mmlens.data.loaders",
     "few_shot": "mmlens.data.protocol",
     "base_novel": "mmlens.data.protocol",
-    "harmonic_mean": "mmlens.data.protocol",
     "base_to_novel_datasets": "mmlens.data.protocol",
     "cross_dataset_source": "mmlens.data.protocol",
     "cross_dataset_targets": "mmlens.data.protocol",

@@ -20,7 +20,6 @@ __all__ = [
     "domain_generalisation_targets",
     "few_shot",
     "few_shot_seed",
-    "harmonic_mean",
 ]
 
 VAL_SHOTS_CAP = 4
@@ -123,17 +122,6 @@ def base_novel(items: Sequence[Item], classnames: Sequence[str], which: str = "b
     return out, [classnames[i] for i in keep]
 
 
-def harmonic_mean(base: float, novel: float) -> float:
-    """HM = 2 B N / (B + N), the base-to-novel summary (0 when both are 0).
-
-    Examples
-    --------
-    >>> harmonic_mean(80.0, 60.0)
-    68.57142857142857
-    """
-    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
-
-
 def base_to_novel_datasets(kind: str = "real") -> list[str]:
     """Datasets of the base-to-novel benchmark (``protocol.base_to_novel``) of one ``kind``.
 
@@ -189,3 +177,4 @@ def domain_generalisation_targets(source: str = "ImageNet") -> list[str]:
     """
     src = get_manifest(source).name
     return [n for n in list_manifests() if get_manifest(n).protocol.get("domain_generalisation_of") == src]
+

@@ -6,8 +6,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import xarray as xr
+
+from mmlens.stats.accuracy import image_accuracy
+from mmlens.store import schema
 
 __all__ = ["COLUMNS", "study_statistics", "bias_comparison", "image_accuracy", "method_comparison"]
 
@@ -20,7 +22,7 @@ __all__ = ["COLUMNS", "study_statistics", "bias_comparison", "image_accuracy", "
 COLUMNS = ["statistic", "tower", "method", "measure", "variant", "split", "dataset", "layers", "layer_kind", "mean",
            "low", "high", "n_datasets", "n_seeds", "n_items", "interval"]
 
-#: The design of a study (``_study.stack_runs``): every seed of a dataset traces the same images and
+#: The design of a study (:func:`mmlens.store.study.combine_runs`): every seed of a dataset traces the same images and
 #: class prompts (seeds cross items), each dataset has its own (items nest in datasets), and seeds
 #: are crossed with datasets (one seed number may share e.g. the prompt initialisation).
 STUDY_NESTING = {"image": ("dataset",), "class": ("dataset",)}
@@ -98,23 +100,6 @@ def _summaries(da: xr.DataArray, over: Sequence[str], n_boot: int, base: dict[st
     return rows
 
 
-def image_accuracy(study: xr.DataTree) -> xr.DataArray:
-    """Per-image correctness (0 or 100) of every traced variant, from the stored logits; NaN for padding.
-
-    Returns
-    -------
-    xarray.DataArray
-        (dataset, seed, variant, image), in %.
-    """
-    logits = study["logits"].to_dataset()
-    scores = logits["logits"].fillna(-np.inf)
-    pred = scores.argmax("class")
-    label = logits["label"]
-    correct = (pred == label).astype(np.float64) * 100.0
-    valid = (label >= 0) & logits["logits"].notnull().any("class")
-    return correct.where(valid).rename("accuracy")
-
-
 def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> tuple[list[dict[str, Any]], list[str]]:
     """Every statistic of the study on one split's study tree, summarised with 95 % intervals.
 
@@ -189,7 +174,7 @@ def study_statistics(study: xr.DataTree, split: str, *, n_boot: int = 1000) -> t
     if "full" in have and "zeroshot" in have:
         mid = (acc.sel(variant="full") + acc.sel(variant="zeroshot")) / 2
         parts.append((acc.sel(variant="full") - acc.sel(variant="zeroshot")).expand_dims(variant=["full - zeroshot"]))
-        for route in ("bias_only", "redistribution_only", "constant_bias", "drop_prompts"):
+        for route in schema.ABLATION_ROUTES:
             if route in have:
                 parts.append((acc.sel(variant=route) - mid).expand_dims(variant=[f"{route} - {_MID}"]))
     acc = xr.concat(parts, dim="variant", coords="minimal", compat="override", join="outer")

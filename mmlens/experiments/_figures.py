@@ -101,7 +101,10 @@ def _layer_panels(table: Any, path: Path, title: str, panels: Sequence[tuple[str
 
 def _accuracy_routes(table: Any, path: Path) -> Path | None:
     plt = _plt()
-    variants = ["zeroshot", "full", "bias_only", "redistribution_only", "constant_bias", "drop_prompts"]
+    from mmlens.store import schema
+
+    # zero-shot first: the bars read from no prompts to full prompts, then each route ablation
+    variants = [schema.REFERENCE_VARIANT, schema.PROMPTED_VARIANT, *schema.ABLATION_ROUTES]
     t = _rows(table, statistic="accuracy", tower="logits", dataset="all")
     if t.empty:
         return None

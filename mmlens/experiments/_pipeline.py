@@ -12,7 +12,8 @@ from typing import Any
 
 from mmlens.experiments._ledger import Ledger
 from mmlens.experiments._sources import DataSource, resolve_datasets
-from mmlens.experiments.reproduce import QUICK, ROUTES, TRACE_VARIANTS
+from mmlens.experiments.config import QUICK
+from mmlens.store import schema
 from mmlens.train.recipes import TOY_RECIPE, prompt_depth, recipe_for
 
 __all__ = ["Config", "Result", "run", "layout"]
@@ -158,7 +159,7 @@ class _Runner:
     @property
     def size(self) -> Any:
         """The CLIP's input spec: size plus its own resize geometry (what trace's preprocess uses)."""
-        from mmlens.train.transforms import input_spec
+        from mmlens.data.transforms import input_spec
 
         return input_spec(self.clip)
 
@@ -229,16 +230,17 @@ class _Runner:
 
     def variants(self, method: str) -> list[str]:
         """Evaluated variants: full, zeroshot and route ablations per ``--ablations`` (MaPLe only)."""
-        from mmlens.train import ablation_variants
+        from mmlens.store.variants import ablation_variants
 
         if method != "maple":
             return ["full", "zeroshot"]
         out = ["full", "zeroshot"]
-        for route in ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
-            branches = ["both"] if self.cfg.ablations == "routes" else ["both", "vision", "text"]
+        for route in schema.ABLATION_ROUTES:  # grouped by route: both, vision, text, injected blocks, carried blocks
+            branches = ["both"] if self.cfg.ablations == "routes" else list(schema.VARIANT_BRANCHES)
             out += ablation_variants([route], branches, ["all"], reference=False)
             if self.cfg.ablations == "grid":
-                out += ablation_variants([route], ["both"], ["injected", "carried"], reference=False)
+                out += ablation_variants([route], ["both"], [g for g in schema.LAYER_GROUPS if g != "all"],
+                                         reference=False)
         return out
 
     def evaluate(self, dataset: str, seed: int, method: str) -> dict[str, Any]:
@@ -264,9 +266,9 @@ class _Runner:
         if key not in self._mean_bias:
             import torch
 
-            from mmlens.trace.interventions import measure_mean_bias
-            from mmlens.train._data import batches, model_inputs
-            from mmlens.train.transforms import input_spec
+            from mmlens.data.transforms import input_spec
+            from mmlens.tracing.interventions import measure_mean_bias
+            from mmlens.train import batches, model_inputs
 
             train = self.source(dataset).train(seed=seed, shots=self.cfg.shots, size=self.size)
             spec = input_spec(model)
@@ -279,9 +281,9 @@ class _Runner:
         return self._mean_bias[key]
 
     def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
+        from mmlens.data.transforms import input_spec
         from mmlens.models.precision import resolve_precision
-        from mmlens.trace.tracer import trace_to_store
-        from mmlens.train.transforms import input_spec
+        from mmlens.tracing.tracer import trace_to_store
 
         cfg = self.cfg
         src = self.source(dataset)
@@ -294,7 +296,7 @@ class _Runner:
         manifest = src.manifest
         # autocast as in training and evaluation, on the run's own device; the statistics stay float32
         with resolve_precision(cfg.precision, cfg.device).autocast():
-            trace_to_store(model, test, path, with_reference=True, variants=list(TRACE_VARIANTS),
+            trace_to_store(model, test, path, with_reference=True, variants=list(schema.VARIANTS),
                            store_bias_vectors=True, mean_bias=mean_bias, batch_size=32, device=cfg.device,
                            image_split=split, class_split=[split] * len(test.classnames), progress=cfg.progress,
                            provenance={"dataset": dataset, "manifest_version": str(manifest.manifest_version),
@@ -304,8 +306,8 @@ class _Runner:
 
     def trace_bias(self, dataset: str, seed: int, split: str = "base") -> dict[str, Any]:
         """Trace bias tuning (variant ``full``, its b vectors) to compare its b with MaPLe's β side by side."""
-        from mmlens.trace.tracer import trace_to_store
-        from mmlens.train.transforms import input_spec
+        from mmlens.data.transforms import input_spec
+        from mmlens.tracing.tracer import trace_to_store
 
         cfg = self.cfg
         src = self.source(dataset)
@@ -431,7 +433,7 @@ def run(cfg: Config) -> Result:
 def _evaluations(runner: _Runner) -> Any:
     import xarray as xr
 
-    from mmlens.train.evaluate import combine
+    from mmlens.stats.tables import combine_results
 
     cfg = runner.cfg
     parts = []
@@ -440,11 +442,11 @@ def _evaluations(runner: _Runner) -> Any:
             for m in cfg.methods:
                 with xr.open_dataset(runner.eval_path(d, s, m), engine="h5netcdf") as ds:
                     parts.append(ds.load())
-    return combine(parts)
+    return combine_results(parts)
 
 
 def _tables(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
-    from mmlens.train import to_csv, to_markdown
+    from mmlens.stats.tables import to_csv, to_markdown
 
     acc = _evaluations(runner)
     files["accuracy_nc"].parent.mkdir(parents=True, exist_ok=True)
@@ -460,21 +462,21 @@ def _tables(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:
 
 
 def _studies(runner: _Runner) -> dict[str, Any]:
-    from mmlens.experiments._study import stack_runs
+    from mmlens.store.study import combine_runs
 
     cfg = runner.cfg
-    return {split: stack_runs({(d, s): runner.store_path(d, s, split) for d in cfg.datasets for s in cfg.seeds})
+    return {split: combine_runs({(d, s): runner.store_path(d, s, split) for d in cfg.datasets for s in cfg.seeds})
             for split in ("base", "novel")}
 
 
 def _bias_study(runner: _Runner) -> Any:
     """The bias-tuning traces (base classes) as one study, or None when bias tuning was not trained."""
-    from mmlens.experiments._study import stack_runs
+    from mmlens.store.study import combine_runs
 
     cfg = runner.cfg
     if not ("bias" in cfg.methods and "maple" in cfg.methods):
         return None
-    return stack_runs({(d, s): runner.store_path(d, s, "base", "bias") for d in cfg.datasets for s in cfg.seeds})
+    return combine_runs({(d, s): runner.store_path(d, s, "base", "bias") for d in cfg.datasets for s in cfg.seeds})
 
 
 def _statistics(runner: _Runner, files: dict[str, Path]) -> dict[str, Any]:

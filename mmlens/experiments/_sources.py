@@ -19,8 +19,8 @@ def resolve_datasets(names: Sequence[str] | None, data_root: str | os.PathLike |
 
     Examples
     --------
-    >>> resolve_datasets(["toy_sketch", "eurosat"], None)
-    ['ToySketch', 'EuroSAT']
+    >>> resolve_datasets(["toy_sketch", "ToySketch", "toy_photo"], None)
+    ['ToySketch', 'ToyPhoto']
     """
     from mmlens.data.manifest import get_manifest
     from mmlens.data.protocol import base_to_novel_datasets
@@ -122,7 +122,7 @@ class DataSource:
         """Few-shot training images of the base classes, as [0, 1] tensors of ``size`` (fit normalises).
 
         ``size``: the model's ``InputSpec`` (its geometry), or a bare (height, width) for OpenAI's."""
-        from mmlens.train.transforms import pil_to_tensor_transform
+        from mmlens.data.transforms import pil_to_tensor_transform
 
         ds = self._build("train", shots=shots, seed=seed, subset="base", transform=pil_to_tensor_transform(size),
                          mask_transform=None)
@@ -137,8 +137,7 @@ class DataSource:
         """
         from torchvision import transforms as T
 
-        from mmlens.data.transforms import eval_mask_transform
-        from mmlens.train.transforms import pil_to_tensor_transform
+        from mmlens.data.transforms import eval_mask_transform, pil_to_tensor_transform
 
         transform = pil_to_tensor_transform(size)
         if normalize is not None:

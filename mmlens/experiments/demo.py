@@ -54,10 +54,9 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
 
     import mmlens
     from mmlens.data.toyworld import build_in_memory
-    from mmlens.data.transforms import eval_mask_transform
+    from mmlens.data.transforms import eval_mask_transform, input_spec
     from mmlens.train import fit
     from mmlens.train.recipes import prompt_depth
-    from mmlens.train.transforms import input_spec
 
     start = time.perf_counter()
     out = Path(out)
@@ -97,7 +96,7 @@ def run(*, dataset: str = "lowlight", out: str | Path = "mmlens-demo", epochs: i
 
     report = write_report(stores["base"], out / "demo_report.html", title=f"mmlens demo: MaPLe on {dataset}")
     seconds = time.perf_counter() - start
-    summary = _summary(dataset, accuracy, layers, stores, report, seconds)
+    summary = _console_text(dataset, accuracy, layers, stores, report, seconds)
     return {"accuracy": accuracy, "layers": layers, "stores": stores, "report": report, "seconds": seconds,
             "summary": summary}
 
@@ -109,13 +108,12 @@ def key_numbers(stores: dict[str, str | Path]) -> tuple[dict, dict]:
     base store: ``kind``, mean ``prompt_mass`` at [cls] and mean ``bias_norm_ratio`` ‖β‖/‖(a)‖).
     """
     import mmlens
-    from mmlens.stats import bias_norm_ratio, prompt_mass
+    from mmlens.stats import bias_norm_ratio, image_accuracy, prompt_mass
 
     accuracy = {}
     for subset, path in stores.items():
-        tree = mmlens.open(path)
-        correct = tree["logits"]["logits"].argmax("class") == tree["logits"]["label"]
-        accuracy[subset] = {v: 100 * float(correct.sel(variant=v).mean()) for v in ("zeroshot", "full")}
+        correct = image_accuracy(mmlens.open(path))
+        accuracy[subset] = {v: float(correct.sel(variant=v).mean()) for v in ("zeroshot", "full")}
     base = mmlens.open(stores["base"])
     mass = prompt_mass(base).sel(variant="full", measure="readout").mean(("image", "head")).compute()
     ratio = bias_norm_ratio(base).sel(variant="full", measure="bias_over_original").mean("image").compute()
@@ -130,7 +128,7 @@ def key_numbers(stores: dict[str, str | Path]) -> tuple[dict, dict]:
     return accuracy, layers
 
 
-def _summary(dataset, accuracy, layers, stores, report, seconds) -> str:
+def _console_text(dataset, accuracy, layers, stores, report, seconds) -> str:
     lines = [f"mmlens demo — MaPLe prompts on toyworld '{dataset}' ({seconds:.0f} s)", "",
              "accuracy (%)      zero-shot   MaPLe"]
     for subset in ("base", "novel"):

@@ -15,19 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: Route ablations traced with every run (per image, so their accuracy gets bootstrap intervals).
-TRACE_VARIANTS = ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts")
-ROUTES = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts")
+from mmlens.experiments.config import ABLATIONS
 
-QUICK = {"shots": 2, "epochs": 2, "batch_size": 8, "max_images": 16, "ablations": "routes", "n_boot": 200}
-#: Evaluated variants: ``routes`` (both branches), ``branches`` (+ vision / text alone), ``grid`` (+ the
-#: injected / carried blocks alone; the grid of docs/results/toyworld_base_to_novel.md).
-ABLATIONS = ("routes", "branches", "grid")
+# Every run traces the plain variants (mmlens.store.schema.VARIANTS: full, zeroshot and the route ablations,
+# per image, so their accuracy gets bootstrap intervals); evaluation adds the ablations named by --ablations.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mmlens reproduce``."""
-    from mmlens.models._cli import add_quick_gelu_argument
+    from mmlens.models.loading import add_quick_gelu_argument
 
     parser.add_argument("--out", required=True, help="output folder (created; rerun with the same folder to resume)")
     parser.add_argument("--datasets", nargs="+", default=None,

@@ -51,7 +51,11 @@ def save_prompts(model, path: str | os.PathLike, *, extra: dict[str, Any] | None
 
     Examples
     --------
-    >>> save_prompts(model, "maple_eurosat_seed1.safetensors")  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> path = save_prompts(model, os.path.join(tempfile.mkdtemp(), "maple_toy_seed1.safetensors"),
+    ...                     extra={"training": {"seed": 1}})
+    >>> path.name, read_prompt_file(path)[1]["hparams"]["method"]
+    ('maple_toy_seed1.safetensors', 'maple')
     """
     from safetensors.torch import save_file
 
@@ -89,9 +93,12 @@ def read_prompt_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
     Examples
     --------
-    >>> state, meta = read_prompt_file("runs/eurosat/seed1/maple/prompts.safetensors")  # doctest: +SKIP
-    >>> meta["training"]["seed"]  # doctest: +SKIP
-    1
+    >>> import os, tempfile
+    >>> path = save_prompts(model, os.path.join(tempfile.mkdtemp(), "prompts.safetensors"),
+    ...                     extra={"training": {"seed": 1}})
+    >>> state, meta = read_prompt_file(path)
+    >>> meta["training"]["seed"], meta["base_model"], state["ctx"].shape
+    (1, 'mmlens-toy', torch.Size([2, 64]))
     """
     from safetensors import SafetensorError, safe_open
 
@@ -198,8 +205,15 @@ def resolve_dassl_checkpoint(path: str | os.PathLike, *, epoch: int | None = Non
 
     Examples
     --------
-    >>> resolve_dassl_checkpoint("weights/eurosat/base/seed1")  # doctest: +SKIP
-    PosixPath('weights/eurosat/base/seed1/MultiModalPromptLearner/model.pth.tar-5')
+    >>> import pathlib, tempfile
+    >>> run = pathlib.Path(tempfile.mkdtemp()) / "eurosat" / "base" / "seed1"
+    >>> (run / "MultiModalPromptLearner").mkdir(parents=True)
+    >>> for epoch in (2, 5, 10):
+    ...     (run / "MultiModalPromptLearner" / f"model.pth.tar-{epoch}").touch()
+    >>> resolve_dassl_checkpoint(run).relative_to(run)
+    PosixPath('MultiModalPromptLearner/model.pth.tar-10')
+    >>> resolve_dassl_checkpoint(run, epoch=5).name
+    'model.pth.tar-5'
     """
     path = Path(path).expanduser()
     if path.is_file():
@@ -585,7 +599,11 @@ def checkpoint_seed(path: str | os.PathLike) -> int | None:
 
     Examples
     --------
-    >>> checkpoint_seed("weights/eurosat/base/seed3/MultiModalPromptLearner/model.pth.tar-5")  # doctest: +SKIP
+    >>> import pathlib, tempfile
+    >>> run = pathlib.Path(tempfile.mkdtemp()) / "eurosat" / "base" / "seed3" / "MultiModalPromptLearner"
+    >>> run.mkdir(parents=True)
+    >>> (run / "model.pth.tar-5").touch()
+    >>> checkpoint_seed(run / "model.pth.tar-5")
     3
     """
     path = Path(path).expanduser()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -16,7 +17,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["LoadedCLIP", "WeightsNotFoundError", "activation_name", "load_clip", "register_config",
+__all__ = ["LoadedCLIP", "WeightsNotFoundError", "activation_name", "add_quick_gelu_argument", "cli_pretrained",
+           "load_clip", "register_config",
            "state_dict_sha256"]
 
 # Keys an OpenAI-format file carries besides the open_clip CLIP state dict.
@@ -519,6 +521,13 @@ def _to_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return model
 
 
+def add_quick_gelu_argument(parser: argparse.ArgumentParser) -> None:
+    """``--quick-gelu``: declare a plain weights file as OpenAI's (or fine-tuned from it), for commands that
+    load a CLIP. Absent it is ``None`` (not declared), so ``load_clip`` decides from the weights."""
+    parser.add_argument("--quick-gelu", action="store_true", default=None,
+                        help="build the CLIP with QuickGELU: the weights file is OpenAI's or fine-tuned from it "
+                             "(tags, OpenAI's .pt and the Hugging Face cache are recognised without it; "
+                             "see docs/real_weights.md)")
 
 
 def cli_pretrained(model_name: str, pretrained: str | None) -> str:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlens.store import schema
+
 __all__ = ["METHODS", "PromptedCLIP", "ROLE_CODES", "BlockCall", "block_forward", "classname_in_prompt"]
 
 
@@ -37,9 +39,41 @@ def classname_in_prompt(name: str) -> str:
     """
     return str(name).replace("_", " ")
 
-# Token roles are stored as small integer codes so they can ride along with tensors.
-ROLE_CODES = {"cls": 0, "patch": 1, "prompt": 2, "sot": 3, "word": 4, "eot": 5, "pad": 6, "classname": 7}
+# Token roles ride along with tensors as small integer codes: the position of each role in the schema's
+# vocabulary (codes never leave the process; stores hold the role names).
+ROLE_CODES = {role: code for code, role in enumerate(schema.TOKEN_ROLES)}
 ROLE_NAMES = {v: k for k, v in ROLE_CODES.items()}
+
+#: MaPLe's prompt depth J (prompts in blocks 0-8 of ViT-B/16's 12): the depth the recipes ask for.
+MAPLE_DEPTH = 9
+
+
+def prompt_depth(n_blocks: int, depth: int | None = None) -> tuple[int, str | None]:
+    """The prompt depth to use on a model with ``n_blocks`` blocks, and a note when it was clipped.
+
+    ``depth=None`` asks for the recipe's depth (MaPLe's 9, :data:`MAPLE_DEPTH`), clipped to ``n_blocks - 1``
+    so that at least one block carries the prompts forward (MaPLe on ViT-B/16: 9 of 12). An explicit depth
+    is checked, not clipped: asking for more blocks than the model has is an error.
+
+    Examples
+    --------
+    >>> prompt_depth(12)
+    (9, None)
+    >>> prompt_depth(6)
+    (5, 'prompt depth 5: the recipe depth 9 clipped to the 6-block model (all blocks but the last)')
+    >>> prompt_depth(6, 3)
+    (3, None)
+    """
+    if depth is not None:
+        if not 1 <= depth <= n_blocks:
+            raise ValueError(f"prompt depth {depth}: the model has {n_blocks} blocks; choose 1..{n_blocks}.")
+        return depth, None
+    recipe = MAPLE_DEPTH
+    if recipe <= n_blocks - 1:
+        return recipe, None
+    clipped = max(1, n_blocks - 1)
+    return clipped, (f"prompt depth {clipped}: the recipe depth {recipe} clipped to the {n_blocks}-block model "
+                     "(all blocks but the last)")
 
 
 @dataclass(frozen=True)
@@ -146,11 +180,8 @@ class PromptedCLIP(nn.Module):
     Examples
     --------
     >>> from mmlens import load_clip, PromptedCLIP
-    >>> from mmlens.models.loading import register_config
-    >>> register_config("doc-tiny", {"embed_dim": 16, "vision_cfg": {"image_size": 32,
-    ...     "layers": 3, "width": 32, "patch_size": 8}, "text_cfg": {"context_length": 20,
-    ...     "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}})
-    >>> model = PromptedCLIP(load_clip("doc-tiny"), ["cat", "dog"], method="maple", depth=2)
+    >>> clip = load_clip("mmlens-toy", pretrained="toyworld")
+    >>> model = PromptedCLIP(clip, ["blue ring", "red star"], method="maple", depth=2, init_seed=0)
     >>> model(torch.zeros(1, 3, 32, 32)).shape
     torch.Size([1, 2])
     """

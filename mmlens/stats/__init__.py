@@ -8,13 +8,36 @@ parts stack them along a ``measure`` dim. See docs/statistics.md.
 
 from __future__ import annotations
 
+from mmlens.stats import accessor as _accessor  # noqa: F401  (registers .mml on Dataset/DataArray/DataTree)
+from mmlens.stats.accuracy import accuracy_table, image_accuracy, split_accuracy
 from mmlens.stats.attention import foreground_attention, prompt_background_similarity, prompt_mass, text_reliance
-from mmlens.stats.bias import bias_alignment, bias_consistency, bias_norm_ratio
+from mmlens.stats.attribution import (
+    agreement,
+    foreground_chance,
+    foreground_mass,
+    map_agreement,
+    patch_foreground,
+    rank_correlation,
+)
+from mmlens.stats.bias import bias_alignment, bias_consistency, bias_head_ratio, bias_norm_ratio
+from mmlens.stats.elementary import harmonic_mean, safe_ratio
 from mmlens.stats.summary import bootstrap_ci, summarize
 
 __all__ = [
+    "accuracy_table",
+    "agreement",
+    "foreground_chance",
+    "foreground_mass",
+    "harmonic_mean",
+    "image_accuracy",
+    "map_agreement",
+    "patch_foreground",
+    "rank_correlation",
+    "safe_ratio",
+    "split_accuracy",
     "bias_alignment",
     "bias_consistency",
+    "bias_head_ratio",
     "bias_norm_ratio",
     "bootstrap_ci",
     "foreground_attention",

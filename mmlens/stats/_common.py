@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from mmlens.store import schema
-from mmlens.store.accessor import _readout
+from mmlens.store.select import group_dataset, readout
 
 STATS_VERSION = 1
 
@@ -22,20 +21,17 @@ def group_of(data: xr.Dataset | xr.DataTree, tower: str) -> xr.Dataset:
     if isinstance(data, xr.DataTree):
         root = data.root
         if data is root or data.parent is None:
-            if tower not in root.children:
-                raise KeyError(f"this store has no {tower!r} group; it has {sorted(root.children)}")
-            node = root[tower]
+            ds = group_dataset(root, tower)
         else:
-            node = data
-        ds = node.to_dataset()
-        ds.attrs = {**root.attrs, **ds.attrs, "mmlens_group": node.name}
+            ds = data.to_dataset()
+            ds.attrs = {**root.attrs, **ds.attrs, "mmlens_group": data.name}
     elif isinstance(data, xr.Dataset):
         ds = data
     else:
         raise TypeError(f"expected an xarray Dataset or DataTree, found {type(data).__name__}")
     group = schema.infer_group(ds)
     if "query" in ds.dims and group in schema.READOUT_ROLE:
-        ds = _readout(ds, group)
+        ds = readout(ds, group)
     return ds
 
 
@@ -53,7 +49,7 @@ def provenance(ds: xr.Dataset | xr.DataArray) -> dict[str, Any]:
     return {k: v for k, v in ds.attrs.items() if k != schema.PROGRESS_ATTR}
 
 
-def finish(
+def with_provenance(
     result: xr.DataArray, source: xr.Dataset | xr.DataArray, statistic: str, definition: str, **extra: Any
 ) -> xr.DataArray:
     """Name the result and re-attach provenance (xarray drops attrs in most operations)."""
@@ -83,8 +79,3 @@ def roles_of(da: xr.DataArray, roles: Sequence[str]) -> xr.DataArray:
     if not present:
         return xr.zeros_like(da.isel(key_role=0, drop=True))
     return da.sel(key_role=present).sum("key_role")
-
-
-def layer_kinds_present(da: xr.DataArray) -> list[str]:
-    values = {str(v) for v in np.asarray(da.coords["layer_kind"].values, dtype=object)}
-    return [k for k in schema.LAYER_KINDS if k in values]

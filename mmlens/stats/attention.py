@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xarray as xr
 
-from mmlens.stats._common import finish, group_of, require, roles_of, stack_measures
+from mmlens.stats._common import group_of, require, roles_of, stack_measures, with_provenance
 
 __all__ = ["prompt_mass", "foreground_attention", "prompt_background_similarity", "text_reliance"]
 
@@ -41,7 +41,7 @@ def prompt_mass(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.
     parts = {"readout": ds["prompt_mass"]}
     if "prompt_mass_other_queries" in ds.data_vars:
         parts["other_queries"] = ds["prompt_mass_other_queries"]
-    return finish(stack_measures(parts), ds, "prompt_mass", "alpha = sum over prompt keys m of a_im")
+    return with_provenance(stack_measures(parts), ds, "prompt_mass", "alpha = sum over prompt keys m of a_im")
 
 
 def foreground_attention(data: xr.Dataset | xr.DataTree) -> xr.DataArray:
@@ -77,7 +77,7 @@ def foreground_attention(data: xr.Dataset | xr.DataTree) -> xr.DataArray:
     on_patches = a_hat.sum(_GRID, skipna=False)
     area = fg.mean(_GRID, skipna=False).broadcast_like(on_fg)
     out = stack_measures({"attention": on_fg, "share": on_fg / on_patches.where(on_patches > 0), "area": area})
-    return finish(out, ds, "foreground_attention", "sum_j foreground_j * a^_cls,j")
+    return with_provenance(out, ds, "foreground_attention", "sum_j foreground_j * a^_cls,j")
 
 
 def prompt_background_similarity(data: xr.Dataset | xr.DataTree) -> xr.DataArray:
@@ -117,7 +117,7 @@ def prompt_background_similarity(data: xr.Dataset | xr.DataTree) -> xr.DataArray
         fg_total, bg_total = fg.sum(_GRID), bg.sum(_GRID)
         parts[f"{kind}_foreground"] = (cos * fg).sum(_GRID, skipna=False) / fg_total.where(fg_total > 0)
         parts[f"{kind}_background"] = (cos * bg).sum(_GRID, skipna=False) / bg_total.where(bg_total > 0)
-    return finish(
+    return with_provenance(
         stack_measures(parts),
         ds,
         "prompt_background_similarity",
@@ -156,4 +156,4 @@ def text_reliance(data: xr.Dataset | xr.DataTree) -> xr.DataArray:
             "other": roles_of(a, ["sot", "eot", "pad"]),
         }
     )
-    return finish(out, ds, "text_reliance", "sum of a_eot,j over key roles: prompt, classname, word, other")
+    return with_provenance(out, ds, "text_reliance", "sum of a_eot,j over key roles: prompt, classname, word, other")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from mmlens.stats._common import finish, group_of, require, stack_measures
+from mmlens.stats._common import group_of, require, stack_measures, with_provenance
+from mmlens.stats.elementary import safe_ratio
 
-__all__ = ["bias_norm_ratio", "bias_consistency", "bias_alignment"]
+__all__ = ["bias_alignment", "bias_consistency", "bias_head_ratio", "bias_norm_ratio"]
 
 
 def bias_norm_ratio(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
@@ -40,7 +41,30 @@ def bias_norm_ratio(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") ->
             "bias_over_residual": ds["bias_norm"] / ds["residual_norm"],
         }
     )
-    return finish(out, ds, "bias_norm_ratio", "|beta| / |(a)| and |beta| / |x| at the readout query")
+    return with_provenance(out, ds, "bias_norm_ratio", "|beta| / |(a)| and |beta| / |x| at the readout query")
+
+
+def bias_head_ratio(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
+    """Per-head size of the bias term relative to that head's original path: ``‖β_h‖ / ‖(a)_h‖``.
+
+    ``bias_head_norm / original_norm``; NaN where a head's original path is 0 (nothing to compare with).
+
+    Returns
+    -------
+    xarray.DataArray
+        (variant, image/class, layer, head).
+
+    Examples
+    --------
+    >>> from mmlens.store.synthetic import example_tree
+    >>> r = bias_head_ratio(example_tree())
+    >>> r.dims, float(r.sel(variant="zeroshot").max())
+    (('variant', 'image', 'layer', 'head'), 0.0)
+    """
+    ds = group_of(data, tower)
+    require(ds, ["bias_head_norm", "original_norm"], "bias_head_ratio")
+    out = safe_ratio(ds["bias_head_norm"], ds["original_norm"])
+    return with_provenance(out, ds, "bias_head_ratio", "|beta_h| / |(a)_h| per head at the readout query")
 
 
 def bias_consistency(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -> xr.DataArray:
@@ -101,20 +125,20 @@ def bias_consistency(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -
     n_all = w.sum(item)
 
     sq_class = (s_class**2).sum("channel")
-    within = _ratio((sq_class - n_class).sum("label_class"), (n_class * (n_class - 1)).sum("label_class"))
+    within = safe_ratio((sq_class - n_class).sum("label_class"), (n_class * (n_class - 1)).sum("label_class"))
     sq_all = (s_all**2).sum("channel")
-    across_classes = _ratio(sq_all - sq_class.sum("label_class"), n_all**2 - (n_class**2).sum("label_class"))
+    across_classes = safe_ratio(sq_all - sq_class.sum("label_class"), n_all**2 - (n_class**2).sum("label_class"))
 
     if beta.sizes["dataset"] >= 2:
         s_rest = s_all.sum("dataset") - s_all
         n_rest = n_all.sum("dataset") - n_all
-        across_datasets = _ratio((s_all * s_rest).sum("channel"), n_all * n_rest)
+        across_datasets = safe_ratio((s_all * s_rest).sum("channel"), n_all * n_rest)
     else:
         across_datasets = xr.full_like(within, np.nan)
 
     b = beta.where(valid)
     mean_vec = b.mean(item)
-    share = _ratio((mean_vec**2).sum("channel", skipna=False), (b**2).sum("channel", skipna=False).mean(item))
+    share = safe_ratio((mean_vec**2).sum("channel", skipna=False), (b**2).sum("channel", skipna=False).mean(item))
 
     out = stack_measures(
         {
@@ -124,7 +148,7 @@ def bias_consistency(data: xr.Dataset | xr.DataTree, *, tower: str = "vision") -
             "dataset_mean_share": share,
         }
     )
-    return finish(
+    return with_provenance(
         out,
         ds,
         "bias_consistency",
@@ -209,13 +233,8 @@ def bias_alignment(prompted: xr.Dataset | xr.DataTree, learned: xr.Dataset | xr.
     source = group_of(prompted, tower)
     if "layer_kind" in source.coords:
         out = out.assign_coords(layer_kind=source.coords["layer_kind"].reset_coords(drop=True).sel(layer=out["layer"]))
-    return finish(out, source, "bias_alignment",
+    return with_provenance(out, source, "bias_alignment",
                   "cos(mean_i beta_i of the prompt method, learned bias b of bias tuning), same dataset and layer")
-
-
-def _ratio(num: xr.DataArray, den: xr.DataArray) -> xr.DataArray:
-    """num / den, NaN (without a warning) where there is nothing to average (den = 0)."""
-    return num / den.where(den > 0)
 
 
 def _labels(ds: xr.Dataset, beta: xr.DataArray, item: str) -> xr.DataArray:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from mmlens.stats._common import layer_kinds_present, provenance
+from mmlens.stats._common import provenance
 from mmlens.stats.intervals import (
     BOOTSTRAP,
     VARIANCE_COMPONENTS,
@@ -17,6 +17,7 @@ from mmlens.stats.intervals import (
     percentile_bootstrap,
     vc_interval,
 )
+from mmlens.store.select import layer_kinds_present
 
 __all__ = ["bootstrap_ci", "summarize"]
 

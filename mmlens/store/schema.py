@@ -47,12 +47,24 @@ PROMPT_ROLE = "prompt"
 #: The query whose attention the readout variables describe, per tower.
 READOUT_ROLE: dict[str, str] = {"vision": "cls", "text": "eot"}
 
+#: The towers (the ``branch`` of a variant or of prompt integrated gradients).
+BRANCHES: tuple[str, ...] = ("vision", "text")
+
 PROMPTED_VARIANT = "full"
 REFERENCE_VARIANT = "zeroshot"
-ABLATION_VARIANTS: tuple[str, ...] = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts")
-VARIANTS: tuple[str, ...] = (PROMPTED_VARIANT, REFERENCE_VARIANT, *ABLATION_VARIANTS)
+#: Route ablations (docs/math.md, "Route ablations"): how a block rebuilds its output from the split.
+ABLATION_ROUTES: tuple[str, ...] = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts")
+#: Every route; a variant is a route applied to some branches and layers (``route[:branch[:layers]]``,
+#: :mod:`mmlens.store.variants`).
+ROUTES: tuple[str, ...] = (PROMPTED_VARIANT, REFERENCE_VARIANT, *ABLATION_ROUTES)
+#: The plain variants (a route on both branches and every layer): what a trace stores, in this order.
+VARIANTS: tuple[str, ...] = ROUTES
 
 LAYER_KINDS: tuple[str, ...] = ("injected", "carried", "none")
+#: The ``branch`` part of a variant label: both towers or one (:data:`BRANCHES`).
+VARIANT_BRANCHES: tuple[str, ...] = ("both", *BRANCHES)
+#: The ``layers`` part of a variant label: every block, or the blocks of one prompted layer kind.
+LAYER_GROUPS: tuple[str, ...] = ("all", *(k for k in LAYER_KINDS if k != "none"))
 #: What the block's bias term in ``bias``/``bias_norm`` is (scalar coordinate ``bias_source`` of the
 #: vision and text groups): a prompt method's β (``prompt``) or bias tuning's learned b^ℓ (``learned``).
 BIAS_SOURCES: tuple[str, ...] = ("prompt", "learned")
@@ -211,8 +223,6 @@ ATTRIBUTION_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
     **{f"{method}_{suffix}": (("variant", "image"), f"{meaning} ({method})")
        for method in ATTRIBUTION_METHODS for suffix, meaning in ATTRIBUTION_PER_IMAGE.items()},
 }
-#: Values of the ``branch`` coordinate (prompt integrated gradients).
-BRANCHES: tuple[str, ...] = ("vision", "text")
 
 VARIABLES: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
     "vision": VISION_VARIABLES,
@@ -277,7 +287,7 @@ def provenance_attrs(**fields: Any) -> dict[str, str | int | float]:
         mmlens_version=__version__,
         xarray_version=xr.__version__,
         numpy_version=np.__version__,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     for key, value in fields.items():
         out[key] = _storable_attr(key, value)

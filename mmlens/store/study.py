@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,23 +17,36 @@ __all__ = ["combine_runs"]
 
 _STRING_FILL = {name: schema.STUDY_PADDING for name in ("classname", "split", "path")}
 _DROPPED = ("failures", "failure_path")  # failures stay in each run's own store
+#: Root attrs that name the model and method: runs that differ in one of them cannot form a study.
+_IDENTITY = ("model_name", "pretrained", "weights_sha256", "method", "method_hparams")
+
+RunStore = xr.DataTree | str | os.PathLike
 
 
-def combine_runs(runs: Iterable[xr.DataTree]) -> xr.DataTree:
-    """Stack run trees of one method along ``dataset`` and ``seed`` (the study layout of the schema).
+def combine_runs(
+    runs: Iterable[RunStore] | Mapping[tuple[str, int], RunStore], *, attrs: Mapping[str, Any] | None = None
+) -> xr.DataTree:
+    """Stack the runs of one method along ``dataset`` and ``seed`` (the study layout of the schema).
 
-    Each run is placed by its ``dataset`` and ``seed`` attributes. Per-run outputs (variables with
+    The one study builder: the pipeline, the notebooks and :func:`mmlens.store.synthetic.example_study`
+    all stack through it. A run is a trace tree or the path of a store (opened lazily with
+    :func:`mmlens.store.io.open`). Each run is placed by its ``dataset`` and ``seed`` attributes,
+    or by its key when ``runs`` is a mapping ``{(dataset, seed): run}``. Per-run outputs (variables with
     a ``variant`` dim) gain both dims; seed-independent ones (``foreground``, ``output_bias_norm``)
     are taken from the first seed of each dataset and gain only ``dataset``. Datasets with fewer
     images (classes) are padded: NaN in variables, ``label = -1`` and empty strings in
     coordinates. Root attrs keep what all runs share; ``dataset`` becomes ``"study"``, ``seed``
     ``-1``, and any other differing key a JSON object ``{"<dataset>/<seed>": value}``.
-    ``failures`` are not carried over (they stay in each run's store). Lazy inputs stay lazy.
+    ``failures`` are not carried over (they stay in each run's store). A variable some datasets
+    lack (``foreground`` without masks) is NaN for them. Lazy inputs stay lazy.
 
     Parameters
     ----------
     runs
-        Trace trees (in memory or opened with ``mmlens.open``), one per (dataset, seed).
+        Trace trees (in memory or opened with ``mmlens.open``) or store paths, one per (dataset, seed);
+        or a mapping from (dataset, seed) to them.
+    attrs
+        Extra root attributes (after the shared provenance).
 
     Returns
     -------
@@ -47,15 +61,25 @@ def combine_runs(runs: Iterable[xr.DataTree]) -> xr.DataTree:
     >>> study["vision"]["prompt_mass"].dims, study["vision"].sizes["image"]
     (('dataset', 'seed', 'variant', 'image', 'layer', 'head'), 6)
     """
-    runs = list(runs)
+    if isinstance(runs, Mapping):
+        keys = [(str(d), int(s)) for d, s in runs]
+        runs = [_as_tree(run) for run in runs.values()]
+    else:
+        runs = [_as_tree(run) for run in runs]
+        keys = []
+        for tree in runs:
+            missing = [k for k in ("dataset", "seed") if k not in tree.attrs]
+            if missing:
+                raise ValueError(
+                    f"every run needs 'dataset' and 'seed' attrs to be placed in a study; one lacks {missing}"
+                )
+            keys.append((str(tree.attrs["dataset"]), int(tree.attrs["seed"])))
     if not runs:
         raise ValueError("combine_runs needs at least one run tree, found none")
-    keys = []
-    for tree in runs:
-        missing = [k for k in ("dataset", "seed") if k not in tree.attrs]
-        if missing:
-            raise ValueError(f"every run needs 'dataset' and 'seed' attrs to be placed in a study; one lacks {missing}")
-        keys.append((str(tree.attrs["dataset"]), int(tree.attrs["seed"])))
+    for key in _IDENTITY:
+        values = {str(tree.attrs.get(key)) for tree in runs}
+        if len(values) > 1:
+            raise ValueError(f"a study combines runs of one model and method; found different {key}: {sorted(values)}")
     if len(set(keys)) != len(keys):
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         raise ValueError(f"each (dataset, seed) may appear once, found repeats {dupes}")
@@ -70,14 +94,41 @@ def combine_runs(runs: Iterable[xr.DataTree]) -> xr.DataTree:
 
     groups = list(dict.fromkeys(name for tree in runs for name in tree.children))
     _check_same_shapes(runs, keys, groups)
-    nodes: dict[str, Any] = {"/": xr.Dataset(attrs=_study_attrs(runs, keys))}
+    nodes: dict[str, Any] = {"/": xr.Dataset(attrs={**_study_attrs(runs, keys), **dict(attrs or {})})}
     for name in groups:
         per_dataset = []
         for d in datasets:
             parts = [_group(by_key[d, s], name, d, s) for s in seeds]
             per_dataset.append(_stack_seeds(parts, seeds))
-        nodes[name] = _stack_datasets(per_dataset, datasets)
+        nodes[name] = _stack_datasets(_fill_missing(per_dataset), datasets)
     return schema.validate(xr.DataTree.from_dict(nodes))
+
+
+def _as_tree(run: RunStore) -> xr.DataTree:
+    if isinstance(run, xr.DataTree):
+        return run
+    if isinstance(run, (str, os.PathLike)):
+        from mmlens.store.io import open as open_store
+
+        return open_store(run)
+    raise TypeError(f"expected a trace tree or a store path per run, found {type(run).__name__}")
+
+
+def _fill_missing(parts: list[xr.Dataset]) -> list[xr.Dataset]:
+    """Give every dataset's part the variables another part has (e.g. ``foreground`` where masks exist), as NaN."""
+    names = list(dict.fromkeys(n for p in parts for n in p.data_vars))
+    out = []
+    for p in parts:
+        for n in names:
+            if n in p.data_vars:
+                continue
+            template = next(q[n] for q in parts if n in q.data_vars)
+            dtype = template.dtype if template.dtype.kind == "f" else np.float32
+            shape = tuple(p.sizes.get(d, template.sizes[d]) for d in template.dims)
+            coords = {d: p[d] for d in template.dims if d in p.coords}
+            p = p.assign({n: xr.DataArray(np.full(shape, np.nan, dtype=dtype), dims=template.dims, coords=coords)})
+        out.append(p)
+    return out
 
 
 _PER_RUN_DIMS = ("image", "class", "failure", "dataset", "seed")
@@ -132,6 +183,16 @@ def _stack_seeds(parts: list[xr.Dataset], seeds: list[int]) -> xr.Dataset:
 
 def _stack_datasets(parts: list[xr.Dataset], datasets: list[str]) -> xr.Dataset:
     fill = {**_STRING_FILL, "label": -1}
+    # per-image and per-class coordinates belong to one dataset: (dataset, image) / (dataset, class) always,
+    # even where two datasets happen to agree (or there is only one), so that the layout never depends on values
+    parts = [
+        p.assign_coords({
+            c: p.coords[c].expand_dims(dataset=1)
+            for c in p.coords
+            if c not in p.dims and {"image", "class"} & set(p.coords[c].dims)
+        })
+        for p in parts
+    ]
     out = xr.concat(
         parts,
         dim=pd.Index(datasets, name="dataset"),

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from mmlens.store import schema
+from mmlens.store.study import combine_runs
 
 __all__ = ["example_tree", "example_study"]
 
@@ -147,11 +148,13 @@ def example_study(
     position of an image in its dataset's traced set. β has a direction of its own per dataset,
     so consistency across datasets is lower than within one.
 
-    With ``chunks`` the arrays are dask arrays generated block by block (``chunks`` images per
-    block) and nothing is computed until asked for: ``example_study(11, 2000, chunks=250,
-    with_vectors=False).to_zarr(path)`` streams a ViT-B/16-sized study (12 layers x 12 heads,
-    ``grid=14``; ``cls_attention`` alone is 11 x 2 x 2000 x 144 x 196 float32 = 5 GB; pass
-    ``variables=`` to keep only what a benchmark needs) to disk in bounded memory. The numbers
+    Each run is built on its own and the runs are stacked by :func:`mmlens.store.study.combine_runs`,
+    the builder of real studies, so the layout is the same. With ``chunks`` the arrays are dask
+    arrays generated block by block (``chunks`` images per block) and nothing is computed until
+    asked for: ``example_study(11, 2000, chunks=250, with_vectors=False).to_zarr(path)`` streams a
+    ViT-B/16-sized study (12 layers x 12 heads, ``grid=14``; ``cls_attention`` alone is
+    11 x 2 x 2000 x 144 x 196 float32 = 5 GB; pass ``variables=`` to keep only what a benchmark
+    needs) to disk in bounded memory. The numbers
     depend on ``seed`` and on ``chunks``.
 
     Parameters
@@ -207,72 +210,49 @@ def example_study(
         for s in range(n_seeds)
         for b, (lo, hi) in enumerate(bounds)
     }
-    vision_vars: dict[str, Any] = {}
-    for name, (dims, dtype) in _run_shapes(cfg).items():
-        if name == "foreground" or (variables is not None and name not in variables and name != "logits"):
-            continue
-        per_dataset = []
-        for d in range(n_datasets):
-            per_seed = []
-            for s in range(n_seeds):
-                parts = [
-                    _block_array(blocks[d, s, b], name, dims, dtype, cfg, hi - lo, lazy)
-                    for b, (lo, hi) in enumerate(bounds)
-                ]
-                per_seed.append(_concat(parts, axis=dims.index("image")))
-            per_dataset.append(_stack(per_seed))
-        vision_vars[name] = (("dataset", "seed", *dims), _stack(per_dataset))
-    if with_foreground and (variables is None or "foreground" in variables):
-        fg = [
-            _concat([_foreground_block(seed, d, b, hi - lo, grid, lazy) for b, (lo, hi) in enumerate(bounds)], axis=0)
-            for d in range(n_datasets)
-        ]
-        vision_vars["foreground"] = (("dataset", "image", "patch_row", "patch_col"), _stack(fg))
-    logits = vision_vars.pop("logits")
-
-    image_coords = _image_coords(labels, n_classes, names)
-    out_bias = np.random.default_rng([seed, n_layers]).uniform(0.5, 1.5, n_layers).astype(np.float32)
-    if variables is None or "output_bias_norm" in variables:
-        vision_vars["output_bias_norm"] = (("layer",), out_bias)
-    vision = xr.Dataset(vision_vars, coords={**_shared_coords(cfg, "vision"), **image_coords})
-    vision = vision.assign_coords(dataset=names, seed=seeds, image=np.arange(n_images))
-
-    text_vars: dict[str, Any] = {}
-    texts = [[_text_arrays(cfg, seed, d, s) for s in range(n_seeds)] for d in range(n_datasets)]
-    for name, (dims, _) in _text_shapes(cfg).items():
-        if variables is not None and name not in variables:
-            continue
-        text_vars[name] = (
-            ("dataset", "seed", *dims),
-            np.stack([np.stack([t[name] for t in row]) for row in texts]),
-        )
+    image_coords = _image_coords(labels, n_classes, names)  # (dataset, image) values, one row per run
     classnames = _classnames(names, n_classes)
-    class_split = np.broadcast_to(_class_splits(n_classes), classnames.shape)
-    text = xr.Dataset(
-        text_vars,
-        coords={
-            **_shared_coords(cfg, "text"),
-            "dataset": names,
-            "seed": seeds,
-            "class": np.arange(n_classes),
-            "classname": (("dataset", "class"), classnames),
-            "split": (("dataset", "class"), class_split.copy()),
-        },
-    )
-    logits_ds = xr.Dataset(
-        {"logits": (("dataset", "seed", "variant", "image", "class"), logits[1])},
-        coords={
-            "dataset": names,
-            "seed": seeds,
-            "variant": list(cfg.variants),
-            "image": np.arange(n_images),
-            "class": np.arange(n_classes),
-            "label": (("dataset", "image"), labels),
-            "classname": (("dataset", "class"), classnames),
-        },
-    )
-    attrs = _example_provenance(dataset="study", seed=-1, cfg=cfg)
-    return xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), "vision": vision, "text": text, "logits": logits_ds})
+    out_bias = np.random.default_rng([seed, n_layers]).uniform(0.5, 1.5, n_layers).astype(np.float32)
+    runs: dict[tuple[str, int], xr.DataTree] = {}
+    for d, name in enumerate(names):
+        fg = None
+        if with_foreground and (variables is None or "foreground" in variables):
+            fg = _concat([_foreground_block(seed, d, b, hi - lo, grid, lazy) for b, (lo, hi) in enumerate(bounds)],
+                         axis=0)
+        for s in range(n_seeds):
+            vision_vars: dict[str, Any] = {}
+            for var, (dims, dtype) in _run_shapes(cfg).items():
+                if var == "foreground" or (variables is not None and var not in variables and var != "logits"):
+                    continue
+                parts = [_block_array(blocks[d, s, b], var, dims, dtype, cfg, hi - lo, lazy)
+                         for b, (lo, hi) in enumerate(bounds)]
+                vision_vars[var] = (dims, _concat(parts, axis=dims.index("image")))
+            if fg is not None:
+                vision_vars["foreground"] = (("image", "patch_row", "patch_col"), fg)
+            logits = vision_vars.pop("logits")[1]
+            if variables is None or "output_bias_norm" in variables:
+                vision_vars["output_bias_norm"] = (("layer",), out_bias)
+            run_images = {key: (("image",), values[d]) for key, (_, values) in image_coords.items()}
+            vision = xr.Dataset(vision_vars, coords={**_shared_coords(cfg, "vision"), **run_images,
+                                                     "image": np.arange(n_images)})
+            text_arrays = _text_arrays(cfg, seed, d, s)
+            text = xr.Dataset(
+                {var: (dims, text_arrays[var]) for var, (dims, _) in _text_shapes(cfg).items()
+                 if variables is None or var in variables},
+                coords={**_shared_coords(cfg, "text"), "class": np.arange(n_classes),
+                        "classname": ("class", classnames[d]), "split": ("class", _class_splits(n_classes))},
+            )
+            logits_ds = xr.Dataset(
+                {"logits": (("variant", "image", "class"), logits)},
+                coords={"variant": list(cfg.variants), "image": np.arange(n_images), "class": np.arange(n_classes),
+                        "label": ("image", labels[d]), "classname": ("class", classnames[d])},
+            )
+            attrs = _example_provenance(dataset=name, seed=int(seeds[s]), cfg=cfg)
+            runs[name, int(seeds[s])] = xr.DataTree.from_dict(
+                {"/": xr.Dataset(attrs=attrs), "vision": vision, "text": text, "logits": logits_ds}
+            )
+    # the same builder as real studies (mmlens reproduce, the notebooks): one definition of the study layout
+    return combine_runs(runs)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,23 +16,25 @@ from mmlens._lazy import lazy_exports
 from mmlens.train import evaluate as _evaluate_module
 
 evaluate = _evaluate_module.evaluate
-summary = _evaluate_module.summary
-combine = _evaluate_module.combine
-to_markdown = _evaluate_module.to_markdown
-to_csv = _evaluate_module.to_csv
 ablation_variants = _evaluate_module.ablation_variants
 parse_variant = _evaluate_module.parse_variant
 Variant = _evaluate_module.Variant
 
 _LAZY = {
+    "batches": "mmlens.train._data",  # batches and model inputs as fit and evaluate feed them (the pipeline's too)
+    "model_inputs": "mmlens.train._data",
     "fit": "mmlens.train.trainer",
     "FitResult": "mmlens.train.trainer",
     "latest_checkpoint": "mmlens.train.trainer",
     "WarmupCosine": "mmlens.train.schedule",
+    # tables are defined in mmlens.stats.tables (torch-free); the evaluate module re-exports them by their old names
+    "summary": "mmlens.train.evaluate",
+    "combine": "mmlens.train.evaluate",
+    "to_markdown": "mmlens.train.evaluate",
+    "to_csv": "mmlens.train.evaluate",
 }
 
-__all__ = sorted([*_LAZY, "evaluate", "combine", "summary", "to_markdown", "to_csv", "ablation_variants",
-                  "parse_variant", "Variant"])
+__all__ = sorted([*_LAZY, "evaluate", "ablation_variants", "parse_variant", "Variant"])
 
 
 __getattr__, __dir__ = lazy_exports("mmlens.train", _LAZY, globals())

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mmlens.train.transforms import InputSpec, pil_to_tensor_transform, resize_batch
+from mmlens.data.transforms import InputSpec, pil_to_tensor_transform, resize_batch
 
 __all__ = ["classnames_of", "dataset_present", "build_split", "batches", "dataset_identity", "model_inputs"]
 

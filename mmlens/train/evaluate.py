@@ -1,116 +1,47 @@
-"""Evaluation: base / novel / HM accuracy per dataset, seed, method and route-ablation variant, as xarray; tables.
+"""Evaluation: base / novel accuracy per dataset, seed, method and route-ablation variant, as xarray.
 
 The result of :func:`evaluate` is an ``xarray.Dataset`` with dims ``(dataset, seed, method, variant,
-split)`` holding ``accuracy`` (%), ``correct`` and ``total``. :func:`summary` reduces it to the
-published numbers (seed means; HM per dataset; the average HM as the harmonic mean of the mean base
-and mean novel accuracy) and :func:`to_markdown` / :func:`to_csv` write tables.
+split)`` holding ``accuracy`` (%), ``correct`` and ``total``. Variant labels are read by
+:mod:`mmlens.store.variants`; the tables (``summary``, ``combine``, ``to_markdown``, ``to_csv``) live
+in :mod:`mmlens.stats.tables` (torch-free) and stay reachable here under their old names.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mmlens.store.variants import Variant, ablation_variants, parse_variant
 
 if TYPE_CHECKING:
     import xarray as xr
 
     from mmlens.models.precision import Precision
 
-__all__ = [
-    "ROUTES",
-    "BRANCHES",
-    "LAYER_GROUPS",
-    "PROTOCOLS",
-    "Variant",
-    "ablation_variants",
-    "combine",
-    "evaluate",
-    "parse_variant",
-    "summary",
-    "to_csv",
-    "to_markdown",
-]
+__all__ = ["PROTOCOLS", "Variant", "ablation_variants", "evaluate", "parse_variant"]
 
-ROUTES = ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts")
-BRANCHES = ("both", "vision", "text")
-LAYER_GROUPS = ("all", "injected", "carried")
+#: Table functions defined in mmlens.stats.tables, reachable here under their old names (loaded on first use,
+#: so that importing the evaluator stays free of xarray).
+_TABLES = {"combine": "combine_results", "summary": "accuracy_summary", "to_markdown": "to_markdown",
+           "to_csv": "to_csv"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TABLES:
+        from mmlens.stats import tables
+
+        return getattr(tables, _TABLES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 PROTOCOLS = ("base_to_novel", "cross_dataset", "domain_generalisation")
-
-
-# ---------------------------------------------------------------------------------------------- variants
-@dataclass(frozen=True)
-class Variant:
-    """A route ablation: ``route`` applied to ``branch`` (both/vision/text) and ``layers`` (all/injected/carried)."""
-
-    route: str
-    branch: str = "both"
-    layers: str = "all"
-
-    @property
-    def label(self) -> str:
-        """``route``, ``route:branch`` or ``route:branch:layers`` (defaults left out)."""
-        if self.layers != "all":
-            return f"{self.route}:{self.branch}:{self.layers}"
-        return self.route if self.branch == "both" else f"{self.route}:{self.branch}"
-
-
-def parse_variant(spec: str | Variant | tuple) -> Variant:
-    """Read a variant: ``"bias_only"``, ``"bias_only:vision"``, ``"drop_prompts:both:carried"`` or a tuple.
-
-    Examples
-    --------
-    >>> parse_variant("bias_only:vision").label, parse_variant(("constant_bias", "both", "injected")).label
-    ('bias_only:vision', 'constant_bias:both:injected')
-    """
-    if isinstance(spec, Variant):
-        v = spec
-    else:
-        parts = tuple(spec) if isinstance(spec, tuple) else tuple(str(spec).split(":"))
-        if not 1 <= len(parts) <= 3:
-            raise ValueError(f"variant {spec!r}: expected 'route[:branch[:layers]]'.")
-        v = Variant(*parts)
-    if v.route not in ROUTES:
-        raise ValueError(f"variant {spec!r}: unknown route {v.route!r}; known: {', '.join(ROUTES)}.")
-    if v.branch not in BRANCHES:
-        raise ValueError(f"variant {spec!r}: branch must be one of {BRANCHES}, got {v.branch!r}.")
-    if v.layers not in LAYER_GROUPS:
-        raise ValueError(f"variant {spec!r}: layers must be one of {LAYER_GROUPS}, got {v.layers!r}.")
-    if v.route == "full" and (v.branch, v.layers) != ("both", "all"):
-        raise ValueError(f"variant {spec!r}: 'full' is the unmodified model; it takes no branch or layers.")
-    return v
-
-
-def ablation_variants(
-    routes: Sequence[str] = ("bias_only", "redistribution_only", "constant_bias", "drop_prompts"),
-    branches: Sequence[str] = BRANCHES,
-    layer_groups: Sequence[str] = LAYER_GROUPS,
-    *,
-    reference: bool = True,
-) -> list[str]:
-    """Variant labels of a route-ablation grid (``full`` and ``zeroshot`` first when ``reference``).
-
-    Examples
-    --------
-    >>> ablation_variants(["bias_only"], ["both", "vision"], ["all"])
-    ['full', 'zeroshot', 'bias_only', 'bias_only:vision']
-    """
-    out = ["full", "zeroshot"] if reference else []
-    for route in routes:
-        for branch in branches:
-            for layers in layer_groups:
-                label = parse_variant((route, branch, layers)).label
-                if label not in out:
-                    out.append(label)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- entries
@@ -295,7 +226,7 @@ def evaluate(
         (``bias_only``, ``redistribution_only``, ``constant_bias``, ``drop_prompts``), each optionally
         restricted to a branch and a layer group: ``"bias_only:vision"``, ``"drop_prompts:both:carried"``
         (see :func:`ablation_variants`). ``constant_bias`` uses the mean β measured on the entry's own
-        few-shot training images (:func:`mmlens.trace.interventions.measure_mean_bias`).
+        few-shot training images (:func:`mmlens.tracing.interventions.measure_mean_bias`).
     protocol : str
         ``"base_to_novel"``: prompts trained on dataset D are evaluated on D's ``base`` and ``novel``
         classes. ``"cross_dataset"`` / ``"domain_generalisation"``: every set of prompts on every
@@ -323,8 +254,17 @@ def evaluate(
 
     Examples
     --------
-    >>> ds = evaluate("runs/", root="~/data", clip=clip, variants=["full", "zeroshot"])  # doctest: +SKIP
-    >>> print(to_markdown(ds))                                                           # doctest: +SKIP
+    >>> from mmlens.data.toyworld import build_in_memory
+    >>> test = {"ToySatellite": {s: build_in_memory("satellite", "test", subset=s) for s in ("base", "novel")}}
+    >>> ds = evaluate(model, test, variants=["full", "zeroshot"], progress=False)
+    >>> dict(ds.accuracy.sizes), int(ds.total.sel(variant="full", split="novel").squeeze())
+    ({'dataset': 1, 'seed': 1, 'method': 1, 'variant': 2, 'split': 2}, 128)
+    >>> from mmlens.stats.tables import to_markdown
+    >>> print(to_markdown(ds).splitlines()[0])
+    | method / variant | params | Base | Novel | HM | ToySatellite |
+
+    Prompt files trained by ``mmlens train``, on the datasets under a data root:
+    ``evaluate("runs/", root="~/data", clip=clip, variants=["full", "zeroshot"])``.
     """
     import torch
     import xarray as xr
@@ -454,7 +394,7 @@ def _provenance(protocol: str, clip: Any, device: Any, skipped: list[str]) -> di
         "torch_version": str(torch.__version__),
         "open_clip_version": str(open_clip.__version__),
         "device": str(device),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "skipped": "\n".join(skipped),
     }
 
@@ -467,7 +407,7 @@ def _images(ds: Any, spec: Any, normalize: bool, batch_size: int, num_workers: i
 
 
 def _mean_bias(model, train_ds, entry: _Entry, spec, normalize, batch_size, num_workers, device):
-    from mmlens.trace.interventions import measure_mean_bias
+    from mmlens.tracing.interventions import measure_mean_bias
     from mmlens.train._data import classnames_of
 
     model.set_classnames(classnames_of(train_ds, fallback=entry.classnames))
@@ -478,7 +418,7 @@ def _mean_bias(model, train_ds, entry: _Entry, spec, normalize, batch_size, num_
 def _intervention(model, variant: Variant, mean_bias):
     if variant.route == "full":
         return nullcontext()
-    from mmlens.trace.interventions import intervene
+    from mmlens.tracing.interventions import intervene
 
     return intervene(model, variant.route, branch=variant.branch,
                      layers=None if variant.layers == "all" else variant.layers,
@@ -527,197 +467,3 @@ def _accuracy(model, ds, variant: Variant, mean_bias, cache: dict, *, batch_size
             logits = logits + model.clip.logit_bias.float()
     correct = int((logits.argmax(-1).cpu() == store["labels"]).sum())
     return correct, len(store["labels"])
-
-
-def combine(results: Sequence[xr.Dataset]) -> xr.Dataset:
-    """Merge :func:`evaluate` results of separate runs (e.g. one per job or machine) into one Dataset.
-
-    Coordinates are the union (in order of first appearance); a cell evaluated in two results must
-    agree. Counts of cells nobody evaluated are 0 and their accuracy NaN, as in :func:`evaluate`.
-
-    Examples
-    --------
-    >>> a = evaluate(model_a, data, seeds=1)     # doctest: +SKIP
-    >>> b = evaluate(model_b, data, seeds=2)     # doctest: +SKIP
-    >>> both = combine([a, b])                   # doctest: +SKIP
-    """
-    import xarray as xr
-
-    if not results:
-        raise ValueError("combine() needs at least one evaluate() result.")
-    dims = ("dataset", "seed", "method", "variant", "split")
-    coords = {d: list(dict.fromkeys(v for r in results for v in r[d].values.tolist())) for d in dims}
-    shape = tuple(len(coords[d]) for d in dims)
-    correct = np.zeros(shape, dtype=np.int64)
-    total = np.zeros(shape, dtype=np.int64)
-    sha = np.full(shape[:3], "", dtype=object)
-    params: dict[str, int] = {}
-    skipped: list[str] = []
-    for r in results:
-        idx = [[coords[d].index(v) for v in r[d].values.tolist()] for d in dims]
-        grid = np.ix_(*idx)
-        t_new, c_new = r["total"].values, r["correct"].values
-        both = (total[grid] > 0) & (t_new > 0)
-        if ((total[grid] != t_new) | (correct[grid] != c_new))[both].any():
-            raise ValueError("combine(): two results disagree on a cell they both evaluated.")
-        total[grid] = np.where(t_new > 0, t_new, total[grid])
-        correct[grid] = np.where(t_new > 0, c_new, correct[grid])
-        s_new = r["prompt_sha256"].values.astype(object)
-        sha[np.ix_(*idx[:3])] = np.where(s_new != "", s_new, sha[np.ix_(*idx[:3])])
-        for m, n in zip(r["method"].values.tolist(), r["trainable_parameters"].values.tolist()):
-            params.setdefault(m, int(n))
-        skipped += [line for line in str(r.attrs.get("skipped", "")).split("\n") if line]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.where(total > 0, 100.0 * correct / np.maximum(total, 1), np.nan)
-    parsed = [parse_variant(v) for v in coords["variant"]]
-    first = results[0]
-    return xr.Dataset(
-        {
-            "accuracy": (dims, accuracy, dict(first["accuracy"].attrs)),
-            "correct": (dims, correct, dict(first["correct"].attrs)),
-            "total": (dims, total, dict(first["total"].attrs)),
-            "prompt_sha256": (dims[:3], sha.astype(str), dict(first["prompt_sha256"].attrs)),
-        },
-        coords={
-            **coords,
-            "route": ("variant", [v.route for v in parsed]),
-            "branch": ("variant", [v.branch for v in parsed]),
-            "layers": ("variant", [v.layers for v in parsed]),
-            "trainable_parameters": ("method", [params[m] for m in coords["method"]]),
-        },
-        attrs={**first.attrs, "skipped": "\n".join(dict.fromkeys(skipped))},
-    )
-
-
-# ---------------------------------------------------------------------------------------------- tables
-def _hm(b: Any, n: Any) -> Any:
-    b, n = np.asarray(b, dtype=float), np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(b + n > 0, 2 * b * n / (b + n), 0.0)
-
-
-def summary(ds: xr.Dataset) -> xr.Dataset:
-    """Seed-mean accuracies per dataset (plus an ``"Average"`` dataset), with HM where base/novel exist.
-
-    Per dataset: ``base`` and ``novel`` are means over seeds, ``hm`` their harmonic mean. The
-    ``Average`` row follows the published convention: mean base and mean novel over datasets, and
-    ``hm`` = HM(mean base, mean novel) — not the mean of per-dataset HMs. Without base/novel splits,
-    each split's seed mean is returned (``all`` for cross-dataset), averaged over datasets.
-    ``std_*`` hold the standard deviation over seeds.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> acc = np.array([[[[[80.0, 60.0]]]], [[[[90.0, 40.0]]]]])  # 2 datasets, 1 seed/method/variant
-    >>> ds = xr.Dataset({"accuracy": (("dataset", "seed", "method", "variant", "split"), acc)},
-    ...                 coords={"dataset": ["a", "b"], "seed": [1], "method": ["m"], "variant": ["full"],
-    ...                         "split": ["base", "novel"]})
-    >>> s = summary(ds)
-    >>> round(float(s.hm.sel({"dataset": "Average", "method": "m", "variant": "full"})), 4)  # HM(85, 50)
-    62.963
-    """
-    import xarray as xr
-
-    acc = ds["accuracy"]
-    mean = acc.mean("seed", skipna=True)
-    std = acc.std("seed", skipna=True)
-    avg_mean = mean.mean("dataset", skipna=False).expand_dims(dataset=["Average"])
-    avg_std = xr.full_like(avg_mean, np.nan)
-    mean = xr.concat([mean, avg_mean], dim="dataset")
-    std = xr.concat([std, avg_std], dim="dataset")
-    out = xr.Dataset()
-    for split in ds["split"].values.tolist():
-        out[str(split)] = mean.sel(split=split, drop=True)
-        out[f"std_{split}"] = std.sel(split=split, drop=True)
-    if {"base", "novel"} <= set(ds["split"].values.tolist()):
-        out["hm"] = xr.apply_ufunc(_hm, out["base"], out["novel"])
-    out.attrs = dict(ds.attrs)
-    out.attrs["n_seeds"] = int(ds.sizes["seed"])
-    for name in ("trainable_parameters", "route", "branch", "layers"):
-        if name in ds.coords:
-            out = out.assign_coords({name: ds.coords[name]})
-    return out
-
-
-def _fmt(x: float, digits: int) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _rows(ds: xr.Dataset) -> list[tuple[str, str]]:
-    """(method, variant) pairs that hold any evaluated accuracy."""
-    evaluated = ds["accuracy"].notnull().any(("dataset", "seed", "split"))
-    return [(str(m), str(v)) for m in ds["method"].values for v in ds["variant"].values
-            if bool(evaluated.sel({"method": m, "variant": v}))]
-
-
-def to_markdown(ds: xr.Dataset, *, digits: int = 1, datasets: bool = True, params: bool = True) -> str:
-    """A markdown table: one row per (method, variant), average and per-dataset columns.
-
-    Base-to-novel results get ``Base``, ``Novel``, ``HM`` averages (HM of the means) and one
-    ``base / novel / HM`` cell per dataset; other protocols one accuracy column per dataset and the
-    average. Seed means throughout.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> acc = np.array([[[[[80.0, 60.0]]]]])
-    >>> ds = xr.Dataset({"accuracy": (("dataset", "seed", "method", "variant", "split"), acc)},
-    ...                 coords={"dataset": ["a"], "seed": [1], "method": ["maple"], "variant": ["full"],
-    ...                         "split": ["base", "novel"]})
-    >>> print(to_markdown(ds, params=False))
-    | method | Base | Novel | HM | a |
-    |---|---|---|---|---|
-    | maple | 80.0 | 60.0 | 68.6 | 80.0 / 60.0 / 68.6 |
-    """
-    s = summary(ds)
-    names = [str(d) for d in ds["dataset"].values]
-    one_variant = ds.sizes["variant"] == 1
-    has_params = params and "trainable_parameters" in ds.coords
-    header = ["method" if one_variant else "method / variant"]
-    if has_params:
-        header.append("params")
-    b2n = "hm" in s
-    header += ["Base", "Novel", "HM"] if b2n else [f"Avg {sp}" for sp in ds["split"].values.tolist()]
-    if datasets:
-        header += names if b2n else [f"{d} ({sp})" for d in names for sp in ds["split"].values.tolist()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, variant in _rows(ds):
-        cell = s.sel({"method": method, "variant": variant})
-        row = [method if one_variant else f"{method} / {variant}"]
-        if has_params:
-            row.append(f"{int(ds['trainable_parameters'].sel({'method': method})):,}")
-        avg = cell.sel(dataset="Average")
-        if b2n:
-            row += [_fmt(float(avg[k]), digits) for k in ("base", "novel", "hm")]
-            if datasets:
-                row += [" / ".join(_fmt(float(cell[k].sel(dataset=d)), digits) for k in ("base", "novel", "hm"))
-                        for d in names]
-        else:
-            splits = ds["split"].values.tolist()
-            row += [_fmt(float(avg[sp]), digits) for sp in splits]
-            if datasets:
-                row += [_fmt(float(cell[sp].sel(dataset=d)), digits) for d in names for sp in splits]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def to_csv(ds: xr.Dataset, path: str | os.PathLike | None = None) -> str:
-    """Long-format CSV (one row per evaluated dataset/seed/method/variant/split); written to ``path`` if given.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> acc = np.array([[[[[80.0, 60.0]]]]])
-    >>> ds = xr.Dataset({"accuracy": (("dataset", "seed", "method", "variant", "split"), acc)},
-    ...                 coords={"dataset": ["a"], "seed": [1], "method": ["m"], "variant": ["full"],
-    ...                         "split": ["base", "novel"]})
-    >>> print(to_csv(ds).splitlines()[1])
-    a,1,m,full,base,80.0
-    """
-    keep = [v for v in ("accuracy", "correct", "total") if v in ds]
-    df = ds[keep].reset_coords(drop=True).to_dataframe().reset_index()
-    df = df[df["accuracy"].notna()]
-    text = df.to_csv(index=False, lineterminator="\n")
-    if path is not None:
-        Path(path).write_text(text)
-    return text

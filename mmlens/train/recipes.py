@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+# the depth rule is the model's (tracing builds prompted models with it too, and must not import train)
+from mmlens.models.prompted import MAPLE_DEPTH, prompt_depth
+
 __all__ = ["MAPLE_RECIPE", "TOY_RECIPE", "recipe_for", "prompt_depth"]
 
 #: MaPLe's published recipe (configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml): SGD lr 0.0035,
 #: batch 4, 5 epochs, 16 shots per base class, prompts in blocks 0-8 of ViT-B/16's 12, ImageNet crops.
-MAPLE_RECIPE: dict[str, Any] = {"shots": 16, "epochs": 5, "batch_size": 4, "lr": 0.0035, "depth": 9,
+MAPLE_RECIPE: dict[str, Any] = {"shots": 16, "epochs": 5, "batch_size": 4, "lr": 0.0035, "depth": MAPLE_DEPTH,
                                 "crop_scale": (0.08, 1.0)}
 #: The same recipe on toyworld. Only the random crops differ: they keep at least half of the image,
 #: because toyworld objects can cover under a tenth of the frame (satellite, clutter) and ImageNet's 8 %
@@ -31,31 +34,3 @@ def recipe_for(model_name: str) -> dict[str, Any]:
     ((0.5, 1.0), (0.08, 1.0))
     """
     return dict(TOY_RECIPE if model_name == "mmlens-toy" else MAPLE_RECIPE)
-
-
-def prompt_depth(n_blocks: int, depth: int | None = None) -> tuple[int, str | None]:
-    """The prompt depth to use on a model with ``n_blocks`` blocks, and a note when it was clipped.
-
-    ``depth=None`` asks for the recipe's depth (MaPLe's 9), clipped to ``n_blocks - 1`` so that at least
-    one block carries the prompts forward (MaPLe on ViT-B/16: 9 of 12). An explicit depth is checked, not
-    clipped: asking for more blocks than the model has is an error.
-
-    Examples
-    --------
-    >>> prompt_depth(12)
-    (9, None)
-    >>> prompt_depth(6)
-    (5, 'prompt depth 5: the recipe depth 9 clipped to the 6-block model (all blocks but the last)')
-    >>> prompt_depth(6, 3)
-    (3, None)
-    """
-    if depth is not None:
-        if not 1 <= depth <= n_blocks:
-            raise ValueError(f"prompt depth {depth}: the model has {n_blocks} blocks; choose 1..{n_blocks}.")
-        return depth, None
-    recipe = MAPLE_RECIPE["depth"]
-    if recipe <= n_blocks - 1:
-        return recipe, None
-    clipped = max(1, n_blocks - 1)
-    return clipped, (f"prompt depth {clipped}: the recipe depth {recipe} clipped to the {n_blocks}-block model "
-                     "(all blocks but the last)")

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmlens.data.transforms import input_spec, resize_batch
 from mmlens.models.precision import resolve_precision
 from mmlens.train._data import batches, build_split, classnames_of, dataset_identity
 from mmlens.train.schedule import WarmupCosine
-from mmlens.train.transforms import input_spec, random_resized_crop_flip, resize_batch
+from mmlens.train.transforms import random_resized_crop_flip
 
 __all__ = ["FitResult", "fit", "latest_checkpoint", "CHECKPOINT_FORMAT", "PROMPTS_FILENAME"]
 
@@ -246,12 +247,17 @@ def fit(
     Examples
     --------
     >>> import mmlens
+    >>> from mmlens.data.toyworld import build_in_memory
     >>> from mmlens.train import fit
-    >>> clip = mmlens.load_clip("mmlens-toy", pretrained="toyworld")                 # doctest: +SKIP
-    >>> model = mmlens.PromptedCLIP(clip, ["x"], method="maple", depth=3, init_seed=1)  # doctest: +SKIP
-    >>> result = fit(model, "EuroSAT", root="~/data", seed=1, checkpoint_dir="runs/eurosat/maple/seed1")
-    ...                                                                              # doctest: +SKIP
-    >>> result.loss, result.prompts_path                                             # doctest: +SKIP
+    >>> clip = mmlens.load_clip("mmlens-toy", pretrained="toyworld")
+    >>> model = mmlens.PromptedCLIP(clip, ["x"], method="maple", depth=3, init_seed=1)
+    >>> shots = build_in_memory("satellite", "train", shots=1, subset="base", seed=1)  # 1 image per base class
+    >>> result = fit(model, shots, seed=1, epochs=1, batch_size=8, progress=False)
+    >>> len(result.history), model.classnames == shots.classnames, result.prompts_path
+    (1, True, None)
+
+    With a data root the protocol applies, and ``checkpoint_dir`` makes the run resumable:
+    ``fit(model, "EuroSAT", root="~/data", seed=1, checkpoint_dir="runs/eurosat/maple/seed1")``.
     """
     from mmlens.models.checkpoints import prompt_sha256, save_prompts
 

@@ -18,6 +18,7 @@ _LAZY = {
     "load_extensions": "mmlens.viz.explorer",
     "write_report": "mmlens.viz.report",
     "build_report": "mmlens.viz.report",
+    "StoreSlices": "mmlens.viz.slices",
     "StudyView": "mmlens.viz.slices",
     "MissingData": "mmlens.viz.slices",
     "trace_image": "mmlens.viz.ondemand",

@@ -111,12 +111,12 @@ class Explorer:
         return self.view.text_roles(s.dataset, s.seed, s.layer, s.head)
 
     def evaluation_markdown(self) -> str | None:
-        """The ``evaluation`` table (``mmlens.train.to_markdown``), or ``None`` without one."""
+        """The ``evaluation`` table (``mmlens.stats.tables.to_markdown``), or ``None`` without one."""
         if self.evaluation is None:
             return None
         import xarray as xr
 
-        from mmlens.train import to_markdown
+        from mmlens.stats.tables import to_markdown
 
         ds = self.evaluation
         if not isinstance(ds, xr.Dataset):

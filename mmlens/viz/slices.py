@@ -11,15 +11,19 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from mmlens.stats.attribution import map_agreement
 from mmlens.store import schema
+from mmlens.store.select import per_dataset, select_run
 
 __all__ = [
     "HEAD_MEASURES",
     "LAYER_MEASURES",
     "ImageSlice",
     "MissingData",
+    "StoreSlices",
     "StudyView",
     "as_tree",
+    "map_agreement",
 ]
 
 #: Layer x head measures: name -> (label, {tower: variables needed}).
@@ -119,8 +123,11 @@ class _LRU:
         return value
 
 
-class StudyView:
-    """Read-only, cached access to one trace store (one run or a study) for the explorer's views.
+class StoreSlices:
+    """Read-only, cached slices of one trace store (one run or a study), shaped for the explorer's views.
+
+    Only view data shaping lives here (which variables, which run, averaging for a map or a curve);
+    every derived number comes from :mod:`mmlens.stats`.
 
     Works the same on a single run (no ``dataset``/``seed`` dims: the root attrs name them) and
     on a study (``dataset``/``seed`` dims). Every method returns small in-memory arrays; the
@@ -142,7 +149,7 @@ class StudyView:
     Examples
     --------
     >>> from mmlens.store.synthetic import example_tree
-    >>> view = StudyView(example_tree(n_images=4, n_layers=3, n_heads=2))
+    >>> view = StoreSlices(example_tree(n_images=4, n_layers=3, n_heads=2))
     >>> view.datasets, view.layers("vision"), view.variants
     (['synthetic'], [0, 1, 2], ['full', 'zeroshot'])
     >>> view.head_map("vision", "prompt_mass", "synthetic", 0, "full").dims
@@ -272,7 +279,7 @@ class StudyView:
             idx = [int(v) for v in ds["class"].values]
             if "classname" not in ds.coords:
                 return {f"class {k}": k for k in idx}
-            names = _per_dataset(ds["classname"], dataset).values
+            names = per_dataset(ds["classname"], dataset).values
             # a study pads datasets with fewer classes with empty names (mmlens.store.study.combine_runs)
             return {f"{k}: {n}": k for k, n in zip(idx, names) if str(n)}
         return {}
@@ -288,7 +295,7 @@ class StudyView:
             return out
         for key in out:
             if key in ds.coords and "image" in ds.coords[key].dims:
-                value = _per_dataset(ds.coords[key], dataset).sel(image=image).values.item()
+                value = per_dataset(ds.coords[key], dataset).sel(image=image).values.item()
                 out[key] = int(value) if key == "label" else str(value)
         return out
 
@@ -355,7 +362,7 @@ class StudyView:
         if variant not in cube["variant"].values:
             found = [str(v) for v in cube["variant"].values]
             raise MissingData(f"'{tower}' has no variant {variant!r}; it has {found}")
-        run = _select(cube, dataset=dataset, seed=seed).sel(variant=variant)
+        run = select_run(cube, dataset=dataset, seed=seed).sel(variant=variant)
         out = run["mean"].transpose("layer", "head").copy()
         out.attrs = {"label": label, "n_items": int(run["n_items"]), "item": _ITEM[tower], "measure": measure,
                      "tower": tower}
@@ -516,7 +523,7 @@ class StudyView:
         """Mean ‖(a)_h‖ per (layer, head) over the images/classes: the denominator of ‖β_h‖/‖(a)_h‖."""
         def load() -> np.ndarray:
             ds = self.require(tower, "original_norm", why="‖(a)_h‖")
-            da = _select(ds["original_norm"], dataset=dataset, seed=seed)
+            da = select_run(ds["original_norm"], dataset=dataset, seed=seed)
             if "variant" in da.dims:
                 da = da.sel(variant=variant) if variant in da["variant"].values else da.isel(variant=0)
             da = da.mean(_ITEM[tower], skipna=True).transpose("layer", "head")
@@ -542,7 +549,7 @@ class StudyView:
             block["messages"].append("no 'vision' group: no attention maps")
             return block
         if "cls_attention" in vision.variables:
-            da = _select(vision["cls_attention"], dataset=dataset, seed=seed).sel(image=image)
+            da = select_run(vision["cls_attention"], dataset=dataset, seed=seed).sel(image=image)
             da = da.transpose("variant", "layer", "head", *_GRID)
             block["attention"] = {
                 "variants": [str(v) for v in da["variant"].values],
@@ -553,7 +560,7 @@ class StudyView:
         else:
             block["messages"].append("'vision' holds no cls_attention: no attention overlay")
         if "foreground" in vision.variables:
-            fg = _select(vision["foreground"], dataset=dataset).sel(image=image).transpose(*_GRID)
+            fg = select_run(vision["foreground"], dataset=dataset).sel(image=image).transpose(*_GRID)
             block["foreground"] = np.asarray(fg.values, dtype=np.float32)
         else:
             block["messages"].append("no foreground mask for this store")
@@ -569,7 +576,7 @@ class StudyView:
         for name, da in ds.data_vars.items():
             if not set(_GRID) <= set(da.dims) or "image" not in da.dims:
                 continue
-            da = _select(da, dataset=dataset, seed=seed)
+            da = select_run(da, dataset=dataset, seed=seed)
             if image not in da["image"].values:
                 continue
             da = da.sel(image=image)
@@ -602,7 +609,7 @@ class StudyView:
 
         def load() -> xr.DataArray:
             ds = self.require("text", "attention_by_role", why="EOT attention over token roles")
-            da = _select(ds["attention_by_role"], dataset=dataset, seed=seed)
+            da = select_run(ds["attention_by_role"], dataset=dataset, seed=seed)
             return da.transpose("variant", "class", "layer", "head", "key_role").load()
 
         full = self._cache.get(key, load)
@@ -629,50 +636,12 @@ class StudyView:
         return self._cache.get(("accuracy",), self._accuracy)
 
     def _accuracy(self) -> Any:
-        import pandas as pd
+        from mmlens.stats import accuracy_table
 
         ds = self.require("logits", "logits", why="accuracy table")
-        logits = ds["logits"]
-        class_split = self._class_split()
-        rows = []
-        for dataset in self.datasets:
-            info = _select(ds, dataset=dataset)
-            labels = np.asarray(info["label"].values) if "label" in info.coords else None
-            if labels is None:
-                raise MissingData("'logits' holds no 'label' coordinate: cannot score predictions")
-            image_split = self._image_split(dataset)
-            csplit = None if class_split is None else np.asarray(_per_dataset(class_split, dataset).values)
-            for seed in self.seeds:
-                for variant in [str(v) for v in logits["variant"].values]:
-                    lg = _select(logits, dataset=dataset, seed=seed, variant=variant).transpose("image", "class")
-                    values = np.asarray(lg.values, dtype=np.float64)
-                    real = labels >= 0  # label -1: padding of a study (combine_runs)
-                    row: dict[str, Any] = {"dataset": dataset, "seed": seed, "variant": variant}
-                    scores = values[real]
-                    if csplit is not None:  # padded classes have no split: never predicted
-                        scores = np.where(np.isin(csplit, ("base", "novel", "all"))[None, :], scores, -np.inf)
-                    row["all"] = 100.0 * float(np.mean(scores.argmax(axis=1) == labels[real])) if real.any() else np.nan
-                    isplit = None if image_split is None else image_split[real]
-                    for split in ("base", "novel"):
-                        row[split] = _split_accuracy(values[real], labels[real], isplit, csplit, split)
-                    b, n = row["base"], row["novel"]
-                    row["HM"] = 2 * b * n / (b + n) if np.isfinite(b) and np.isfinite(n) and b + n > 0 else np.nan
-                    rows.append(row)
-        return pd.DataFrame(rows, columns=["dataset", "seed", "variant", "base", "novel", "HM", "all"])
-
-    def _class_split(self) -> xr.DataArray | None:
-        for name in ("logits", "text"):
-            ds = self.groups.get(name)
-            if ds is not None and "split" in ds.coords and "class" in ds.coords["split"].dims:
-                return ds.coords["split"]
-        return None
-
-    def _image_split(self, dataset: str) -> np.ndarray | None:
-        for name in ("logits", "vision"):
-            ds = self.groups.get(name)
-            if ds is not None and "split" in ds.coords and "image" in ds.coords["split"].dims:
-                return np.asarray(_per_dataset(ds.coords["split"], dataset).values)
-        return None
+        if "label" not in ds.coords:
+            raise MissingData("'logits' holds no 'label' coordinate: cannot score predictions")
+        return accuracy_table(self.groups, self.datasets, self.seeds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -687,7 +656,7 @@ def _per_item_head_measure(ds: xr.Dataset, measure: str) -> xr.DataArray:
     if measure == "prompt_mass":
         return stats.prompt_mass(ds).sel(measure="readout", drop=True)
     if measure == "bias_ratio":
-        return _safe_ratio(ds["bias_head_norm"], ds["original_norm"])
+        return stats.bias_head_ratio(ds)
     if measure == "foreground_attention":
         return stats.foreground_attention(ds).sel(measure="attention", drop=True)
     raise ValueError(f"unknown head measure {measure!r}")
@@ -708,94 +677,7 @@ def _per_item_layer_measure(ds: xr.Dataset, measure: str) -> xr.DataArray:
     raise ValueError(f"unknown layer measure {measure!r}")
 
 
-def _safe_ratio(num: xr.DataArray, den: xr.DataArray) -> xr.DataArray:
-    return num / den.where(den > 0)
-
-
-def map_agreement(attribution: np.ndarray, attention: np.ndarray, foreground: np.ndarray | None) -> dict[str, float]:
-    """How an attribution map agrees with ``[cls]`` attention and with the mask, on the patch grid.
-
-    The same definitions as :mod:`mmlens.attribution.agreement` (which needs torch to import;
-    this one is numpy only, for one image).
-
-    Parameters
-    ----------
-    attribution, attention
-        (patch_row, patch_col) maps.
-    foreground
-        (patch_row, patch_col) foreground fractions, or ``None``.
-
-    Returns
-    -------
-    dict
-        ``spearman``: rank correlation of the two maps over patches (NaN for a constant map);
-        with a mask, ``foreground_mass``: ``Σ|m_j| f_j / Σ|m_j|`` and ``foreground_chance``:
-        ``mean_j f_j`` (the mass of a uniform map).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> a = np.arange(16.0).reshape(4, 4)
-    >>> map_agreement(a, a, None)
-    {'spearman': 1.0}
-    """
-    from scipy.stats import rankdata
-
-    x, y = np.ravel(attribution).astype(np.float64), np.ravel(attention).astype(np.float64)
-    out: dict[str, float] = {"spearman": float("nan")}
-    if np.isfinite(x).all() and np.isfinite(y).all() and np.ptp(x) > 0 and np.ptp(y) > 0:
-        out["spearman"] = float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
-    if foreground is not None:
-        f = np.ravel(foreground).astype(np.float64)
-        mass = np.abs(np.nan_to_num(x))
-        total = mass.sum()
-        out["foreground_mass"] = float((mass * f).sum() / total) if total > 0 else float("nan")
-        out["foreground_chance"] = float(f.mean())
-    return out
-
-
-def _split_accuracy(
-    logits: np.ndarray,
-    labels: np.ndarray,
-    image_split: np.ndarray | None,
-    class_split: np.ndarray | None,
-    split: str,
-) -> float:
-    if image_split is None:
-        return float("nan")
-    rows = image_split == split
-    if not rows.any():
-        return float("nan")
-    scores = logits[rows]
-    if class_split is not None:
-        allowed = class_split == split
-        if not allowed.any():
-            return float("nan")
-        scores = np.where(allowed[None, :], scores, -np.inf)
-    return 100.0 * float(np.mean(scores.argmax(axis=1) == labels[rows]))
-
-
-# ----------------------------------------------------------------------------------------------
-# selection helpers (single runs and studies alike)
-# ----------------------------------------------------------------------------------------------
-
-
-def _select(obj: Any, **indexers: Any) -> Any:
-    """``.sel`` on the dims that exist; a single run has no ``dataset``/``seed`` dims to select."""
-    present = {k: v for k, v in indexers.items() if k in obj.dims}
-    out = obj.sel(present) if present else obj
-    # per-dataset coordinates of a study become 1-D after selecting the dataset
-    return out
-
-
-def _per_dataset(coord: xr.DataArray, dataset: str) -> xr.DataArray:
-    """A coordinate of one dataset: 2-D ``(dataset, item)`` coords of a study are sliced."""
-    if "dataset" in coord.dims:
-        return coord.sel(dataset=dataset)
-    return coord
-
-
-def available(view: StudyView, tower: str, names: Mapping[str, tuple[str, tuple[str, ...]]]) -> list[str]:
+def available(view: StoreSlices, tower: str, names: Mapping[str, tuple[str, tuple[str, ...]]]) -> list[str]:
     """Measures of ``names`` whose variables ``tower`` holds (others would show a message)."""
     out = []
     for name, (_, needed) in names.items():
@@ -804,3 +686,7 @@ def available(view: StudyView, tower: str, names: Mapping[str, tuple[str, tuple[
         if view.has(tower, *needed):
             out.append(name)
     return out
+
+
+#: The former name of :class:`StoreSlices` (it serves single runs as well as studies).
+StudyView = StoreSlices

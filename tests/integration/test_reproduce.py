@@ -82,7 +82,7 @@ def test_stores_hold_every_variant_and_agree_with_evaluate(quick_run):
     import xarray as xr
 
     import mmlens
-    from mmlens.experiments.reproduce import TRACE_VARIANTS
+    from mmlens.store.schema import VARIANTS
 
     out = quick_run["out"]
     with xr.open_dataset(out / "results" / "accuracy.nc", engine="h5netcdf") as acc:
@@ -90,7 +90,7 @@ def test_stores_hold_every_variant_and_agree_with_evaluate(quick_run):
     for split in ("base", "novel"):
         tree = mmlens.open(out / "stores" / DATASET / "seed1" / f"{split}.zarr")
         vision = tree["vision"].to_dataset()
-        assert list(vision["variant"].values) == list(TRACE_VARIANTS)
+        assert list(vision["variant"].values) == list(VARIANTS)
         assert vision.sizes["image"] == MAX_IMAGES
         assert set(vision["split"].values) == {split}
         assert "foreground" in vision and "bias" in vision  # masks and β vectors were traced

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,52 +11,57 @@ import xarray as xr
 from mmlens.experiments._findings import evaluate_claims, find_results_table
 from mmlens.experiments._ledger import Ledger, SettingsMismatch
 from mmlens.experiments._sources import balanced_subset, find_maple_checkpoint, resolve_datasets
-from mmlens.experiments._study import stack_runs
 from mmlens.models.checkpoints import dassl_hparams
+from mmlens.store.study import combine_runs
 from mmlens.store.synthetic import example_tree
 
 
 # ---------------------------------------------------------------------------------------------- study
-def test_stack_runs_pads_and_validates():
+# (the pipeline stacks its stores with mmlens.store.study.combine_runs, tested in tests/unit/test_store_study.py;
+# here: what the pipeline relies on beyond that)
+def test_combine_runs_pads_and_keeps_the_data_of_keyed_runs():
     from mmlens.stats import bias_consistency
-    from mmlens.store import validate
 
     a, b = example_tree(n_images=5, seed=1), example_tree(n_images=3, n_classes=4, seed=2)
-    study = stack_runs({("a", 1): a, ("a", 2): a, ("b", 1): b})
-    validate(study)
+    study = combine_runs({("a", 1): a, ("a", 2): a, ("b", 1): b, ("b", 2): b})
     v = study["vision"].to_dataset()
     assert v["prompt_mass"].dims[:2] == ("dataset", "seed")
     assert v["label"].dims == ("dataset", "image")
     assert v["label"].sel(dataset="b").values.tolist()[3:] == [-1, -1]  # padding
     assert np.isnan(v["prompt_mass"].sel(dataset="b", seed=1, image=4)).all()
-    assert np.isnan(v["prompt_mass"].sel(dataset="b", seed=2)).all()  # b has no seed 2
     np.testing.assert_array_equal(v["prompt_mass"].sel(dataset="a", seed=2).values,
                                   a["vision"]["prompt_mass"].values)  # the data is carried unchanged
     np.testing.assert_array_equal(v["foreground"].sel(dataset="a").values, a["vision"]["foreground"].values)
     t = study["text"].to_dataset()
     assert t["classname"].sel(dataset="b").values.tolist()[4:] == ["", ""]
-    assert json.loads(study.attrs["runs"]) == [["a", 1], ["a", 2], ["b", 1]]
     cons = bias_consistency(study).sel(variant="full", measure="across_datasets")
     assert np.isfinite(cons.sel(dataset="a", seed=1)).all()  # two datasets: across-dataset cosines exist
 
 
-def test_stack_runs_refuses_different_images_per_seed():
+def test_combine_runs_refuses_different_images_per_seed():
     a = example_tree(n_images=4)
     b = a.copy()
     paths = b["vision"].to_dataset()["path"].values.copy()
     paths[0] = "elsewhere.png"
     b["vision"] = xr.DataTree(b["vision"].to_dataset().assign_coords(path=("image", paths)))
     with pytest.raises(ValueError, match="same images"):
-        stack_runs({("a", 1): a, ("a", 2): b})
+        combine_runs({("a", 1): a, ("a", 2): b})
 
 
-def test_stack_runs_fills_missing_foreground():
+def test_combine_runs_fills_missing_foreground():
     a = example_tree(n_images=3)
     b = example_tree(n_images=3, seed=3)
     b["vision"] = xr.DataTree(b["vision"].to_dataset().drop_vars("foreground"))
-    v = stack_runs({("a", 1): a, ("b", 1): b})["vision"].to_dataset()
+    v = combine_runs({("a", 1): a, ("b", 1): b})["vision"].to_dataset()
     assert np.isnan(v["foreground"].sel(dataset="b")).all()
     assert np.isfinite(v["foreground"].sel(dataset="a")).all()
+
+
+def test_combine_runs_refuses_runs_of_different_methods():
+    a, b = example_tree(n_images=3), example_tree(n_images=3, seed=3)
+    b.attrs["method"] = "coop"
+    with pytest.raises(ValueError, match="different method"):
+        combine_runs({("a", 1): a, ("b", 1): b})
 
 
 # ---------------------------------------------------------------------------------------------- ledger

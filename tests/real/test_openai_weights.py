@@ -276,7 +276,7 @@ def test_vit_b_16_openai_every_route(tmp_path, monkeypatch):
 
 def test_trace_provenance_records_the_activation(world):
     from mmlens import PromptedCLIP
-    from mmlens.trace.tracer import _provenance
+    from mmlens.tracing.tracer import _provenance
 
     for clip, expected in ((load_clip(NAME, world.archive), "quick_gelu"), (load_clip(NAME), "gelu")):
         model = PromptedCLIP(clip, ["cat", "dog"], method="zeroshot")
@@ -300,7 +300,7 @@ def test_quick_gelu_flag_declares_the_file(world, tmp_path, command):
     args = build_parser().parse_args([*base, "--quick-gelu"])
     assert args.quick_gelu is True
     if command == "trace":
-        from mmlens.trace._cli import build_prompted
+        from mmlens.tracing._cli import build_prompted
 
         model = build_prompted(args, ["cat", "dog"])
         assert activation_name(model.clip) == "quick_gelu"

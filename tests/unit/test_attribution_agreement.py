@@ -128,3 +128,15 @@ def test_to_dataset_keeps_variants_and_per_run_coords(tmp_path):
     ds.to_zarr(tmp_path / "attribution.zarr", zarr_format=2, consolidated=False)
     back = xr.open_zarr(tmp_path / "attribution.zarr", consolidated=False).load()
     xr.testing.assert_allclose(back.ig_pixels, ds.ig_pixels)
+
+
+def test_map_agreement_hand_cases():
+    from mmlens.stats import map_agreement
+
+    a = np.array([[4.0, 3.0], [2.0, 1.0]])
+    assert map_agreement(a, a, None)["spearman"] == pytest.approx(1.0)
+    assert map_agreement(a, -a, None)["spearman"] == pytest.approx(-1.0)
+    assert np.isnan(map_agreement(np.ones((2, 2)), a, None)["spearman"])
+    fg = np.array([[1.0, 0.0], [0.0, 0.0]])
+    out = map_agreement(np.array([[3.0, -1.0], [0.0, 0.0]]), a, fg)
+    assert out["foreground_mass"] == pytest.approx(0.75) and out["foreground_chance"] == pytest.approx(0.25)

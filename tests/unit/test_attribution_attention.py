@@ -1,4 +1,5 @@
-"""Attention GradCAM and gradient rollout: recomputed attention is exact, grads match captum's, rollout by hand."""
+"""Attention GradCAM and gradient rollout: recomputed attention is exact, captum's grad x A equals autograd by hand,
+rollout by hand."""
 
 from __future__ import annotations
 
@@ -69,6 +70,31 @@ def _captum_grad_x_attention(model, images):
     return [o.detach() for o in outs], roles
 
 
+def _hand_grad_x_attention(model, images):
+    """grad * A per layer by hand: torch.autograd.grad of the summed target logits w.r.t. the captured probabilities."""
+    with torch.no_grad():
+        tf = model.text_features()
+    with AttentionCapture(model) as cap, torch.enable_grad():
+        x = images.detach().requires_grad_(True)  # keeps the graph differentiable without learned prompts
+        out = model(x, tf).gather(1, LABELS.reshape(-1, 1)).sum()
+        probs = [cap.records[layer] for layer in range(model.n_layers["vision"])]
+        grads = torch.autograd.grad(out, probs)
+    return [(g * p).detach() for p, g in zip(probs, grads)]
+
+
+def test_captum_grad_x_attention_equals_autograd_by_hand(model, images):
+    """The library goes through captum's LayerGradientXActivation; the numbers are those of autograd by hand."""
+    cam = AttentionGradCAM(model, progress=False).attribute(images, labels=LABELS, per_head=True)
+    hand = _hand_grad_x_attention(model, images)
+    roles = model.vision_roles(16)
+    cls = int(torch.nonzero(roles == ROLE_CODES["cls"])[0, 0])
+    patches = torch.nonzero(roles == ROLE_CODES["patch"])[:, 0]
+    ref = torch.stack([o.clamp(min=0)[:, :, cls][:, :, patches] for o in hand], dim=1)  # [B, L, H, P]
+    assert np.abs(cam.values - ref.reshape(2, 3, 2, 4, 4).numpy()).max() <= 1e-6
+    for captum_layer, hand_layer in zip(_captum_grad_x_attention(model, images)[0], hand):
+        assert float((captum_layer - hand_layer).abs().max()) <= 1e-6
+
+
 def test_gradcam_equals_captum_layer_grad_x_activation(model, images):
     cam = AttentionGradCAM(model, progress=False).attribute(images, labels=LABELS)
     heads = AttentionGradCAM(model, progress=False).attribute(images, labels=LABELS, per_head=True)
@@ -117,8 +143,8 @@ def test_gradient_matches_finite_difference(tiny_clip, images):
 
 def test_rollout_equals_the_recursion_by_hand(model, images):
     rel = GradientRollout(model, progress=False).attribute(images, labels=LABELS)
-    outs, roles = _captum_grad_x_attention(model, images)
-    roles = roles.numpy()
+    outs = _hand_grad_x_attention(model, images)
+    roles = model.vision_roles(16).numpy()
     kinds = model.layer_kinds("vision")
     t = len(roles)
     expected = []
@@ -134,6 +160,7 @@ def test_rollout_equals_the_recursion_by_hand(model, images):
         expected.append((r[cls, roles == ROLE_CODES["patch"]].reshape(4, 4),
                          r[cls, roles == ROLE_CODES["prompt"]].sum()))
     np.testing.assert_allclose(rel.values, np.stack([e[0] for e in expected]), rtol=1e-5, atol=1e-7)
+    assert np.abs(rel.values - np.stack([e[0] for e in expected])).max() <= 1e-6
     np.testing.assert_allclose(rel.prompt_relevance.values, [e[1] for e in expected], rtol=1e-5, atol=1e-7)
     if model.method == "zeroshot":
         assert np.all(rel.prompt_relevance.values == 0)

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from mmlens.data import Item, base_novel, few_shot, harmonic_mean
+from mmlens.data import Item, base_novel, few_shot
 from mmlens.data.protocol import few_shot_seed
+from mmlens.stats import harmonic_mean
 
 
 def _items(counts: dict[int, int]) -> list[Item]:

@@ -10,9 +10,8 @@ from conftest import tiny_config
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from mmlens.data.transforms import eval_mask_transform
+from mmlens.data.transforms import eval_mask_transform, input_spec, pil_to_tensor_transform, resize_batch
 from mmlens.models.loading import load_clip, register_config
-from mmlens.train.transforms import input_spec, pil_to_tensor_transform, resize_batch
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -104,6 +103,6 @@ def test_resize_batch_follows_the_mode():
 
 
 def input_spec_of(mode: str):
-    from mmlens.train.transforms import InputSpec
+    from mmlens.data.transforms import InputSpec
 
     return InputSpec((16, 16), resize_mode=mode)

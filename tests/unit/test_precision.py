@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from mmlens import PromptedCLIP, load_clip, trace
 from mmlens.models.precision import resolve_precision
 from mmlens.models.prompted import ROLE_CODES
-from mmlens.trace.decompose import CompletenessError, check_module_output, completeness_rtol, merged_output
-from mmlens.trace.interventions import SplitHook
+from mmlens.tracing.decompose import CompletenessError, check_module_output, completeness_rtol, merged_output
+from mmlens.tracing.interventions import SplitHook
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 #: (label, load_clip precision, autocast dtype): the three ways a GPU run computes in half precision
@@ -163,7 +163,7 @@ def test_completeness_tolerance_follows_the_module_output_dtype():
 
 def test_trace_to_store_records_compute_dtype_and_float32(tmp_path, images):
     from mmlens import open as open_store
-    from mmlens.trace.tracer import trace_to_store
+    from mmlens.tracing.tracer import trace_to_store
 
     model = _toy("fp32")
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -252,10 +252,9 @@ def test_evaluate_with_amp_on_cpu_matches_fp32():
     the number of such images is measured from direct model calls and must stay small.
     """
     from mmlens.data.toyworld.dataset import build_in_memory
-    from mmlens.trace.interventions import intervene
-    from mmlens.train import evaluate
-    from mmlens.train._data import model_inputs
-    from mmlens.train.transforms import input_spec
+    from mmlens.data.transforms import input_spec
+    from mmlens.tracing.interventions import intervene
+    from mmlens.train import evaluate, model_inputs
 
     base = build_in_memory("satellite", "test", subset="base")
     model = PromptedCLIP(load_clip("mmlens-toy", pretrained="toyworld"), base.classnames, "maple", depth=2,

@@ -30,6 +30,7 @@ def test_zeroshot_equals_open_clip_tiny(tiny_clip):
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow  # real-size ViT-B/16 (random weights)
 def test_zeroshot_equals_open_clip_vit_b16_random():
     torch.manual_seed(0)
     clip = load_clip("ViT-B-16")
@@ -41,6 +42,7 @@ def test_zeroshot_equals_open_clip_vit_b16_random():
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow  # real-size ViT-B/16 (random weights)
 def test_maple_default_parameter_count_vit_b16():
     clip = load_clip("ViT-B-16")
     model = PromptedCLIP(clip, CLASSES, method="maple", n_ctx=2, depth=9)

@@ -99,7 +99,7 @@ def test_tree_accessor_and_opened_stores(tree, tmp_path):
     vision = tree.mml.vision
     assert vision.attrs["mmlens_group"] == "vision" and vision.attrs["method"] == tree.attrs["method"]
     with pytest.raises(KeyError, match="no 'attribution' group"):
-        mmlens.store.accessor.group_dataset(tree, "attribution")
+        mmlens.store.select.group_dataset(tree, "attribution")
     opened = mmlens.open(io.to_zarr(tree, tmp_path / "t.zarr"))
     alpha = opened.mml.prompt_mass()
     assert alpha.attrs["weights_sha256"] == tree.attrs["weights_sha256"]

@@ -323,7 +323,7 @@ def test_schema_1_store_reads_with_a_note_and_refuses_writing(tmp_path):
 def test_every_provenance_key_of_a_cli_store(tmp_path, tiny_clip):
     from mmlens.data import build, get_manifest
     from mmlens.data.toyworld.export import write_domain
-    from mmlens.trace._cli import file_list_sha256
+    from mmlens.tracing._cli import file_list_sha256
 
     info = write_domain("texture", tmp_path / "data", seed=0, per_class={"train": 1, "val": 1, "test": 2})
     name = info["name"]

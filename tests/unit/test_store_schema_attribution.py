@@ -106,5 +106,7 @@ def test_every_attribution_problem_is_listed_in_a_tree():
 
 
 def test_accessor_accepts_attribution_dims():
+    import mmlens.stats  # noqa: F401  (the .mml accessor lives above the statistics)
+
     ds = attribution_dataset()
     assert ds.mml.injected_layers().sizes["layer"] == 2  # .mml validates dims on entry

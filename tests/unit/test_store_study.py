@@ -77,8 +77,11 @@ def test_bad_run_sets_are_refused():
     other_images.attrs.update(dataset="a", seed=2)
     with pytest.raises(ValueError, match="same images for every seed"):
         combine_runs([runs[0], other_images])
-    with pytest.raises(ValueError, match="differ in the shape of group 'vision'"):
+    with pytest.raises(ValueError, match="one model and method; found different method_hparams"):
         combine_runs([runs[0], example_tree(n_images=4, n_classes=5, dataset="a", seed=2)])
+    with pytest.raises(ValueError, match="differ in the shape of group 'vision'"):
+        combine_runs([runs[0], example_tree(n_images=4, n_classes=5, n_layers=4, prompt_depth=1, grid=3, width=4,
+                                            dataset="a", seed=2)])
     with pytest.raises(ValueError, match="missing runs"):
         combine_runs(runs[:3])
     with pytest.raises(ValueError, match="repeats"):

@@ -8,8 +8,8 @@ import torch
 
 from mmlens import PromptedCLIP
 from mmlens.models.prompted import ROLE_CODES
-from mmlens.trace.interventions import RoleMeanBias, SplitHook, intervene, measure_mean_bias
-from mmlens.trace.tracer import trace
+from mmlens.tracing.interventions import RoleMeanBias, SplitHook, intervene, measure_mean_bias
+from mmlens.tracing.tracer import trace
 
 # class names of 1, 2 and 6 tokens: the EOT sits at a different position in every prompt
 BASE = ["cat", "golden retriever", "hot air balloon over the sea"]

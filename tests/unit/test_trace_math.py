@@ -12,7 +12,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from mmlens import PromptedCLIP, load_clip
 from mmlens.models import METHODS
 from mmlens.models.prompted import ROLE_CODES, BlockCall
-from mmlens.trace.decompose import (
+from mmlens.tracing.decompose import (
     CompletenessError,
     attention_output,
     check_completeness,
@@ -20,7 +20,7 @@ from mmlens.trace.decompose import (
     merged_output,
     split_attention,
 )
-from mmlens.trace.interventions import ROUTES, RoleMeanBias, SplitHook, intervene, measure_mean_bias
+from mmlens.tracing.interventions import ROUTE_RULES, RoleMeanBias, SplitHook, intervene, measure_mean_bias
 
 CLASSES = ["cat", "dog", "airplane"]
 
@@ -69,10 +69,10 @@ def test_hand_computed_one_block_one_head():
         "drop_prompts": a_hat,
     }
     for variant, want in expected.items():
-        out = SplitHook({("vision", 0): ROUTES[variant]})(call)
+        out = SplitHook({("vision", 0): ROUTE_RULES[variant]})(call)
         assert (out[0, 0] - x[0, 0]).tolist() == pytest.approx(want, abs=1e-6), variant
     mean = {("vision", 0): RoleMeanBias(per_token={}, pooled={c: torch.full((2,), 0.25) for c in roles.tolist()})}
-    out = SplitHook({("vision", 0): ROUTES["constant_bias"]}, mean)(call)
+    out = SplitHook({("vision", 0): ROUTE_RULES["constant_bias"]}, mean)(call)
     assert (out[0, 0] - x[0, 0]).tolist() == pytest.approx([a_hat[0] + 0.25, a_hat[1] + 0.25], abs=1e-6)
 
 
@@ -111,6 +111,7 @@ def vit_b16():
     return load_clip("ViT-B-16")
 
 
+@pytest.mark.slow  # real-size ViT-B/16 (random weights)
 @pytest.mark.parametrize("method", ["zeroshot", "maple"])
 def test_completeness_vit_b16_random(vit_b16, method):
     clip = vit_b16
@@ -298,6 +299,7 @@ def test_trace_checks_the_module_on_the_first_batch(tiny_clip):
     assert model.block_hook is None
 
 
+@pytest.mark.slow  # real-size ViT-B/16 (random weights)
 def test_trace_logits_equal_open_clip_forward_vit_b16(vit_b16):
     """Zero-shot trace on ViT-B-16: the logits equal open_clip's own encode_image/encode_text."""
     import mmlens

@@ -74,7 +74,7 @@ def test_accuracy_equals_direct_model_calls(tiny_clip):
     assert ds.seed.values.tolist() == [7] and ds.method.values.tolist() == ["maple"]
     assert int(ds.trainable_parameters.sel({"method": "maple"})) == model.trainable_parameter_count()
     assert model.classnames == ["x"]  # restored after evaluation
-    from mmlens.trace.interventions import intervene
+    from mmlens.tracing.interventions import intervene
 
     for split in ("base", "novel"):
         items = data["A"][split]
@@ -96,8 +96,8 @@ def test_same_prompts_same_accuracies(tiny_clip):
 
 
 def test_constant_bias_uses_the_mean_bias_of_the_training_images(tiny_clip):
-    from mmlens.trace.interventions import intervene, measure_mean_bias
-    from mmlens.train.transforms import input_spec
+    from mmlens.data.transforms import input_spec
+    from mmlens.tracing.interventions import intervene, measure_mean_bias
 
     model = PromptedCLIP(tiny_clip, ["x"], "maple", depth=2, init_seed=3)
     data = {"A": _data()}
@@ -212,9 +212,9 @@ def test_evaluate_errors_say_what_to_do(tiny_clip, tmp_path):
 
 def test_reused_image_features_equal_the_ones_each_variant_computes(tiny_clip):
     """evaluate() computes image features once per key; each variant's own features must be those."""
-    from mmlens.trace.interventions import intervene
+    from mmlens.data.transforms import input_spec
+    from mmlens.tracing.interventions import intervene
     from mmlens.train.evaluate import Variant, _accuracy, _vision_key
-    from mmlens.train.transforms import input_spec
 
     items = _data()["base"]
     spec = input_spec(tiny_clip)

@@ -7,14 +7,9 @@ import math
 import pytest
 import torch
 
+from mmlens.data.transforms import InputSpec, input_spec, resize_batch
 from mmlens.train.schedule import WarmupCosine
-from mmlens.train.transforms import (
-    InputSpec,
-    input_spec,
-    random_resized_crop_flip,
-    resize_batch,
-    sample_crop,
-)
+from mmlens.train.transforms import random_resized_crop_flip, sample_crop
 
 
 # ------------------------------------------------------------------------------------- schedule

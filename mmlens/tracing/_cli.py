@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-# the names of mmlens.store.schema.ATTRIBUTION_METHODS (kept here so that `mmlens --help` imports nothing)
-_ATTRIBUTION_METHODS = ("ig_pixels", "ig_patch_embedding", "occlusion", "attention_gradcam", "gradient_rollout",
-                        "prompt_ig")
+# the schema is a names-only module (no numpy, xarray or torch), so `mmlens --help` stays light
+from mmlens.store.schema import ATTRIBUTION_METHODS
 
 
 def _attribution_methods(text: str) -> list[str]:
     """argparse type of ``--attribution``: comma-separated method names, checked by ``trace``'s own parser."""
-    from mmlens.trace.tracer import parse_attribution
+    from mmlens.tracing.tracer import parse_attribution
 
     try:
         names = list(parse_attribution(text))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names among {', '.join(_ATTRIBUTION_METHODS)}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated names among {', '.join(ATTRIBUTION_METHODS)}")
     return names
 
 
 def register(subparsers) -> None:
     """Add ``mmlens trace``."""
-    from mmlens.models._cli import add_quick_gelu_argument
+    from mmlens.models.loading import add_quick_gelu_argument
 
     p = subparsers.add_parser(
         "trace",
@@ -59,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--attribution", type=_attribution_methods, default=None, metavar="METHOD[,METHOD]",
                    help="also compute captum attributions of the traced images into the store's `attribution` "
                         "group (explaining the true class; for the variants full and, with --with-reference, "
-                        "zeroshot): " + ", ".join(_ATTRIBUTION_METHODS) + ". Costly: integrated gradients run "
+                        "zeroshot): " + ", ".join(ATTRIBUTION_METHODS) + ". Costly: integrated gradients run "
                         "the model n_steps (32; prompt_ig 16) times per image, occlusion once per patch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -114,7 +113,7 @@ def build_prompted(args: argparse.Namespace, classnames: list[str]):
 
     from mmlens.models import PromptedCLIP, import_prompts, load_clip, load_prompts
     from mmlens.models.loading import cli_pretrained
-    from mmlens.train.recipes import prompt_depth
+    from mmlens.models.prompted import prompt_depth
 
     seed = getattr(args, "seed", None)
     torch.manual_seed(0 if seed is None else seed)  # random weights and prompt inits repeat on a rerun
@@ -156,9 +155,8 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from mmlens.data import build, get_manifest
-    from mmlens.data.transforms import eval_mask_transform
-    from mmlens.trace.tracer import trace_to_store
-    from mmlens.train.transforms import input_spec
+    from mmlens.data.transforms import eval_mask_transform, input_spec
+    from mmlens.tracing.tracer import trace_to_store
 
     args.seed = run_seed(args.prompts, args.seed)
     manifest = get_manifest(args.dataset)
@@ -177,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
     subset = args.subset
     # autocast on the device the model runs on (not always "cuda"): --device cpu --precision amp runs the
-    # GPU path on CPU; the split inside stays float32 (mmlens.trace.decompose)
+    # GPU path on CPU; the split inside stays float32 (mmlens.tracing.decompose)
     with _precision(args).autocast():
         path = trace_to_store(
             model, loader, args.out, with_reference=args.with_reference, all_queries=args.all_queries,

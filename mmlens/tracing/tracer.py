@@ -21,7 +21,7 @@ import xarray as xr
 
 from mmlens.models.prompted import ROLE_CODES, BlockCall
 from mmlens.store import schema
-from mmlens.trace.decompose import (
+from mmlens.tracing.decompose import (
     AttentionSplit,
     check_module_output,
     check_query_split,
@@ -30,7 +30,7 @@ from mmlens.trace.decompose import (
     float32_region,
     head_outputs,
 )
-from mmlens.trace.interventions import SplitHook, routes_for
+from mmlens.tracing.interventions import SplitHook, routes_for
 
 __all__ = ["trace", "trace_to_store", "iter_trace_batches"]
 
@@ -243,7 +243,7 @@ def _provenance(model, extra: dict | None, device: torch.device) -> dict:
         # the statistics themselves are float32 either way
         "dtype": str(weights).replace("torch.", ""),
         "compute_dtype": str(computed).replace("torch.", ""),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     fields["preprocess"] = _preprocess_record(model)
     if not fields["weights_sha256"] and hasattr(model.clip, "state_dict"):
@@ -524,7 +524,7 @@ def trace(
         readout query equals the head's attention output (every image / class prompt), and that
         the recomputed attention (a)+(b)+(c) equals the block's own module output, all tokens
         (the module is run once more on the first image and the first class prompt). Raises
-        :class:`~mmlens.trace.decompose.CompletenessError` naming branch, layer (and head).
+        :class:`~mmlens.tracing.decompose.CompletenessError` naming branch, layer (and head).
     attribution : str, list of str or dict, optional
         Also compute captum attributions of the same images (``mmlens.attribution``) into an
         ``attribution`` group: method names among ``ig_pixels``, ``ig_patch_embedding``,
@@ -544,8 +544,12 @@ def trace(
 
     Examples
     --------
-    >>> tree = mmlens.trace(model, images, with_reference=True)  # doctest: +SKIP
-    >>> tree["vision"]["prompt_mass"].sel(variant="full", layer=0).mean("image")  # doctest: +SKIP
+    >>> tree = mmlens.trace(model, images, with_reference=True, progress=False)
+    >>> sorted(tree.children)
+    ['logits', 'text', 'vision']
+    >>> alpha = tree["vision"]["prompt_mass"].sel(variant="full", layer=0)  # α at [cls], per image and head
+    >>> alpha.dims, bool(((alpha > 0) & (alpha < 1)).all())
+    (('image', 'head'), True)
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": [], "attribution": []}
@@ -607,7 +611,7 @@ def trace_to_store(
     ``mmlens store verify``) are re-traced first, exactly those batches. Takes the keyword
     arguments of :func:`trace`. Returns the store path; open it with ``mmlens.open(path)``.
     """
-    from mmlens.store.io import StoreWriter
+    from mmlens.store.writer import StoreWriter
 
     device = torch.device(kwargs.pop("device", None) or next(model.parameters()).device)
     progress = kwargs.pop("progress", True)

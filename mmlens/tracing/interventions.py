@@ -29,12 +29,14 @@ from typing import Any
 import torch
 
 from mmlens.models.prompted import ROLE_CODES, ROLE_NAMES, BlockCall, block_forward, finish_block
-from mmlens.trace.decompose import AttentionSplit, float32_region, merged_output, split_attention
+from mmlens.store import schema
+from mmlens.tracing.decompose import AttentionSplit, float32_region, merged_output, split_attention
 
-__all__ = ["VARIANTS", "Route", "ROUTES", "RoleMeanBias", "SplitHook", "intervene", "measure_mean_bias"]
+__all__ = ["VARIANTS", "Route", "ROUTE_RULES", "RoleMeanBias", "SplitHook", "intervene", "measure_mean_bias"]
 
-VARIANTS = ("full", "zeroshot", "bias_only", "redistribution_only", "constant_bias", "drop_prompts")
-BRANCHES = ("vision", "text")
+#: The variants :func:`intervene` accepts (re-exported: defined in mmlens.store.schema).
+VARIANTS = schema.VARIANTS
+BRANCHES = schema.BRANCHES
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class Route:
     bias: str  # "prompt": α Σ ã v ; "none": 0 ; "constant": a supplied mean β
 
 
-ROUTES = {
+#: How each route rebuilds a block's output (``zeroshot`` removes the prompts instead: no rule).
+ROUTE_RULES = {
     "full": Route("renorm", "prompt"),
     "bias_only": Route("one", "prompt"),
     "redistribution_only": Route("renorm", "none"),
@@ -191,7 +194,7 @@ class SplitHook:
                     beta = beta + call.post_attn_bias.float()
                 self.capture_bias(call, beta)
             post_bias = call.post_attn_bias
-            if route is None or route == ROUTES["full"]:
+            if route is None or route == ROUTE_RULES["full"]:
                 attention = rebuilt
             else:
                 attention, post_bias = self._rebuild(call, split, route)
@@ -248,7 +251,7 @@ def routes_for(model, variant: str, *, branch: str = "both", layers=None) -> dic
         raise ValueError(f"Unknown variant {variant!r}; known: {', '.join(VARIANTS)}.")
     if variant in ("full", "zeroshot"):
         return {}
-    return {(b, i): ROUTES[variant] for b in _branches(branch) for i in _resolve_layers(model, b, layers)}
+    return {(b, i): ROUTE_RULES[variant] for b in _branches(branch) for i in _resolve_layers(model, b, layers)}
 
 
 @contextlib.contextmanager
@@ -270,8 +273,12 @@ def intervene(model, variant: str, *, branch: str = "both", layers=None,
 
     Examples
     --------
-    >>> with intervene(model, "bias_only", branch="vision", layers="injected"):  # doctest: +SKIP
-    ...     logits = model(images)
+    >>> with torch.no_grad(), intervene(model, "bias_only", branch="vision", layers="injected"):
+    ...     only_bias = model(images)
+    >>> with torch.no_grad():
+    ...     full = model(images)
+    >>> only_bias.shape == full.shape, bool((only_bias != full).any()), model.block_hook is None
+    (True, True, True)
     """
     routes = routes_for(model, variant, branch=branch, layers=layers)
     if variant == "constant_bias" and not mean_bias:
@@ -308,9 +315,9 @@ def measure_mean_bias(model, batches: Iterable, *, branch: str = "both",
 
     Examples
     --------
-    >>> means = measure_mean_bias(model, [images])  # doctest: +SKIP
-    >>> means["text", 0].per_token[ROLE_CODES["eot"]].shape  # doctest: +SKIP
-    torch.Size([1, 512])
+    >>> means = measure_mean_bias(model, [images])
+    >>> means["text", 0].per_token[ROLE_CODES["eot"]].shape
+    torch.Size([1, 64])
     """
     sums: dict[tuple[str, int], _RoleSums] = {}
     wanted = set(_branches(branch))
