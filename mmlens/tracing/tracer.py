@@ -262,7 +262,7 @@ def _preprocess_record(model) -> str:
     The explorer cuts pictures with it so that pixels line up with the patch maps
     (``mmlens.viz.pictures``). open_clip's transforms always crop (or pad) around the centre.
     """
-    from mmlens.train.transforms import input_spec
+    from mmlens.data.transforms import input_spec
 
     spec = input_spec(model)
     height, width = spec.size
