@@ -6,6 +6,7 @@ views all select through these functions, so a selection means the same everywhe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from mmlens.store import schema
 __all__ = [
     "check_names",
     "group_dataset",
+    "layer_kind_runs",
     "layer_kinds_present",
     "layers_of_kind",
     "per_dataset",
@@ -78,6 +80,23 @@ def layers_of_kind(obj: Any, kind: str) -> Any:
         )
     mask = np.asarray(obj.coords["layer_kind"].values, dtype=object) == kind
     return obj.isel(layer=np.flatnonzero(mask))
+
+
+def layer_kind_runs(kinds: Mapping[int, str]) -> list[tuple[int, int, str]]:
+    """Consecutive layers of one kind as ``(first, last, kind)`` runs, e.g. to shade them in a plot.
+
+    Examples
+    --------
+    >>> layer_kind_runs({0: "injected", 1: "injected", 2: "carried"})
+    [(0, 1, 'injected'), (2, 2, 'carried')]
+    """
+    runs: list[tuple[int, int, str]] = []
+    for ell in sorted(kinds):
+        if runs and runs[-1][2] == kinds[ell] and runs[-1][1] == ell - 1:
+            runs[-1] = (runs[-1][0], ell, kinds[ell])
+        else:
+            runs.append((ell, ell, kinds[ell]))
+    return runs
 
 
 def layer_kinds_present(da: xr.DataArray) -> list[str]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmlens.store import schema
+from mmlens.store.select import layer_kind_runs
 from mmlens.viz._text import esc
 from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, MissingData, available
 
@@ -567,7 +568,7 @@ class Board:
         if across:
             fig.add_layout(Title(text=f"mean and 95 % band across {across}", text_font_size="9pt",
                                  text_font_style="normal", text_color="#555"), "above")
-        for lo, hi, kind in _kind_runs(app.view.layer_kinds(tower)):
+        for lo, hi, kind in layer_kind_runs(app.view.layer_kinds(tower)):
             if kind in _KIND_FILL:
                 fig.add_layout(BoxAnnotation(left=lo - 0.5, right=hi + 0.5, fill_color=_KIND_FILL[kind],
                                              fill_alpha=0.3, level="underlay"))
@@ -904,16 +905,6 @@ def _across(units: str, n: Any) -> str:
     if units.endswith(" of one run"):
         return f"{n} {units.replace(' of one run', '')} (one run)"
     return f"{n} {units}"
-
-
-def _kind_runs(kinds: dict[int, str]) -> list[tuple[int, int, str]]:
-    runs: list[tuple[int, int, str]] = []
-    for ell in sorted(kinds):
-        if runs and runs[-1][2] == kinds[ell] and runs[-1][1] == ell - 1:
-            runs[-1] = (runs[-1][0], ell, kinds[ell])
-        else:
-            runs.append((ell, ell, kinds[ell]))
-    return runs
 
 
 def _share(amap: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh options used
 import numpy as np
 import xarray as xr
 
+from mmlens.store.select import layer_kind_runs
+
 __all__ = [
     "attention_maps",
     "empty",
@@ -136,7 +138,7 @@ def layer_curves(curves: xr.Dataset, *, title: str = "", layer: int | None = Non
     """
     layers = [int(v) for v in curves["layer"].values]
     elements: list[hv.Element] = []
-    for lo, hi, kind in _kind_runs(kinds or {}):
+    for lo, hi, kind in layer_kind_runs(kinds or {}):
         if kind in _KIND_COLOUR:
             elements.append(hv.VSpan(lo - 0.5, hi + 0.5).opts(color=_KIND_COLOUR[kind], alpha=0.35, backend="bokeh"))
     palette = ["#1f77b4", "#7f7f7f", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
@@ -164,23 +166,6 @@ def layer_curves(curves: xr.Dataset, *, title: str = "", layer: int | None = Non
         xticks=layer_ticks(layers, kinds or {}), xlabel="layer", ylabel=label.split(" (")[0], toolbar=None,
         backend="bokeh"
     )
-
-
-def _kind_runs(kinds: Mapping[int, str]) -> list[tuple[int, int, str]]:
-    """Contiguous runs of layers of one kind: ``[(first, last, kind), ...]``.
-
-    Examples
-    --------
-    >>> _kind_runs({0: "injected", 1: "injected", 2: "carried"})
-    [(0, 1, 'injected'), (2, 2, 'carried')]
-    """
-    runs: list[tuple[int, int, str]] = []
-    for ell in sorted(kinds):
-        if runs and runs[-1][2] == kinds[ell] and runs[-1][1] == ell - 1:
-            runs[-1] = (runs[-1][0], ell, kinds[ell])
-        else:
-            runs.append((ell, ell, kinds[ell]))
-    return runs
 
 
 def attention_maps(
