@@ -132,8 +132,10 @@ def design_of(da: xr.DataArray, dims: Sequence[str], nested: Mapping[str, str | 
         if ps:
             clean[f] = ps
     if nested is not None:
+        # a parent that is a dim of ``da`` but not resampled is a "by" dim (e.g. per-dataset rows of a
+        # study design): its nesting is dropped, as above; a parent ``da`` does not have is a mistake
         unknown = [p for f, ps in nested.items() for p in ((ps,) if isinstance(ps, str) else ps)
-                   if f in factors and p not in dims]
+                   if f in factors and p not in dims and p not in da.dims]
         if unknown:
             raise ValueError(f"nested refers to dims {unknown} that are not among the resampled dims {tuple(dims)}; "
                              "list them in dims or drop them from nested")

@@ -96,8 +96,10 @@ def test_design_terms_nesting_and_the_default_of_a_study():
     assert design_of(da, ("image", "seed", "dataset"), nested={}).describe() == {}
     one = xr.DataArray(np.zeros((1, 3, 4)), dims=("dataset", "seed", "image"))
     assert design_of(one, ("image", "seed", "dataset")).factors == ("image", "seed")  # size 1: nothing to resample
+    # the study's declared design, applied to per-dataset rows: dataset is a "by" dim, its nesting drops
+    assert design_of(da, ("image", "seed"), nested={"image": ("dataset",)}).describe() == {}
     with pytest.raises(ValueError, match="not among the resampled dims"):
-        design_of(da, ("image", "seed"), nested={"image": "datasets"})
+        design_of(da, ("image", "seed"), nested={"image": "datasets"})  # a dim da does not have: a typo
     with pytest.raises(ValueError, match="circular"):
         Design(("a", "b"), {"a": ("b",), "b": ("a",)})
     assert choose_method(Design(("seed", "image")), {"seed": 3, "image": 500}) == VARIANCE_COMPONENTS
