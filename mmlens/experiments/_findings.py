@@ -222,8 +222,11 @@ def _bias_route(t: Any, split: str, other: str) -> Claim:
             c.explanation = "β alone keeps most of the gain, but so does the redistribution route alone."
         else:
             c.verdict = FAILS
-            c.explanation = "β alone does not keep most of the gain" + (
-                "; the redistribution route alone does." if not loses else ".")
+            redistribution_keeps = r["low"] > 0 if _has_interval(r) else r["mean"] > 0
+            c.explanation = "β alone is not shown to keep most of the gain (its interval reaches the midpoint)" + (
+                "; the redistribution route alone does." if redistribution_keeps else
+                "; neither does the redistribution route alone." if loses else
+                "; nor is the redistribution route alone (its interval reaches the midpoint too).")
     c.headline = f"[{c.verdict}] {c.title}: bias_only − midpoint {_ci(b, 1, ' points')} (gain {_ci(gain, 1)})"
     return c
 
@@ -260,9 +263,16 @@ def _bias_tuning(t: Any, acc: Any, context: dict[str, Any]) -> Claim:
     ok = [rec is not None and (rec["low"] if _has_interval(rec) else rec["mean"]) > -NON_INFERIORITY_MARGIN
           for rec in rows.values()]
     c.verdict = HOLDS if all(ok) else (PARTLY if any(ok) else FAILS)
-    c.explanation = {HOLDS: "Bias tuning is within the margin of MaPLe on base and novel classes.",
-                     PARTLY: "Bias tuning is within the margin on one split only.",
-                     FAILS: "Bias tuning falls behind MaPLe by more than the margin."}[c.verdict]
+    behind = [s for s, rec in rows.items() if rec is not None and rec["mean"] < -NON_INFERIORITY_MARGIN]
+    c.explanation = {
+        HOLDS: "Bias tuning is within the margin of MaPLe on base and novel classes.",
+        PARTLY: "Bias tuning is within the margin on one split only.",
+        FAILS: ("Bias tuning falls behind MaPLe by more than the margin on average"
+                f" ({', '.join(behind)})." if behind else
+                f"Bias tuning is not shown to be within {NON_INFERIORITY_MARGIN:g} points of MaPLe: the intervals of "
+                "the difference reach below the margin, although the mean differences are above it (the "
+                "intervals are too wide to decide)."),
+    }[c.verdict]
     c.headline = f"[{c.verdict}] {c.title}: base difference {_ci(rows['base'], 1, ' points')}"
     return c
 
@@ -461,7 +471,8 @@ def _bias_direction(t: Any, split: str) -> Claim:
                          "datasets': a direction shared by the datasets.")
     else:
         c.verdict = FAILS
-        c.explanation = "The two methods' bias directions are not more alike than unrelated directions."
+        c.explanation = ("The cosine's interval reaches down to 3/√C: the two methods' bias directions are not "
+                         "shown to be more alike than unrelated directions can be by chance.")
     c.headline = f"[{c.verdict}] {c.title}: cosine (vision, injected) {_ci(same)}"
     return c
 
