@@ -66,12 +66,7 @@ class WriterLock:
             try:
                 _lock(fd)
             except OSError:
-                holder = _read_holder(fd)
-                for _ in range(10):  # the holder writes its pid right after locking: give it a moment
-                    if not holder.startswith("another"):
-                        break
-                    time.sleep(0.02)
-                    holder = _read_holder(fd)
+                holder = _settled_holder(fd)
                 os.close(fd)
                 raise StoreLockedError(
                     f"{self.store} is being written by {holder} (lock {self.path}); wait for that writer to "
@@ -116,6 +111,35 @@ def _lock(fd: int) -> None:
         import fcntl
 
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _settled_holder(fd: int, *, patience: float = 0.5) -> str:
+    """The holder as the lock file names it, once the file names the process that really holds the lock.
+
+    The holder writes its pid and host right *after* taking the kernel lock, so for a moment the file may
+    still hold nothing, or the pid of a dead writer (a kill -9 leaves its line behind). A pid on this host
+    that is alive is the holder; otherwise the file is read again for up to ``patience`` seconds (the
+    holder's write lands within microseconds) and the last reading is reported.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        text = _read_holder(fd)
+        if _names_a_live_local_process(text) or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.02)
+
+
+def _names_a_live_local_process(holder: str) -> bool:
+    parts = holder.split()
+    if len(parts) < 5 or parts[0] != "process" or parts[4] != socket.gethostname():
+        return False  # nothing recorded yet, or another host's process: cannot be checked from here
+    try:
+        os.kill(int(parts[1]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
 
 
 def _read_holder(fd: int) -> str:
