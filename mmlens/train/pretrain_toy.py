@@ -308,7 +308,7 @@ def pretrain(
     )
     start = 0
     if resuming:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors, numbers, dicts: no code runs
         if state["recipe"] != asdict(cfg):
             raise ValueError(
                 f"checkpoint {ckpt} was written by a different recipe ({state['recipe']}); "
