@@ -1,6 +1,8 @@
 """Test tiers: the folder sets the marker (tests/unit -> unit, ...); `slow` is set by hand.
 
-Quick tier: ``pytest -m unit`` (< 5 min). Everything: ``pytest``.
+Quick tier: ``pytest -m unit`` (< 5 min): the tests in tests/unit that are not marked ``slow`` (a slow
+test there, e.g. twenty pairs of racing writer processes, runs with everything else). Everything:
+``pytest``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).parts
         for folder, marker in _TIER_BY_FOLDER.items():
-            if folder in parts:
+            if folder in parts and not (marker == "unit" and item.get_closest_marker("slow")):
                 item.add_marker(getattr(pytest.mark, marker))
         if "notebooks" in parts:
             item.add_marker(pytest.mark.integration)
