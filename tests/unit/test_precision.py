@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _datasets import ColourItems
 
 from mmlens import PromptedCLIP, load_clip, trace
 from mmlens.models.precision import resolve_precision
@@ -26,14 +27,6 @@ CLASSES = ["cat", "dog", "bird", "fish"]
 MODES = [("fp16 weights", "fp16", None), ("fp16 autocast", "fp32", torch.float16),
          ("bf16 autocast", "fp32", torch.bfloat16)]
 MODE_IDS = [m[0].replace(" ", "-") for m in MODES]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _autocast(dtype: torch.dtype | None):
@@ -179,24 +172,6 @@ def test_trace_to_store_records_compute_dtype_and_float32(tmp_path, images):
 
 
 # ---------------------------------------------------------------------------------------------- fit
-class Items(torch.utils.data.Dataset):
-    """Images whose colour tells the class (item dicts like mmlens.data.ImageDataset's)."""
-
-    def __init__(self, classnames=("cat", "dog", "bird"), per_class=4, size=32, seed=0):
-        self.classnames = list(classnames)
-        g = torch.Generator().manual_seed(seed)
-        self.labels = [c for c in range(len(classnames)) for _ in range(per_class)]
-        base = torch.rand(len(self.classnames), 3, 1, 1, generator=g)
-        self.images = [(base[y] + 0.1 * torch.rand(3, size, size, generator=g)).clamp(0, 1) for y in self.labels]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "label": self.labels[i], "classname": self.classnames[self.labels[i]],
-                "path": f"img{i}.png", "mask": None, "index": i}
-
-
 def _fit(clip, precision, tmp_path):
     from mmlens.train import fit
 
@@ -205,7 +180,7 @@ def _fit(clip, precision, tmp_path):
     # momentum 0: GradScaler skips its first steps while it lowers its scale from 2^16 (this random
     # tiny model has text-prompt gradients ~5, which overflow float16 at that scale); with momentum
     # those skipped warm-up steps would leave a different momentum buffer and the runs would drift apart
-    result = fit(model, Items(), epochs=3, lr=0.01, momentum=0.0, precision=precision, progress=False,
+    result = fit(model, ColourItems(), epochs=3, lr=0.01, momentum=0.0, precision=precision, progress=False,
                  checkpoint_dir=tmp_path / precision)
     after = model.prompt_state_dict()
     return result, before, after
@@ -240,7 +215,7 @@ def test_fit_refuses_fp16_and_unknown_precisions(tiny_clip):
     model = PromptedCLIP(tiny_clip, ["x"], "maple", depth=2, init_seed=1)
     for bad in ("fp16", "half"):
         with pytest.raises(ValueError, match="auto, fp32, amp, bf16"):
-            fit(model, Items(), precision=bad, progress=False)
+            fit(model, ColourItems(), precision=bad, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

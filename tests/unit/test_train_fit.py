@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _datasets import ColourItems
 
 from mmlens.models.prompted import METHODS, PromptedCLIP
 from mmlens.train import fit
@@ -17,24 +18,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-class Items(torch.utils.data.Dataset):
-    """Images whose colour tells the class; item dicts like mmlens.data.ImageDataset's."""
-
-    def __init__(self, classnames=("cat", "dog", "bird"), per_class=4, size=32, labels=None, seed=0):
-        self.classnames = list(classnames)
-        g = torch.Generator().manual_seed(seed)
-        self.labels = labels if labels is not None else [c for c in range(len(classnames)) for _ in range(per_class)]
-        base = torch.rand(len(self.classnames), 3, 1, 1, generator=g)
-        self.images = [(base[y] + 0.1 * torch.rand(3, size, size, generator=g)).clamp(0, 1) for y in self.labels]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "label": self.labels[i], "classname": self.classnames[self.labels[i]],
-                "path": f"img{i}.png", "mask": None, "index": i}
 
 
 class Exploding(torch.utils.data.Dataset):
@@ -71,7 +54,7 @@ def test_every_method_trains_its_own_parameters_only(tiny_clip, method, tmp_path
     model = _model(tiny_clip, method)
     before = model.prompt_state_dict()
     frozen = {k: v.clone() for k, v in model.clip.state_dict().items()}
-    result = fit(model, Items(), checkpoint_dir=tmp_path, **FAST)
+    result = fit(model, ColourItems(), checkpoint_dir=tmp_path, **FAST)
     after = model.prompt_state_dict()
     assert model.classnames == ["cat", "dog", "bird"]
     assert result.prompts_path.is_file()
@@ -96,7 +79,7 @@ def test_same_seed_same_prompts_other_seed_other_prompts(tiny_clip):
     runs = []
     for seed in (1, 1, 2):
         model = _model(tiny_clip)
-        r = fit(model, Items(), seed=seed, **FAST)
+        r = fit(model, ColourItems(), seed=seed, **FAST)
         runs.append((model, r))
     (m1, r1), (m2, r2), (m3, r3) = runs
     assert _prompts_equal(m1, m2) and r1.loss == r2.loss and r1.accuracy == r2.accuracy
@@ -105,19 +88,19 @@ def test_same_seed_same_prompts_other_seed_other_prompts(tiny_clip):
 
 def test_resume_after_an_exception_in_the_epoch_callback_is_bit_identical(tiny_clip, tmp_path):
     reference = _model(tiny_clip)
-    r_ref = fit(reference, Items(), checkpoint_dir=tmp_path / "ref", **FAST)
+    r_ref = fit(reference, ColourItems(), checkpoint_dir=tmp_path / "ref", **FAST)
 
     def stop_after_first_epoch(info):
         if info["epoch"] == 1:
             raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError, match="interrupted"):
-        fit(_model(tiny_clip), Items(), checkpoint_dir=tmp_path / "run", callback=stop_after_first_epoch, **FAST)
+        fit(_model(tiny_clip), ColourItems(), checkpoint_dir=tmp_path / "run", callback=stop_after_first_epoch, **FAST)
     assert latest_checkpoint(tmp_path / "run").name == "epoch-001.pt"
     assert not (tmp_path / "run" / "prompts.safetensors").exists()
     # a fresh process would build the model again (here: other init) and call fit with the same arguments
     resumed = _model(tiny_clip, init_seed=99)
-    r = fit(resumed, Items(), checkpoint_dir=tmp_path / "run", **FAST)
+    r = fit(resumed, ColourItems(), checkpoint_dir=tmp_path / "run", **FAST)
     assert r.resumed_from_epoch == 1 and len(r.history) == 3
     assert _prompts_equal(resumed, reference)
     assert r.loss == r_ref.loss
@@ -129,8 +112,8 @@ def test_resume_after_an_exception_in_the_epoch_callback_is_bit_identical(tiny_c
 
 def test_resume_after_a_kill_in_mid_epoch_is_bit_identical(tiny_clip, tmp_path):
     reference = _model(tiny_clip)
-    fit(reference, Items(), seed=2, **FAST)
-    data = Items()
+    fit(reference, ColourItems(), seed=2, **FAST)
+    data = ColourItems()
     killer = Exploding(data, explode_at=len(data) + 5)  # inside epoch 2
     with pytest.raises(KeyboardInterrupt):
         fit(_model(tiny_clip), killer, seed=2, checkpoint_dir=tmp_path, **FAST)
@@ -143,25 +126,25 @@ def test_resume_after_a_kill_in_mid_epoch_is_bit_identical(tiny_clip, tmp_path):
 
 def test_a_finished_run_is_not_repeated_and_resume_false_restarts(tiny_clip, tmp_path):
     first = _model(tiny_clip)
-    r1 = fit(first, Items(), checkpoint_dir=tmp_path, keep_checkpoints=1, **FAST)
+    r1 = fit(first, ColourItems(), checkpoint_dir=tmp_path, keep_checkpoints=1, **FAST)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-003.pt", "prompts.safetensors"]
     calls = []
     again = _model(tiny_clip, init_seed=5)
-    r2 = fit(again, Items(), checkpoint_dir=tmp_path, callback=calls.append, **FAST)
+    r2 = fit(again, ColourItems(), checkpoint_dir=tmp_path, callback=calls.append, **FAST)
     assert calls == [] and r2.resumed_from_epoch == 3 and r2.loss == r1.loss
     assert _prompts_equal(first, again)
     fresh = _model(tiny_clip, init_seed=5)
-    r3 = fit(fresh, Items(), checkpoint_dir=tmp_path, resume=False, callback=calls.append, **FAST)
+    r3 = fit(fresh, ColourItems(), checkpoint_dir=tmp_path, resume=False, callback=calls.append, **FAST)
     assert len(calls) == 3 and r3.resumed_from_epoch == 0
     assert not _prompts_equal(first, fresh)  # other initialisation, really retrained
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tiny_clip, tmp_path):
-    fit(_model(tiny_clip), Items(), checkpoint_dir=tmp_path, **FAST)
+    fit(_model(tiny_clip), ColourItems(), checkpoint_dir=tmp_path, **FAST)
     with pytest.raises(ValueError, match=r"different training run(.|\n)*lr: checkpoint 0.05, this call 0.01"):
-        fit(_model(tiny_clip), Items(), checkpoint_dir=tmp_path, **{**FAST, "lr": 0.01})
+        fit(_model(tiny_clip), ColourItems(), checkpoint_dir=tmp_path, **{**FAST, "lr": 0.01})
     with pytest.raises(ValueError, match="method"):
-        fit(_model(tiny_clip, "ivlp"), Items(), checkpoint_dir=tmp_path, **FAST)
+        fit(_model(tiny_clip, "ivlp"), ColourItems(), checkpoint_dir=tmp_path, **FAST)
 
 
 def test_prompts_at_the_optimum_stay_there(tiny_clip):
@@ -170,7 +153,7 @@ def test_prompts_at_the_optimum_stay_there(tiny_clip):
     starts at b = 0, which is also the minimum of the weight-decay term: with MaPLe's full recipe (momentum,
     weight decay, augmentation off so that both copies of an image are identical) nothing may move."""
     labels = [0, 1] * 6
-    same_names = Items(classnames=("cat", "cat"), labels=labels)
+    same_names = ColourItems(classnames=("cat", "cat"), labels=labels)
     same_names.images = [same_names.images[2 * (i // 2)] for i in range(len(labels))]  # pairs: same image
     model = _model(tiny_clip, "bias")
     before = model.prompt_state_dict()
@@ -182,7 +165,7 @@ def test_prompts_at_the_optimum_stay_there(tiny_clip):
     fit(maple, same_names, epochs=3, lr=0.5, augment=False, progress=False, weight_decay=0.0)
     assert all(torch.equal(before[k], v) for k, v in maple.prompt_state_dict().items())
     # control: the same problem with distinct class names is not at an optimum, and training moves b
-    control = Items(classnames=("cat", "dog"), labels=labels)
+    control = ColourItems(classnames=("cat", "dog"), labels=labels)
     control.images = same_names.images
     moved = _model(tiny_clip, "bias")
     fit(moved, control, epochs=3, lr=0.5, augment=False, progress=False)
@@ -193,7 +176,7 @@ def test_prompts_at_the_optimum_stay_there(tiny_clip):
 @pytest.mark.parametrize("method", ["coop", "bias"])
 def test_train_loss_decreases_on_an_easy_problem(tiny_clip, method):
     # (a random tiny CLIP: only the cheap methods learn this fast; the toyworld test covers all of them)
-    r = fit(_model(tiny_clip, method), Items(per_class=8), epochs=6, lr=0.05, warmup_epochs=0, augment=False,
+    r = fit(_model(tiny_clip, method), ColourItems(per_class=8), epochs=6, lr=0.05, warmup_epochs=0, augment=False,
             progress=False)
     assert r.loss[-1] < 0.8 * r.loss[0]
     assert r.accuracy[-1] > r.accuracy[0]
@@ -220,6 +203,6 @@ def test_errors_say_what_to_do(tiny_clip):
     with pytest.raises(ValueError, match="root"):
         fit(_model(tiny_clip), "EuroSAT", progress=False)
     with pytest.raises(ValueError, match="precision='fp16'.*auto, fp32, amp, bf16"):
-        fit(_model(tiny_clip), Items(), precision="fp16", progress=False)
+        fit(_model(tiny_clip), ColourItems(), precision="fp16", progress=False)
     with pytest.raises(ValueError, match="empty"):
-        fit(_model(tiny_clip), Items(labels=[]), progress=False)
+        fit(_model(tiny_clip), ColourItems(labels=[]), progress=False)
