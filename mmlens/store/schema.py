@@ -10,7 +10,7 @@ from typing import Any
 
 # Version 2 (issues I, VII, II, VI together): compute dtype and activation, resume identity, integrity record,
 # bias_source. Bumped once for all four; older stores open for reading with a note of what they lack.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Dimensions of trace stores, fixed across the package.
 DIMS: tuple[str, ...] = (
@@ -108,7 +108,7 @@ SELECTION_KEYS: tuple[str, ...] = ("split", "subset", "limit", "order", "file_li
 COMPUTE_KEYS: tuple[str, ...] = ("activation", "compute_dtype")
 PROVENANCE_KEYS: tuple[str, ...] = (*_PROVENANCE_KEYS_V1, *COMPUTE_KEYS, *SELECTION_KEYS)
 #: Schema versions ``mmlens.open`` still reads (writing or resuming needs :data:`SCHEMA_VERSION`).
-READABLE_SCHEMAS: tuple[int, ...] = (1, SCHEMA_VERSION)
+READABLE_SCHEMAS: tuple[int, ...] = (1, 2, SCHEMA_VERSION)
 #: What a store of an older schema lacks, for the message ``mmlens.open`` gives when reading one.
 LACKS_BEFORE: dict[int, str] = {
     2: "the integrity record (chunks are not checked on open or read; `mmlens store verify` can only try to "
@@ -116,6 +116,7 @@ LACKS_BEFORE: dict[int, str] = {
        + " (a resume could not tell another selection of images apart), the model's " + " and ".join(COMPUTE_KEYS)
        + " (whether it ran OpenAI's QuickGELU and in which precision), and the `bias_source` coordinate (bias "
        "tuning's learned bias was not traced)",
+    # issues IV and V add to schema 3: each names here what a schema-2 store lacks
 }
 
 
@@ -435,7 +436,7 @@ def _check_provenance(attrs: dict[str, Any], where: str) -> list[str]:
     problems = []
     version = attrs.get("mmlens_schema")
     # an older readable store is checked against the keys of its own version (mmlens.open says what it lacks)
-    expected = _PROVENANCE_KEYS_V1 if version in READABLE_SCHEMAS and version != SCHEMA_VERSION else PROVENANCE_KEYS
+    expected = _PROVENANCE_KEYS_V1 if version == 1 else PROVENANCE_KEYS
     missing = [key for key in expected if key not in attrs]
     if missing:
         problems.append(
