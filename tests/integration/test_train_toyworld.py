@@ -16,14 +16,6 @@ from mmlens.models import toy
 from mmlens.train import evaluate, fit
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def toy_clip():
     if not toy.WEIGHTS_FILE.is_file():

@@ -13,14 +13,6 @@ from mmlens.models.prompted import PromptedCLIP
 from mmlens.train import ablation_variants, evaluate, fit, parse_variant, summary, to_csv, to_markdown
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Items(torch.utils.data.Dataset):
     def __init__(self, classnames, per_class=3, size=32, seed=0):
         self.classnames = list(classnames)

@@ -11,15 +11,6 @@ from mmlens.train import fit
 from mmlens.train.trainer import latest_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: a second intra-op thread only adds contention on a shared 2-core machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Exploding(torch.utils.data.Dataset):
     """Wraps a dataset and raises KeyboardInterrupt at the n-th image read (a kill in mid-epoch)."""
 
