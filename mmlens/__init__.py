@@ -30,7 +30,7 @@ _LAZY = {
     "trace_to_store": "mmlens.tracing.tracer",
     "intervene": "mmlens.tracing.interventions",
     "open": "mmlens.store.io",
-    "evaluate": "mmlens.train.evaluate",
+    "evaluate": "mmlens.train.evaluation",
     "explore": "mmlens.viz.explorer",
 }
 

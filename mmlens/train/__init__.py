@@ -1,9 +1,8 @@
 """Few-shot prompt learning and bias tuning; base/novel evaluation with route ablations.
 
 ``fit`` (in :mod:`mmlens.train.trainer`, which imports torch) loads on first use; the evaluation
-helpers are imported here because the module :mod:`mmlens.train.evaluate` shares its name with the
-function :func:`evaluate`, and binding the function now keeps ``from mmlens.train import evaluate``
-the function whatever is imported later (that module imports torch/xarray only when called).
+(:func:`evaluate` and its variants, in :mod:`mmlens.train.evaluation`, which imports torch/xarray only
+when called) is bound here.
 
 >>> from mmlens.train import fit, evaluate, to_markdown
 >>> callable(evaluate)
@@ -13,12 +12,12 @@ True
 from __future__ import annotations
 
 from mmlens._lazy import lazy_exports
-from mmlens.train import evaluate as _evaluate_module
+from mmlens.train import evaluation as _evaluation
 
-evaluate = _evaluate_module.evaluate
-ablation_variants = _evaluate_module.ablation_variants
-parse_variant = _evaluate_module.parse_variant
-Variant = _evaluate_module.Variant
+evaluate = _evaluation.evaluate
+ablation_variants = _evaluation.ablation_variants
+parse_variant = _evaluation.parse_variant
+Variant = _evaluation.Variant
 
 _LAZY = {
     "batches": "mmlens.train._data",  # batches and model inputs as fit and evaluate feed them (the pipeline's too)
@@ -27,11 +26,11 @@ _LAZY = {
     "FitResult": "mmlens.train.trainer",
     "latest_checkpoint": "mmlens.train.trainer",
     "WarmupCosine": "mmlens.train.schedule",
-    # tables are defined in mmlens.stats.tables (torch-free); the evaluate module re-exports them by their old names
-    "summary": "mmlens.train.evaluate",
-    "combine": "mmlens.train.evaluate",
-    "to_markdown": "mmlens.train.evaluate",
-    "to_csv": "mmlens.train.evaluate",
+    # tables are defined in mmlens.stats.tables (torch-free); the evaluation module re-exports them by their old names
+    "summary": "mmlens.train.evaluation",
+    "combine": "mmlens.train.evaluation",
+    "to_markdown": "mmlens.train.evaluation",
+    "to_csv": "mmlens.train.evaluation",
 }
 
 __all__ = sorted([*_LAZY, "evaluate", "ablation_variants", "parse_variant", "Variant"])

@@ -56,7 +56,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from mmlens.models.checkpoints import read_prompt_file
     from mmlens.stats.tables import to_csv, to_markdown
-    from mmlens.train.evaluate import _prompt_files, evaluate
+    from mmlens.train.evaluation import _prompt_files, evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)

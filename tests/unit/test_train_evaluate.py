@@ -206,7 +206,7 @@ def test_reused_image_features_equal_the_ones_each_variant_computes(tiny_clip):
     """evaluate() computes image features once per key; each variant's own features must be those."""
     from mmlens.data.transforms import input_spec
     from mmlens.tracing.interventions import intervene
-    from mmlens.train.evaluate import Variant, _accuracy, _vision_key
+    from mmlens.train.evaluation import Variant, _accuracy, _vision_key
 
     items = _data()["base"]
     spec = input_spec(tiny_clip)
