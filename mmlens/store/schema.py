@@ -31,6 +31,9 @@ DIMS: tuple[str, ...] = (
     "baseline",
     "branch",
     "prompt_token",
+    # direct group (direct logit effects, docs/math.md)
+    "component",
+    "target",
 )
 #: Dimensions that statistics add to their results (never stored by a trace); ``attribution``
 #: stacks attribution methods in :func:`mmlens.attribution.agreement`'s results.
@@ -38,7 +41,7 @@ RESULT_DIMS: tuple[str, ...] = ("measure", "estimate", "layer_kind", "attributio
 #: Dimensions a stored variable may carry on top of its documented ones.
 OPTIONAL_DIMS: tuple[str, ...] = ("dataset", "seed", "query")
 
-GROUPS: tuple[str, ...] = ("vision", "text", "logits", "attribution")
+GROUPS: tuple[str, ...] = ("vision", "text", "logits", "attribution", "direct")
 
 VISION_ROLES: tuple[str, ...] = ("cls", "patch", "prompt")
 TEXT_ROLES: tuple[str, ...] = ("sot", "prompt", "word", "classname", "eot", "pad")
@@ -117,6 +120,7 @@ LACKS_BEFORE: dict[int, str] = {
        + " (whether it ran OpenAI's QuickGELU and in which precision), and the `bias_source` coordinate (bias "
        "tuning's learned bias was not traced)",
     # issues IV and V add to schema 3: each names here what a schema-2 store lacks
+    3: "the `direct` group (direct logit effects, issue IV)",
 }
 
 
@@ -225,11 +229,31 @@ ATTRIBUTION_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
        for method in ATTRIBUTION_METHODS for suffix, meaning in ATTRIBUTION_PER_IMAGE.items()},
 }
 
+#: What a direct component is (coordinate ``kind`` along ``component`` of the ``direct`` group; docs/math.md,
+#: "Direct logit effects"): the residual stream entering block 0 at the readout, per block the original
+#: path (a) and β (per head; bias tuning's learned b^ℓ: one per block), b_O and the MLP, and the final
+#: LayerNorm's bias term.
+DIRECT_KINDS: tuple[str, ...] = ("embedding", "original", "bias", "output_bias", "mlp", "ln_bias")
+#: The logits a direct effect is taken on (coordinate ``target``): the label class's logit, and the margin
+#: = that logit minus the mean of the other classes' logits.
+DIRECT_TARGETS: tuple[str, ...] = ("label", "margin")
+#: Coordinates along ``component`` (non-index): tower, kind, block (-1: none) and head (-1: not per head).
+COMPONENT_COORDS: tuple[str, ...] = ("tower", "kind", "layer", "head")
+DIRECT_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "direct_effect": (("variant", "image", "component", "target"),
+                      "direct effect of each component on the label logit / margin (NaN without a label)"),
+    "direct_effect_all_classes": (("variant", "image", "component", "class"),
+                                  "direct effect of each component on every class logit (on request: 'all')"),
+    "direct_total": (("variant", "image", "target"),
+                     "the label logit / margin each tower's components sum to (the logits group's numbers)"),
+}
+
 VARIABLES: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
     "vision": VISION_VARIABLES,
     "text": TEXT_VARIABLES,
     "logits": LOGITS_VARIABLES,
     "attribution": ATTRIBUTION_VARIABLES,
+    "direct": DIRECT_VARIABLES,
 }
 
 
@@ -329,8 +353,8 @@ class SchemaError(ValueError):
 
 
 def infer_group(ds: Any) -> str:
-    """Which store group a Dataset looks like: ``logits``, ``text`` (``class`` without ``image``),
-    ``attribution`` (attribution maps and no trace variables) or ``vision``.
+    """Which store group a Dataset looks like: ``direct`` (direct effects), ``logits``, ``text`` (``class``
+    without ``image``), ``attribution`` (attribution maps and no trace variables) or ``vision``.
 
     An explicit ``mmlens_group`` attribute wins over the guess.
 
@@ -345,6 +369,8 @@ def infer_group(ds: Any) -> str:
         return explicit
     dims = set(ds.dims)
     names = set(getattr(ds, "data_vars", {}))
+    if names & set(DIRECT_VARIABLES):
+        return "direct"
     if "logits" in names:
         return "logits"
     if names & set(ATTRIBUTION_VARIABLES) and not names & set(VISION_VARIABLES):
@@ -366,7 +392,7 @@ def validate(obj: Any, *, group: str | None = None, require_provenance: bool = T
     obj
         An ``xarray.DataTree`` (root of a store) or an ``xarray.Dataset`` (one group).
     group
-        For a Dataset: which group it is (``vision``, ``text``, ``logits``, ``attribution``); guessed
+        For a Dataset: which group it is (``vision``, ``text``, ``logits``, ``attribution``, ``direct``); guessed
         when omitted.
     require_provenance
         Check the provenance attrs (on the tree root, or on the Dataset itself). Turn off for
@@ -482,8 +508,9 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
     if group == "attribution":
         problems += _check_attribution(ds)
     coords_needed = {
-        "image": {"vision": IMAGE_COORDS, "attribution": ()}.get(group, ("label",)),
-        "class": CLASS_COORDS if group == "text" else ("classname",),
+        "image": {"vision": IMAGE_COORDS, "direct": IMAGE_COORDS, "attribution": ()}.get(group, ("label",)),
+        # direct: `classname` is the per-image coordinate there; the class names are the logits group's
+        "class": CLASS_COORDS if group == "text" else () if group == "direct" else ("classname",),
         # attribution: the layer axis is shared by both branches (prompt IG), whose layer kinds can differ
         "layer": () if group == "attribution" else LAYER_COORDS,
         "query": QUERY_COORDS,
@@ -491,6 +518,8 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
         "baseline": (),
         "branch": (),
         "prompt_token": (),
+        "component": COMPONENT_COORDS,
+        "target": (),
     }
     for dim, names in coords_needed.items():
         if dim not in ds.dims:
@@ -510,6 +539,10 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
     problems += _check_values(ds, group, "token_role", TOKEN_ROLES)
     roles = {"vision": VISION_ROLES, "text": TEXT_ROLES}.get(group, TOKEN_ROLES)
     problems += _check_values(ds, group, "key_role", roles)
+    if group == "direct":
+        problems += _check_values(ds, group, "kind", DIRECT_KINDS)
+        problems += _check_values(ds, group, "tower", BRANCHES)
+        problems += _check_values(ds, group, "target", DIRECT_TARGETS)
     if "label" in ds.coords and ds.coords["label"].dtype.kind not in "iu":
         problems.append(f"{group}: expected integer 'label' values, found dtype {ds.coords['label'].dtype}")
     return problems
