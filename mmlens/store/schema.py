@@ -239,6 +239,50 @@ DIRECT_KINDS: tuple[str, ...] = ("embedding", "original", "bias", "output_bias",
 DIRECT_TARGETS: tuple[str, ...] = ("label", "margin")
 #: Coordinates along ``component`` (non-index): tower, kind, block (-1: none) and head (-1: not per head).
 COMPONENT_COORDS: tuple[str, ...] = ("tower", "kind", "layer", "head")
+
+
+def direct_layout(heads_per_layer: list[int] | tuple[int, ...], *, learned_bias: bool = False
+                  ) -> list[tuple[str, int, int]]:
+    """The direct components of one tower in stored order, ``(kind, layer, head)`` with -1 where not per layer/head.
+
+    ``embedding``; for every block the heads' ``original`` paths, the ``bias`` per head (one per block,
+    head -1, when the bias is bias tuning's learned b^ℓ), ``output_bias`` and ``mlp``; then ``ln_bias``.
+    The trace (``mmlens.tracing.direct``) and the synthetic stores both build the ``component`` axis from it.
+
+    Examples
+    --------
+    >>> [kind for kind, _, _ in direct_layout([2])]
+    ['embedding', 'original', 'original', 'bias', 'bias', 'output_bias', 'mlp', 'ln_bias']
+    >>> [c for c in direct_layout([2], learned_bias=True) if c[0] == "bias"]
+    [('bias', 0, -1)]
+    """
+    out = [("embedding", -1, -1)]
+    for layer, heads in enumerate(heads_per_layer):
+        out += [("original", layer, h) for h in range(heads)]
+        out += [("bias", layer, -1)] if learned_bias else [("bias", layer, h) for h in range(heads)]
+        out += [("output_bias", layer, -1), ("mlp", layer, -1)]
+    out.append(("ln_bias", -1, -1))
+    return out
+
+
+def direct_component_coords(layouts: dict[str, list[tuple[str, int, int]]]) -> dict[str, Any]:
+    """The ``component`` index and its coordinates (:data:`COMPONENT_COORDS`) from each tower's :func:`direct_layout`.
+
+    Towers in :data:`BRANCHES` order (vision first), one flat index over both.
+
+    Examples
+    --------
+    >>> coords = direct_component_coords({"vision": direct_layout([1]), "text": direct_layout([1])})
+    >>> coords["component"][-1], coords["tower"][1][-1], coords["kind"][1][:3]
+    (11, 'text', ['embedding', 'original', 'bias'])
+    """
+    rows = [(tower, *c) for tower in BRANCHES for c in layouts[tower]]
+    return {
+        "component": list(range(len(rows))),
+        **{name: ("component", [r[i] for r in rows]) for i, name in enumerate(COMPONENT_COORDS)},
+    }
+
+
 DIRECT_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "direct_effect": (("variant", "image", "component", "target"),
                       "direct effect of each component on the label logit / margin (NaN without a label)"),

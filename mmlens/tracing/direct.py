@@ -84,10 +84,7 @@ def _blocks(model, tower: str) -> Sequence[torch.nn.Module]:
 
 
 def tower_layout(model, tower: str) -> list[tuple[str, int, int]]:
-    """The direct components of one tower, in stored order: ``(kind, layer, head)``, -1 where not per layer/head.
-
-    ``embedding``; per block the heads' ``original`` paths, ``bias`` per head (one per block, head -1,
-    for bias tuning's learned b^ℓ), ``output_bias``, ``mlp``; then ``ln_bias``.
+    """The direct components of one tower of ``model``, in stored order (:func:`mmlens.store.schema.direct_layout`).
 
     Examples
     --------
@@ -96,26 +93,12 @@ def tower_layout(model, tower: str) -> list[tuple[str, int, int]]:
     (('embedding', -1, -1), ('original', 0, 0), ('ln_bias', -1, -1))
     """
     learned = schema.bias_source(model.method) == "learned"
-    out = [("embedding", -1, -1)]
-    for layer, block in enumerate(_blocks(model, tower)):
-        heads = block.attn.num_heads
-        out += [("original", layer, h) for h in range(heads)]
-        out += [("bias", layer, -1)] if learned else [("bias", layer, h) for h in range(heads)]
-        out += [("output_bias", layer, -1), ("mlp", layer, -1)]
-    out.append(("ln_bias", -1, -1))
-    return out
+    return schema.direct_layout([block.attn.num_heads for block in _blocks(model, tower)], learned_bias=learned)
 
 
 def component_coords(model) -> dict[str, Any]:
-    """The ``component`` coordinates of the ``direct`` group: both towers, vision first (docs/store_schema.md)."""
-    rows = [(tower, *c) for tower in schema.BRANCHES for c in tower_layout(model, tower)]
-    return {
-        "component": np.arange(len(rows)),
-        "tower": ("component", np.array([r[0] for r in rows], dtype=object)),
-        "kind": ("component", np.array([r[1] for r in rows], dtype=object)),
-        "layer": ("component", np.array([r[2] for r in rows], dtype=np.int64)),
-        "head": ("component", np.array([r[3] for r in rows], dtype=np.int64)),
-    }
+    """The ``component`` coordinates of the ``direct`` group of ``model``: both towers, vision first."""
+    return schema.direct_component_coords({tower: tower_layout(model, tower) for tower in schema.BRANCHES})
 
 
 def _layer_scale(module: torch.nn.Module) -> torch.Tensor | None:
