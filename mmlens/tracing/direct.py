@@ -152,7 +152,8 @@ class DirectRecorder:
         prompt = at.prompt_context if route.bias == "prompt" else torch.zeros_like(at.prompt_context)
         per_head = head_outputs(split, torch.stack([original, prompt], dim=2))  # [rows, heads, 2, width]
         heads_original, heads_bias = per_head[:, :, 0], per_head[:, :, 1]
-        post = call.post_attn_bias.float().to(x_r.device) if call.post_attn_bias is not None else None
+        post = call.post_attn_bias.float().to(x_r.device).expand(batch, -1) if call.post_attn_bias is not None \
+            else None
         if route.bias == "none":
             post = None
         if route.bias == "constant" and call.post_attn_bias is None:
@@ -166,7 +167,7 @@ class DirectRecorder:
         with float32_region(x_r.device.type, split.autocast):  # the model's own precision again
             x_mid = x_r + block.ls_1(attention.to(x_r.dtype))
             if post is not None:
-                x_mid = x_mid + post.to(x_r.dtype)
+                x_mid = x_mid + call.post_attn_bias.to(x_r.dtype)  # as finish_block adds it
             mlp = block.ls_2(block.mlp(block.ln_2(x_mid)))
         gain = _layer_scale(block.ls_1)
         parts = [heads_original, heads_bias, out_bias[:, None]]
