@@ -271,7 +271,7 @@ def direct_effects_batch(vision: Readout, text: Readout, labels: torch.Tensor, l
     vision, text
         :func:`tower_readout` of the image batch (rows = images) and of the class prompts (rows = classes).
     labels : Tensor [images]
-        Label class of each image (-1: none; its ``label``/``margin`` numbers are NaN).
+        Label class of each image (-1, or a class outside ``logits``: none; its ``label``/``margin`` are NaN).
     logits : Tensor [images, classes]
         The model's own logits, the totals the components must add up to.
     mode : {"margin", "all"}
@@ -292,8 +292,8 @@ def direct_effects_batch(vision: Readout, text: Readout, labels: torch.Tensor, l
     with float32_region(vision.parts.device.type):
         logits = logits.float().to(vision.parts.device)
         n_classes = logits.shape[1]
-        known = labels >= 0
-        lab = labels.clamp_min(0).to(vision.parts.device)
+        known = (labels >= 0) & (labels < n_classes)  # a label outside the traced classes has no logit here
+        lab = torch.where(known, labels, 0).to(vision.parts.device)
         rows = torch.arange(len(lab), device=lab.device)
         t_hat, f_hat = text.unit, vision.unit
         # vision components read along the label's text direction and the margin's (label minus mean of the others)
@@ -312,23 +312,21 @@ def direct_effects_batch(vision: Readout, text: Readout, labels: torch.Tensor, l
         total = torch.where(known[:, None].to(total.device), total, nan)
         scale = float(logits.abs().max().clamp_min(1e-30))
         out = {"direct_effect": effect, "direct_total": total}
-        n_vision = vision.parts.shape[1]
-        checks = [(name, part, total, target) for name, part in (("vision", vis), ("text", txt))
-                  for target in ((0, "label logit"), (1, "margin")) if n_classes > 1 or target[0] == 0]
-        if mode == "all":
+        # completeness, per tower: its components add up to the label logit and the margin (labelled images)
+        ok = known.to(total.device)
+        targets = ((0, "label logit"), (1, "margin")) if n_classes > 1 else ((0, "label logit"),)
+        for tower, part in (("vision", vis), ("text", txt)):
+            for index, what in targets:
+                if bool(ok.any()):
+                    err = float((part[ok, :, index].sum(1) - total[ok, index]).abs().max()) / scale
+                    _check(tower, variant, what, err, rtol)
+        if mode == "all":  # ... and to every class's logit, every image
             vis_all = torch.einsum("ikd,cd->ikc", vision.parts, t_hat)
             txt_all = torch.einsum("id,ckd->ikc", f_hat, text.parts)
+            for tower, part in (("vision", vis_all), ("text", txt_all)):
+                err = float((part.sum(1) - logits).abs().max()) / scale
+                _check(tower, variant, "logits of every class", err, rtol)
             out["direct_effect_all_classes"] = torch.cat([vis_all, txt_all], dim=1)
-        for tower, part, _, (index, what) in checks:
-            got, want = part[..., index].sum(1), total[:, index]
-            ok = known.to(got.device)
-            if bool(ok.any()):
-                _check(tower, variant, what, float((got[ok] - want[ok]).abs().max()) / scale, rtol)
-        if mode == "all":
-            for tower, part in (("vision", out["direct_effect_all_classes"][:, :n_vision]),
-                                ("text", out["direct_effect_all_classes"][:, n_vision:])):
-                _check(tower, variant, "logits of every class", float((part.sum(1) - logits).abs().max()) / scale,
-                       rtol)
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
