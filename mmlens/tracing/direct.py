@@ -37,7 +37,7 @@ from mmlens.tracing.decompose import (
 from mmlens.tracing.interventions import ROUTE_RULES, Route
 
 __all__ = ["DIRECT_MODES", "parse_direct_effects", "direct_rtol", "tower_layout", "component_coords",
-           "DirectRecorder", "Readout", "tower_readout", "direct_effects_batch", "direct_dataset"]
+           "DirectRecorder", "Readout", "linear_readout", "tower_readout", "direct_effects_batch", "direct_dataset"]
 
 #: What ``direct_effects=`` asks for: the label logit and the margin (``margin``), or every class too (``all``).
 DIRECT_MODES: tuple[str, ...] = ("margin", "all")
@@ -220,26 +220,35 @@ def _readout_modules(model, tower: str) -> tuple[torch.nn.Module, torch.Tensor |
 
 
 @torch.no_grad()
-def tower_readout(model, recorder: DirectRecorder) -> Readout:
-    """Linearise the recorded tower's readout (docs/math.md, "Direct logit effects"), float32.
+def linear_readout(model, tower: str, components: torch.Tensor, final: torch.Tensor) -> Readout:
+    """Map residual-stream vectors into the joint space through a tower's readout, linearised at ``final``.
 
-    The final LayerNorm's σ and the feature norm ‖f‖ are those of the actual readout x_L; each
-    residual component u maps to ``s·P(γ ⊙ center(u)/σ)/‖f‖``, the LayerNorm bias (and a projection
-    bias, if any) to ``s·P(b_ln)/‖f‖``.
+    The final LayerNorm's σ and the feature norm ‖f‖ are those of the actual readout ``final``
+    (x_L at the readout token, ``[rows, width]``); each vector u of ``components`` (``[rows, K, width]``)
+    maps to ``s·P(γ ⊙ center(u)/σ)/‖f‖``, and one more part, the LayerNorm bias (plus a projection
+    bias, if any), to ``s·P(b_ln)/‖f‖`` (docs/math.md, "Direct logit effects"). Float32. When the
+    components sum to ``final``, the parts sum to ``s·f̂``.
+
+    Examples
+    --------
+    >>> x = torch.randn(2, model.vision_width)
+    >>> readout = linear_readout(model, "vision", torch.stack([0.25 * x, 0.75 * x], dim=1), x)
+    >>> s = model.clip.logit_scale.exp()
+    >>> bool(torch.allclose(readout.parts.sum(1), s * readout.unit, atol=1e-4)), tuple(readout.parts.shape)
+    (True, (2, 3, 64))
     """
-    ln, proj, proj_bias = _readout_modules(model, recorder.tower)
-    device = recorder.final.device
+    ln, proj, proj_bias = _readout_modules(model, tower)
+    device = final.device
     with float32_region(device.type):
-        x = recorder.final
+        x = final.float()
         width = x.shape[-1]
         gamma = ln.weight.float() if ln.weight is not None else torch.ones(width, device=device)
         beta = ln.bias.float() if ln.bias is not None else torch.zeros(width, device=device)
         centred = x - x.mean(-1, keepdim=True)
         sigma = (centred.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # LayerNorm's biased variance
-        u = recorder.components()
+        u = components.float()
         u = (u - u.mean(-1, keepdim=True)) * gamma / sigma[:, None]
-        bias = beta.expand(x.shape[0], 1, width)
-        parts = torch.cat([u, bias], dim=1)
+        parts = torch.cat([u, beta.expand(x.shape[0], 1, width)], dim=1)
         if proj is not None:
             parts = parts @ proj
         if proj_bias is not None:
@@ -251,6 +260,11 @@ def tower_readout(model, recorder: DirectRecorder) -> Readout:
         norm = feature.norm(dim=-1, keepdim=True)
         scale = model.clip.logit_scale.float().exp()
         return Readout(parts=parts * (scale / norm)[:, :, None], unit=feature / norm)
+
+
+def tower_readout(model, recorder: DirectRecorder) -> Readout:
+    """The recorded tower's components through its linearised readout (:func:`linear_readout`)."""
+    return linear_readout(model, recorder.tower, recorder.components(), recorder.final)
 
 
 def _other_mean(values: torch.Tensor, total: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -606,6 +606,14 @@ def trace(
     >>> alpha = tree["vision"]["prompt_mass"].sel(variant="full", layer=0)  # α at [cls], per image and head
     >>> alpha.dims, bool(((alpha > 0) & (alpha < 1)).all())
     (('image', 'head'), True)
+
+    Direct logit effects: each tower's components add up to the label logit (and the margin)
+
+    >>> direct = mmlens.trace(model, [{"image": images, "label": labels}], direct_effects=True,
+    ...                       progress=False)["direct"]
+    >>> vision = direct["direct_effect"].where(direct["tower"] == "vision").sum("component")
+    >>> bool(abs(vision - direct["direct_total"]).max() < 1e-3 * abs(direct["direct_total"]).max())
+    True
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": [], "attribution": [], "direct": []}
