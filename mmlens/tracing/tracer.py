@@ -387,7 +387,8 @@ def iter_trace_batches(
     previous_hook, previous_enabled = model.block_hook, model.prompts_enabled
     attributors = _attribution_objects(model, parse_attribution(attribution), variants)
     direct = _direct_mode(model, direct_effects)
-    direct_tol = direct_rtol(_dtypes(model, device)[1]) if direct else None
+    # the direct check is a sum per image: it runs on every batch unless the checks are switched off
+    direct_tol = (direct_rtol(_dtypes(model, device)[1]) if check_completeness else float("inf")) if direct else None
     text_readouts: dict[str, Any] = {}  # per variant: the text tower's linearised readout (traced once)
     text_features: dict[str, torch.Tensor] = {}
     text_sets = []
@@ -589,8 +590,9 @@ def trace(
         Also split every logit exactly into the direct effects of the embedding, each block's
         heads (path (a) and β), b_O and MLP, and the final LayerNorm's bias, both towers (docs/math.md,
         "Direct logit effects"), into a ``direct`` group: ``True``/``"margin"`` for the label logit and
-        the margin against the mean of the other classes, ``"all"`` for every class as well. Checked on
-        every batch: each tower's components add up to the logit (``CompletenessError`` otherwise).
+        the margin against the mean of the other classes, ``"all"`` for every class as well. With
+        ``check_completeness``, checked on every batch: each tower's components add up to the logit
+        (``CompletenessError`` naming tower and variant otherwise).
 
     Returns
     -------

@@ -335,9 +335,13 @@ def test_a_broken_component_fails_the_completeness_check(tiny_clip, monkeypatch)
         return out
 
     monkeypatch.setattr(DirectRecorder, "components", without_last_mlp)
+    batch = {"image": images, "label": torch.tensor([0, 1])}
     with pytest.raises(CompletenessError, match=r"vision tower \(variant full\).*tolerance 1e-04"):
-        mmlens.trace(model, [{"image": images, "label": torch.tensor([0, 1])}], direct_effects=True,
-                     progress=False)
+        mmlens.trace(model, [batch], direct_effects=True, progress=False)
+    # without the checks the run goes through, and the stored numbers show the gap the check caught
+    tree = mmlens.trace(model, [batch], direct_effects=True, progress=False, check_completeness=False)
+    errors = completeness_errors(tree)
+    assert errors["vision"] > 1e-3 and errors["text"] < 1e-5
 
 
 def test_bad_direct_effects_argument_names_the_choices(tiny_clip):
