@@ -11,8 +11,9 @@ The text tower is split the same way at each class's EOT, against the image feat
 components are what each block actually used: under a route ablation, the rebuilt output.
 
 :class:`DirectRecorder` is a recorder for :class:`~mmlens.tracing.interventions.SplitHook` (it runs
-beside the trace's own collector); :func:`tower_readout` linearises a recorded tower's readout,
-:func:`direct_effects_batch` combines the towers into the stored numbers and checks completeness.
+beside the trace's own collector); :func:`linear_readout` maps residual vectors through a tower's
+linearised readout (:func:`tower_readout`: a recorded tower's components); :func:`direct_effects_batch`
+combines the towers into the stored numbers and checks completeness; :func:`direct_dataset` labels them.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ class DirectRecorder:
         self.n_layers = len(_blocks(model, tower))
         self.embedding: torch.Tensor | None = None
         self.layers: dict[int, torch.Tensor] = {}
-        self.final: torch.Tensor | None = None  # x_L at the readout, as the model computed it (float32)
+        # x_L at the readout: the last block's own arithmetic on the readout rows (float32 copy)
+        self.final: torch.Tensor | None = None
 
     @torch.no_grad()
     def __call__(self, call: BlockCall, split: AttentionSplit, z: torch.Tensor, rebuilt: torch.Tensor) -> None:
