@@ -17,6 +17,7 @@ import xarray as xr
 
 import mmlens
 from mmlens import PromptedCLIP, load_clip
+from mmlens.models import METHODS
 from mmlens.store import schema
 from mmlens.store.synthetic import example_tree
 from mmlens.tracing.decompose import CompletenessError
@@ -278,6 +279,20 @@ def test_completeness_on_the_toy_clip_bias_tuning(toy_clip, toy_images):
     bias = direct["direct_effect_all_classes"].where(direct["kind"] == "bias").sum("component")
     assert float(abs(bias.sel(variant="full")).max()) > 1e-3
     assert float(abs(bias.sel(variant="drop_prompts")).max()) == 0.0  # the route drops b^ℓ
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_completeness_every_method_tiny(tiny_clip, method):
+    model = _perturbed(PromptedCLIP(tiny_clip, CLASSES, method=method, depth=2, init_seed=0), scale=0.3)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    tree = mmlens.trace(model, [{"image": images, "label": torch.tensor([0, 1, 2])}], with_reference=True,
+                        variants=["full", "bias_only"] if method != "zeroshot" else None, direct_effects="all",
+                        progress=False)
+    assert max(completeness_errors(tree).values()) <= 1e-4
+    layout = tree["direct"].to_dataset()
+    learned = method in schema.LEARNED_BIAS_METHODS
+    bias_heads = set(layout["head"].where(layout["kind"] == "bias", drop=True).values.tolist())
+    assert bias_heads == ({-1} if learned else {0, 1})  # per head for prompts, one per block for b^ℓ
 
 
 def test_all_mode_is_consistent_with_label_and_margin(toy_clip, toy_images):
