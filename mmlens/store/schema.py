@@ -31,6 +31,9 @@ DIMS: tuple[str, ...] = (
     "baseline",
     "branch",
     "prompt_token",
+    # direct group (direct logit effects, docs/math.md)
+    "component",
+    "target",
 )
 #: Dimensions that statistics add to their results (never stored by a trace); ``attribution``
 #: stacks attribution methods in :func:`mmlens.attribution.agreement`'s results.
@@ -38,7 +41,7 @@ RESULT_DIMS: tuple[str, ...] = ("measure", "estimate", "layer_kind", "attributio
 #: Dimensions a stored variable may carry on top of its documented ones.
 OPTIONAL_DIMS: tuple[str, ...] = ("dataset", "seed", "query")
 
-GROUPS: tuple[str, ...] = ("vision", "text", "logits", "attribution")
+GROUPS: tuple[str, ...] = ("vision", "text", "logits", "attribution", "direct")
 
 VISION_ROLES: tuple[str, ...] = ("cls", "patch", "prompt")
 TEXT_ROLES: tuple[str, ...] = ("sot", "prompt", "word", "classname", "eot", "pad")
@@ -117,6 +120,7 @@ LACKS_BEFORE: dict[int, str] = {
        + " (whether it ran OpenAI's QuickGELU and in which precision), and the `bias_source` coordinate (bias "
        "tuning's learned bias was not traced)",
     # issues IV and V add to schema 3: each names here what a schema-2 store lacks
+    3: "the `direct` group (direct logit effects, issue IV)",
 }
 
 
@@ -225,11 +229,75 @@ ATTRIBUTION_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
        for method in ATTRIBUTION_METHODS for suffix, meaning in ATTRIBUTION_PER_IMAGE.items()},
 }
 
+#: What a direct component is (coordinate ``kind`` along ``component`` of the ``direct`` group; docs/math.md,
+#: "Direct logit effects"): the residual stream entering block 0 at the readout, per block the original
+#: path (a) and β (per head; bias tuning's learned b^ℓ: one per block), b_O and the MLP, and the final
+#: LayerNorm's bias term.
+DIRECT_KINDS: tuple[str, ...] = ("embedding", "original", "bias", "output_bias", "mlp", "ln_bias")
+#: The logits a direct effect is taken on (coordinate ``target``): the label class's logit, and the margin
+#: = that logit minus the mean of the other classes' logits.
+DIRECT_TARGETS: tuple[str, ...] = ("label", "margin")
+#: Coordinates along ``component`` (non-index): tower, kind, block (-1: none) and head (-1: not per head).
+COMPONENT_COORDS: tuple[str, ...] = ("tower", "kind", "layer", "head")
+
+
+def direct_layout(heads_per_layer: list[int] | tuple[int, ...], *, learned_bias: bool = False
+                  ) -> list[tuple[str, int, int]]:
+    """The direct components of one tower in stored order, ``(kind, layer, head)`` with -1 where not per layer/head.
+
+    ``embedding``; for every block the heads' ``original`` paths, the ``bias`` per head (one per block,
+    head -1, when the bias is bias tuning's learned b^ℓ), ``output_bias`` and ``mlp``; then ``ln_bias``.
+    The trace (``mmlens.tracing.direct``) and the synthetic stores both build the ``component`` axis from it.
+
+    Examples
+    --------
+    >>> [kind for kind, _, _ in direct_layout([2])]
+    ['embedding', 'original', 'original', 'bias', 'bias', 'output_bias', 'mlp', 'ln_bias']
+    >>> [c for c in direct_layout([2], learned_bias=True) if c[0] == "bias"]
+    [('bias', 0, -1)]
+    """
+    out = [("embedding", -1, -1)]
+    for layer, heads in enumerate(heads_per_layer):
+        out += [("original", layer, h) for h in range(heads)]
+        out += [("bias", layer, -1)] if learned_bias else [("bias", layer, h) for h in range(heads)]
+        out += [("output_bias", layer, -1), ("mlp", layer, -1)]
+    out.append(("ln_bias", -1, -1))
+    return out
+
+
+def direct_component_coords(layouts: dict[str, list[tuple[str, int, int]]]) -> dict[str, Any]:
+    """The ``component`` index and its coordinates (:data:`COMPONENT_COORDS`) from each tower's :func:`direct_layout`.
+
+    Towers in :data:`BRANCHES` order (vision first), one flat index over both.
+
+    Examples
+    --------
+    >>> coords = direct_component_coords({"vision": direct_layout([1]), "text": direct_layout([1])})
+    >>> coords["component"][-1], coords["tower"][1][-1], coords["kind"][1][:3]
+    (11, 'text', ['embedding', 'original', 'bias'])
+    """
+    rows = [(tower, *c) for tower in BRANCHES for c in layouts[tower]]
+    return {
+        "component": list(range(len(rows))),
+        **{name: ("component", [r[i] for r in rows]) for i, name in enumerate(COMPONENT_COORDS)},
+    }
+
+
+DIRECT_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "direct_effect": (("variant", "image", "component", "target"),
+                      "direct effect of each component on the label logit / margin (NaN without a label)"),
+    "direct_effect_all_classes": (("variant", "image", "component", "class"),
+                                  "direct effect of each component on every class logit (on request: 'all')"),
+    "direct_total": (("variant", "image", "target"),
+                     "the label logit / margin each tower's components sum to (the logits group's numbers)"),
+}
+
 VARIABLES: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
     "vision": VISION_VARIABLES,
     "text": TEXT_VARIABLES,
     "logits": LOGITS_VARIABLES,
     "attribution": ATTRIBUTION_VARIABLES,
+    "direct": DIRECT_VARIABLES,
 }
 
 
@@ -329,8 +397,8 @@ class SchemaError(ValueError):
 
 
 def infer_group(ds: Any) -> str:
-    """Which store group a Dataset looks like: ``logits``, ``text`` (``class`` without ``image``),
-    ``attribution`` (attribution maps and no trace variables) or ``vision``.
+    """Which store group a Dataset looks like: ``direct`` (direct effects), ``logits``, ``text`` (``class``
+    without ``image``), ``attribution`` (attribution maps and no trace variables) or ``vision``.
 
     An explicit ``mmlens_group`` attribute wins over the guess.
 
@@ -345,6 +413,8 @@ def infer_group(ds: Any) -> str:
         return explicit
     dims = set(ds.dims)
     names = set(getattr(ds, "data_vars", {}))
+    if names & set(DIRECT_VARIABLES):
+        return "direct"
     if "logits" in names:
         return "logits"
     if names & set(ATTRIBUTION_VARIABLES) and not names & set(VISION_VARIABLES):
@@ -366,7 +436,7 @@ def validate(obj: Any, *, group: str | None = None, require_provenance: bool = T
     obj
         An ``xarray.DataTree`` (root of a store) or an ``xarray.Dataset`` (one group).
     group
-        For a Dataset: which group it is (``vision``, ``text``, ``logits``, ``attribution``); guessed
+        For a Dataset: which group it is (``vision``, ``text``, ``logits``, ``attribution``, ``direct``); guessed
         when omitted.
     require_provenance
         Check the provenance attrs (on the tree root, or on the Dataset itself). Turn off for
@@ -482,8 +552,9 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
     if group == "attribution":
         problems += _check_attribution(ds)
     coords_needed = {
-        "image": {"vision": IMAGE_COORDS, "attribution": ()}.get(group, ("label",)),
-        "class": CLASS_COORDS if group == "text" else ("classname",),
+        "image": {"vision": IMAGE_COORDS, "direct": IMAGE_COORDS, "attribution": ()}.get(group, ("label",)),
+        # direct: `classname` is the per-image coordinate there; the class names are the logits group's
+        "class": CLASS_COORDS if group == "text" else () if group == "direct" else ("classname",),
         # attribution: the layer axis is shared by both branches (prompt IG), whose layer kinds can differ
         "layer": () if group == "attribution" else LAYER_COORDS,
         "query": QUERY_COORDS,
@@ -491,6 +562,8 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
         "baseline": (),
         "branch": (),
         "prompt_token": (),
+        "component": COMPONENT_COORDS,
+        "target": (),
     }
     for dim, names in coords_needed.items():
         if dim not in ds.dims:
@@ -510,6 +583,10 @@ def _check_dataset(ds: Any, group: str) -> list[str]:
     problems += _check_values(ds, group, "token_role", TOKEN_ROLES)
     roles = {"vision": VISION_ROLES, "text": TEXT_ROLES}.get(group, TOKEN_ROLES)
     problems += _check_values(ds, group, "key_role", roles)
+    if group == "direct":
+        problems += _check_values(ds, group, "kind", DIRECT_KINDS)
+        problems += _check_values(ds, group, "tower", BRANCHES)
+        problems += _check_values(ds, group, "target", DIRECT_TARGETS)
     if "label" in ds.coords and ds.coords["label"].dtype.kind not in "iu":
         problems.append(f"{group}: expected integer 'label' values, found dtype {ds.coords['label'].dtype}")
     return problems

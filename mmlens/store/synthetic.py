@@ -41,6 +41,7 @@ def example_tree(
     with_foreground: bool = True,
     n_failures: int = 0,
     dataset: str = "synthetic",
+    direct_effects: bool | str = False,
 ) -> xr.DataTree:
     """A schema-valid trace tree of one run filled with plausible random numbers.
 
@@ -73,11 +74,16 @@ def example_tree(
         Number of unreadable inputs to record in ``vision/failures``.
     dataset
         Name written to the ``dataset`` provenance attribute and into image paths.
+    direct_effects
+        Add a ``direct`` group (direct logit effects, docs/store_schema.md): ``True`` / ``"margin"``
+        for the label logit and margin, ``"all"`` with every class too. Each tower's components sum
+        to the ``logits`` group's numbers; β's effects are larger in injected layers and push the
+        label class up in prompted variants (zero in prompt-free ones).
 
     Returns
     -------
     xarray.DataTree
-        Groups ``vision``, ``text``, ``logits``; provenance in the root ``attrs``.
+        Groups ``vision``, ``text``, ``logits`` (and ``direct``); provenance in the root ``attrs``.
 
     Examples
     --------
@@ -85,6 +91,10 @@ def example_tree(
     >>> tree = example_tree(n_images=4)
     >>> dict(tree["vision"].sizes)["image"], sorted(tree.children)
     (4, ['logits', 'text', 'vision'])
+    >>> direct = example_tree(n_images=4, direct_effects=True)["direct"]
+    >>> total = direct["direct_effect"].where(direct["tower"] == "vision").sum("component")
+    >>> bool(abs(total - direct["direct_total"]).max() < 1e-3)
+    True
     """
     cfg = _Config(
         n_layers=n_layers,
@@ -118,6 +128,11 @@ def example_tree(
             "logits": _logits_dataset(cfg, arrays["logits"], labels, dataset),
         }
     )
+    if direct_effects:
+        if direct_effects not in (True, "margin", "all"):
+            raise ValueError(f"direct_effects={direct_effects!r}: expected False, True, 'margin' or 'all'")
+        direct = _direct_dataset(cfg, arrays["logits"], labels, seed, all_classes=direct_effects == "all")
+        tree["direct"] = xr.DataTree(direct.assign_coords(_image_coords(labels, cfg.n_classes, [dataset])))
     return tree
 
 
@@ -629,6 +644,54 @@ def _text_dataset(cfg: _Config, arrays: dict[str, np.ndarray]) -> xr.Dataset:
         "split": ("class", _class_splits(cfg.n_classes)),
     }
     return xr.Dataset(data, coords=coords)
+
+
+def _direct_dataset(cfg: _Config, logits: np.ndarray, labels: np.ndarray, seed: int, *,
+                    all_classes: bool) -> xr.Dataset:
+    """The ``direct`` group: per tower, random component effects on every class that sum to the logits.
+
+    β components of prompted variants push the label class up, more in injected layers; prompt-free
+    variants have none. The rest of each logit is spread over the other components (random
+    shares), so each tower's components sum to the logit exactly (float32 round-off).
+    """
+    rng = np.random.default_rng([seed, 7])
+    v, n, c = logits.shape
+    layouts = {tower: schema.direct_layout([cfg.n_heads] * cfg.n_layers) for tower in schema.BRANCHES}
+    per_tower = []
+    for tower in schema.BRANCHES:
+        kinds = np.array([k for k, _, _ in layouts[tower]])
+        layers = np.array([layer for _, layer, _ in layouts[tower]])
+        is_bias = kinds == "bias"
+        kind_of_layer = np.where(layers >= 0, cfg.layer_kind[np.clip(layers, 0, None)], "none")
+        push = np.where(is_bias & (kind_of_layer == "injected"), 0.8, np.where(is_bias & (kind_of_layer == "carried"),
+                                                                                0.3, 0.0))
+        bias = rng.normal(0.0, 0.3, (v, n, len(kinds), c)) * is_bias[None, None, :, None]
+        bias[np.arange(v)[:, None], np.arange(n)[None, :], :, labels[None, :]] += push
+        bias *= cfg.prompted[:, None, None, None]
+        shares = rng.dirichlet(np.ones(int((~is_bias).sum())), (v, n, c))  # [v, n, c, k]: sums to one
+        rest = np.zeros_like(bias)
+        rest[:, :, ~is_bias] = np.moveaxis(shares, -1, 2) * (logits - bias.sum(2))[:, :, None, :]
+        per_tower.append(bias + rest)
+    all_classes_effect = np.concatenate(per_tower, axis=2)  # [v, n, components, classes]
+    rows = np.arange(n)
+    label = all_classes_effect[:, rows, :, labels]  # [n, v, components] (advanced indices first)
+    label = np.moveaxis(label, 0, 1)
+    others = (all_classes_effect.sum(-1) - label) / max(c - 1, 1)
+    margin = label - others if c > 1 else np.full_like(label, np.nan)
+    label_logit = logits[:, rows, labels]
+    totals = np.stack([label_logit, label_logit - (logits.sum(-1) - label_logit) / max(c - 1, 1)], axis=-1)
+    data = {
+        "direct_effect": (("variant", "image", "component", "target"), np.stack([label, margin], axis=-1)),
+        "direct_total": (("variant", "image", "target"), totals),
+    }
+    if all_classes:
+        data["direct_effect_all_classes"] = (("variant", "image", "component", "class"), all_classes_effect)
+    coords = {"variant": list(cfg.variants), "image": np.arange(n), "target": list(schema.DIRECT_TARGETS),
+              "bias_source": "prompt", **schema.direct_component_coords(layouts)}
+    if all_classes:
+        coords["class"] = np.arange(c)
+    ds = xr.Dataset({k: (dims, np.asarray(a, dtype=np.float32)) for k, (dims, a) in data.items()}, coords=coords)
+    return ds
 
 
 def _logits_dataset(cfg: _Config, logits: np.ndarray, labels: np.ndarray, dataset: str) -> xr.Dataset:

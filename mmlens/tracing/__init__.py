@@ -3,8 +3,9 @@
 The package is named ``tracing`` so that ``mmlens.trace`` is nothing but the function
 :func:`mmlens.tracing.tracer.trace` (``mmlens.trace?`` in Jupyter shows its signature). The modules:
 :mod:`~mmlens.tracing.tracer` (trace, trace_to_store), :mod:`~mmlens.tracing.decompose` (the split and
-its completeness check) and :mod:`~mmlens.tracing.interventions` (route ablations). Each imports torch,
-so the names below load on first use.
+its completeness check), :mod:`~mmlens.tracing.interventions` (route ablations) and
+:mod:`~mmlens.tracing.direct` (direct logit effects). Each imports torch, so the names below load on
+first use.
 
 >>> from mmlens.tracing import trace, intervene
 >>> trace.__module__, intervene.__module__
@@ -26,6 +27,8 @@ _LAZY = {
     "RoleMeanBias": "mmlens.tracing.interventions",
     "CompletenessError": "mmlens.tracing.decompose",
     "split_attention": "mmlens.tracing.decompose",
+    "DirectRecorder": "mmlens.tracing.direct",
+    "linear_readout": "mmlens.tracing.direct",
 }
 
 __all__ = sorted(_LAZY)

@@ -21,6 +21,16 @@ def _attribution_methods(text: str) -> list[str]:
     return names
 
 
+def _direct_mode(text: str) -> str:
+    """argparse type of ``--direct-effects``: ``margin`` or ``all``, checked by ``trace``'s own parser."""
+    from mmlens.tracing.direct import parse_direct_effects
+
+    try:
+        return parse_direct_effects(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def register(subparsers) -> None:
     """Add ``mmlens trace``."""
     from mmlens.models.loading import add_quick_gelu_argument
@@ -60,6 +70,12 @@ def register(subparsers) -> None:
                         "group (explaining the true class; for the variants full and, with --with-reference, "
                         "zeroshot): " + ", ".join(ATTRIBUTION_METHODS) + ". Costly: integrated gradients run "
                         "the model n_steps (32; prompt_ig 16) times per image, occlusion once per patch")
+    p.add_argument("--direct-effects", type=_direct_mode, nargs="?", const="margin", default=None,
+                   metavar="margin|all",
+                   help="also split every logit exactly into the direct effects of the embedding, each block's "
+                        "heads (original path and prompt bias), output bias and MLP, and the final LayerNorm's "
+                        "bias, both towers, into the store's `direct` group (docs/math.md): on the label logit and "
+                        "the margin (bare flag: margin), or on every class as well (all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "amp", "bf16"],
@@ -180,6 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         path = trace_to_store(
             model, loader, args.out, with_reference=args.with_reference, all_queries=args.all_queries,
             store_bias_vectors=args.bias_vectors, attribution=args.attribution, attribution_target="label",
+            direct_effects=args.direct_effects or False,
             batch_size=args.batch_size, device=args.device,
             image_split=subset, class_split=[subset] * len(model.classnames), total=len(dataset),
             provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version),

@@ -30,6 +30,14 @@ from mmlens.tracing.decompose import (
     float32_region,
     head_outputs,
 )
+from mmlens.tracing.direct import (
+    DirectRecorder,
+    direct_dataset,
+    direct_effects_batch,
+    direct_rtol,
+    parse_direct_effects,
+    tower_readout,
+)
 from mmlens.tracing.interventions import SplitHook, routes_for
 
 __all__ = ["trace", "trace_to_store", "iter_trace_batches"]
@@ -359,6 +367,7 @@ def iter_trace_batches(
     total: int | None = None,
     attribution: Any = None,
     attribution_target: Any = None,
+    direct_effects: bool | str = False,
 ) -> Iterator[tuple[dict[str, xr.Dataset], int]]:
     """Yield ``({group: Dataset}, n_inputs)`` per batch; the first yield also carries ``text``.
 
@@ -377,6 +386,10 @@ def iter_trace_batches(
     model.eval()
     previous_hook, previous_enabled = model.block_hook, model.prompts_enabled
     attributors = _attribution_objects(model, parse_attribution(attribution), variants)
+    direct = _direct_mode(model, direct_effects)
+    # the direct check is a sum per image: it runs on every batch unless the checks are switched off
+    direct_tol = (direct_rtol(_dtypes(model, device)[1]) if check_completeness else float("inf")) if direct else None
+    text_readouts: dict[str, Any] = {}  # per variant: the text tower's linearised readout (traced once)
     text_features: dict[str, torch.Tensor] = {}
     text_sets = []
     try:
@@ -385,9 +398,13 @@ def iter_trace_batches(
                 col = _Collector("text", grid=None, all_queries=False, vectors=store_bias_vectors,
                                  check=check_completeness)
                 routes = routes_for(model, variant, **(intervention or {}))
-                model.block_hook = SplitHook(routes, mean_bias, col, record_branches=("text",))
+                text_direct = DirectRecorder(model, "text", routes, mean_bias) if direct else None
+                model.block_hook = SplitHook(routes, mean_bias, _recorders(col, text_direct),
+                                             record_branches=("text",))
                 model.prompts_enabled = variant != "zeroshot"
                 text_features[variant] = model.text_features()
+                if text_direct is not None:
+                    text_readouts[variant] = tower_readout(model, text_direct)
                 ds = _layer_dataset(col, model, "class", kinds["text"])
                 text_sets.append(ds.expand_dims(variant=[variant]))
             text = xr.concat(text_sets, dim="variant", coords="minimal", compat="override", join="outer")
@@ -422,18 +439,27 @@ def iter_trace_batches(
                 images = batch["image"]
                 n = len(images)
                 images = images.to(device)
-                per_variant, logits = [], []
+                coords = _image_coords(batch, n, start, model.classnames, image_split)
+                per_variant, logits, direct_parts = [], [], []
                 for variant in variants:
                     col = _Collector("vision", grid=grid, all_queries=all_queries, vectors=store_bias_vectors,
                                      check=check_completeness and first)
                     routes = routes_for(model, variant, **(intervention or {}))
-                    model.block_hook = SplitHook(routes, mean_bias, col, record_branches=("vision",))
+                    vision_direct = DirectRecorder(model, "vision", routes, mean_bias) if direct else None
+                    model.block_hook = SplitHook(routes, mean_bias, _recorders(col, vision_direct),
+                                                 record_branches=("vision",))
                     model.prompts_enabled = variant != "zeroshot"
-                    logits.append(model(images, text_features[variant]).float().cpu().numpy())
+                    variant_logits = model(images, text_features[variant]).float()
+                    logits.append(variant_logits.cpu().numpy())
+                    if vision_direct is not None:
+                        # the text components were read once per variant; each batch adds its image features
+                        direct_parts.append(direct_effects_batch(
+                            tower_readout(model, vision_direct), text_readouts[variant],
+                            torch.as_tensor(coords["label"][1]), variant_logits, mode=direct, rtol=direct_tol,
+                            variant=variant))
                     ds = _layer_dataset(col, model, "image", kinds["vision"])
                     per_variant.append(ds.expand_dims(variant=[variant]))
                 vision = xr.concat(per_variant, dim="variant", coords="minimal", compat="override", join="outer")
-                coords = _image_coords(batch, n, start, model.classnames, image_split)
                 vision = vision.assign_coords(coords)
                 vision["output_bias_norm"] = ("layer", np.array(
                     [float(b.attn.out_proj.bias.float().norm()) if b.attn.out_proj.bias is not None else 0.0
@@ -451,6 +477,8 @@ def iter_trace_batches(
                             **{k: v for k, v in coords.items() if k != "classname"}},
                 )
                 groups = {"vision": vision, "logits": logit_ds}
+                if direct:
+                    groups["direct"] = direct_dataset(model, direct_parts, variants, coords)
                 if attributors and n:  # outside the trace's hook: the attribution methods run the model themselves
                     model.block_hook, model.prompts_enabled = previous_hook, previous_enabled
                     groups["attribution"] = _attribute_batch(model, attributors, images, coords, variants,
@@ -468,6 +496,28 @@ def iter_trace_batches(
     finally:
         model.block_hook, model.prompts_enabled = previous_hook, previous_enabled
         model.train(was_training)
+
+
+def _recorders(*recorders: Callable | None) -> Callable:
+    """One SplitHook recorder calling each of ``recorders`` (None skipped) in turn."""
+    chosen = [r for r in recorders if r is not None]
+    if len(chosen) == 1:
+        return chosen[0]
+
+    def record(*args: Any) -> None:
+        for recorder in chosen:
+            recorder(*args)
+
+    return record
+
+
+def _direct_mode(model, direct_effects: Any) -> str | None:
+    """The checked ``direct_effects`` mode (None: off); refuses models whose logit is not a scaled cosine."""
+    mode = parse_direct_effects(direct_effects)
+    if mode and getattr(model.clip, "logit_bias", None) is not None:
+        raise ValueError("direct_effects: this CLIP adds a learned logit bias (SigLIP-style), which no component "
+                         "carries; direct effects are defined for CLIP's scaled cosine logits only.")
+    return mode
 
 
 def _variants(with_reference: bool, variants: Sequence[str] | None) -> list[str]:
@@ -499,6 +549,7 @@ def trace(
     progress: bool = True,
     attribution: str | Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
     attribution_target: Any = None,
+    direct_effects: bool | str = False,
 ) -> xr.DataTree:
     """Trace a PromptedCLIP on images: the split of docs/math.md for every block and head, both towers.
 
@@ -535,11 +586,18 @@ def trace(
     attribution_target : optional
         The logit to explain (see ``mmlens.attribution``); default ``"label"`` when every image
         has a label, else ``"predicted"``.
+    direct_effects : bool or {"margin", "all"}
+        Also split every logit exactly into the direct effects of the embedding, each block's
+        heads (path (a) and β), b_O and MLP, and the final LayerNorm's bias, both towers (docs/math.md,
+        "Direct logit effects"), into a ``direct`` group: ``True``/``"margin"`` for the label logit and
+        the margin against the mean of the other classes, ``"all"`` for every class as well. With
+        ``check_completeness``, checked on every batch: each tower's components add up to the logit
+        (``CompletenessError`` naming tower and variant otherwise).
 
     Returns
     -------
     xarray.DataTree
-        Groups ``vision``, ``text``, ``logits`` (and ``attribution``) (docs/store_schema.md),
+        Groups ``vision``, ``text``, ``logits`` (and ``attribution``, ``direct``) (docs/store_schema.md),
         provenance in ``attrs``.
 
     Examples
@@ -550,9 +608,17 @@ def trace(
     >>> alpha = tree["vision"]["prompt_mass"].sel(variant="full", layer=0)  # α at [cls], per image and head
     >>> alpha.dims, bool(((alpha > 0) & (alpha < 1)).all())
     (('image', 'head'), True)
+
+    Direct logit effects: each tower's components add up to the label logit (and the margin)
+
+    >>> direct = mmlens.trace(model, [{"image": images, "label": labels}], direct_effects=True,
+    ...                       progress=False)["direct"]
+    >>> vision = direct["direct_effect"].where(direct["tower"] == "vision").sum("component")
+    >>> bool(abs(vision - direct["direct_total"]).max() < 1e-3 * abs(direct["direct_total"]).max())
+    True
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": [], "attribution": []}
+    parts: dict[str, list[xr.Dataset]] = {"vision": [], "logits": [], "attribution": [], "direct": []}
     failed: list[xr.DataArray] = []  # along `failure`, from every batch (concat along `image` keeps one)
     text = None
     for groups, _n in iter_trace_batches(
@@ -560,7 +626,7 @@ def trace(
         store_bias_vectors=store_bias_vectors, mean_bias=mean_bias, intervention=intervention,
         check_completeness=check_completeness, batch_size=batch_size, image_split=image_split,
         class_split=class_split, device=device, progress=progress, attribution=attribution,
-        attribution_target=attribution_target,
+        attribution_target=attribution_target, direct_effects=direct_effects,
     ):
         text = groups.get("text", text)
         if "failures" in groups["vision"]:
