@@ -123,11 +123,11 @@ def direct_effects(data: xr.Dataset | xr.DataTree, *, tower: str, kind: str, tar
     layers = _values(ds, "layer").astype(np.int64)
     heads = _values(ds, "head").astype(np.int64)
     if tower not in set(towers):
-        raise ValueError(f"direct_effects: expected tower among {sorted(set(towers))}, found {tower!r}")
+        raise ValueError(f"direct_effects: expected tower among {sorted({str(t) for t in towers})}, found {tower!r}")
     of_tower = towers == tower
     if kind not in set(kinds[of_tower]):
         raise ValueError(f"direct_effects: expected kind among the {tower} components' "
-                         f"{sorted(set(kinds[of_tower]))}, found {kind!r}")
+                         f"{sorted({str(k) for k in kinds[of_tower]})}, found {kind!r}")
     picked = np.flatnonzero(of_tower & (kinds == kind))
     layer_values = np.unique(layers[picked])
     head_values = np.unique(heads[picked])
@@ -317,10 +317,8 @@ def bias_gain_share(
                 "this Dataset lacks; pass the whole store (mmlens.open(path)), whose vision/text groups record them"
             )
         beta = layers_of_kind(beta, layer_group)
-    if beta.sizes["layer"]:
-        carried = beta.sum("layer", min_count=1)
-    else:  # no block of this kind in this model: nothing to share, rather than a share of 0
-        carried = xr.full_like(beta.sum("layer"), np.nan)
+    empty = beta.sizes["layer"] == 0  # no block of this kind in this model (bias tuning has no carried layers)
+    carried = beta.sum("layer", min_count=0 if empty else 1)
     carried = carried.drop_vars([c for c in carried.coords if c not in carried.dims and c != "bias_source"
                                  and "image" not in carried.coords[c].dims])
     total = ds["direct_total"].sel(target=target, drop=True)
@@ -336,15 +334,19 @@ def bias_gain_share(
     share = safe_ratio(carried.mean(dims), mean_gain)
     # influence of each cell on the ratio of means: its mean is exactly 0, its spread is the ratio's (delta method)
     z = (carried - share * gain) / mean_gain.where(mean_gain > 0)
+    z = z.where(share.notnull(), 0.0)  # no share to bound: zeros spare the interval an all-NaN slice
     z_ci = bootstrap_ci(z, over, **kwargs)
     carried_ci = bootstrap_ci(carried, over, **kwargs)
     gain_ci = bootstrap_ci(gain, over, **kwargs)
-    bounded = gain_ci.sel(estimate="low", drop=True) > 0
+    # Fieller: when the gain's interval reaches 0 the ratio's confidence set is unbounded
+    bounded = (gain_ci.sel(estimate="low", drop=True) > 0) | share.isnull()
     share_ci = xr.concat(
-        [share, (share + z_ci.sel(estimate="low", drop=True)).where(bounded),
-         (share + z_ci.sel(estimate="high", drop=True)).where(bounded)],
+        [share, (share + z_ci.sel(estimate="low", drop=True)).where(bounded, -np.inf),
+         (share + z_ci.sel(estimate="high", drop=True)).where(bounded, np.inf)],
         dim="estimate", coords="minimal", compat="override", join="outer",
     ).assign_coords(estimate=list(gain_ci["estimate"].values))
+    if empty:  # nothing to share, rather than a share of 0
+        share_ci, carried_ci = xr.full_like(share_ci, np.nan), xr.full_like(carried_ci, np.nan)
     out = stack_measures({"share": share_ci, "bias_direct": carried_ci, "gain": gain_ci})
     out = out.transpose(*[d for d in out.dims if d not in ("measure", "estimate")], "measure", "estimate")
     out = out.drop_vars([c for c in out.coords if c not in out.dims and c != "bias_source"])
