@@ -438,35 +438,64 @@ def _covers(share):
     return float(((share.sel(estimate="low") <= SHARE) & (SHARE <= share.sel(estimate="high"))).mean())
 
 
+def _as_independent_images(tree):
+    """The same study with its seed x image cells relabelled as independent images (the wrong design)."""
+    cells = tree["direct"].to_dataset().stack(cell=("seed", "image"))
+    n = cells.sizes["cell"]
+    cells = cells.drop_vars(["cell", "seed", "image"]).rename(cell="image").assign_coords(image=np.arange(n))
+    return xr.DataTree.from_dict({"/": xr.Dataset(attrs=tree.attrs), "vision": tree["vision"].to_dataset(),
+                                  "direct": cells})
+
+
+def coverage_run(n_sims, n_seeds, n_images, seed_sd, rng):
+    """Coverage of the planted share by bias_gain_share, and by two wrong intervals, over simulated studies."""
+    tree, gain = _simulated_studies(n_sims, n_seeds, n_images, rng, seed_sd=seed_sd)
+    out = bias_gain_share(tree, tower="vision", layer_group="injected", n_boot=1000)
+    share = out.sel(measure="share")
+    b_ci = out.sel(measure="bias_direct")
+    gbar = xr.DataArray(gain.mean((1, 2)), dims="dataset", coords={"dataset": b_ci["dataset"]})
+    res = {
+        "method": out.attrs["interval_method"],
+        "coverage": _covers(share),
+        "miss_low": float((share.sel(estimate="high") < SHARE).mean()),  # interval entirely below the truth
+        "width": float((share.sel(estimate="high") - share.sel(estimate="low")).median()),
+        "mean_share": float(share.sel(estimate="mean").mean()),
+        "denominator_known": _covers(b_ci / gbar),  # wrong: the gain's spread ignored
+        "cells_as_images": np.nan,
+    }
+    if n_seeds > 1:  # wrong: seeds not crossed with images but every cell an image of its own
+        iid = bias_gain_share(_as_independent_images(tree), tower="vision", layer_group="injected", n_boot=1000)
+        np.testing.assert_allclose(iid.sel(measure="share", estimate="mean"), share.sel(estimate="mean"), rtol=1e-5)
+        res["cells_as_images"] = _covers(iid.sel(measure="share"))
+    return res
+
+
 def test_planted_share_is_covered_and_wrong_intervals_are_not():
     rng = np.random.default_rng(20)
-    # 300 simulated studies per design: the Monte-Carlo SE of a 0.95 coverage is 0.013
-    # images only (60 per study): the percentile bootstrap
-    tree, gain = _simulated_studies(300, 1, 60, rng, seed_sd=0.0)
-    out = bias_gain_share(tree, tower="vision", layer_group="injected", n_boot=1000)
-    assert out.attrs["interval_method"] == "percentile_bootstrap"
-    share = out.sel(measure="share")
-    assert float(share.sel(estimate="mean").mean()) == pytest.approx(SHARE, abs=0.02)
-    coverage = _covers(share)
-    assert 0.92 <= coverage <= 0.98, coverage
-    # wrong: the denominator taken as known (the interval of mean B divided by mean G)
-    b_ci = out.sel(measure="bias_direct")
-    naive = _covers(b_ci / xr.DataArray(gain.mean((1, 2)), dims="dataset", coords={"dataset": b_ci["dataset"]}))
-    assert naive < 0.85, naive
+    # 300 simulated studies per design: the Monte-Carlo SE of a 0.95 coverage is 0.013.
+    # Images only (60 per study): the percentile bootstrap; the denominator's spread matters.
+    run = coverage_run(300, 1, 60, 0.0, rng)
+    assert run["method"] == "percentile_bootstrap"
+    assert run["mean_share"] == pytest.approx(SHARE, abs=0.02)
+    assert 0.92 <= run["coverage"] <= 0.98, run
+    assert run["denominator_known"] < 0.85, run
+    # 3 seeds x 40 images with a seed spread: the variance-components interval; seeds crossed with images matter
+    run = coverage_run(300, 3, 40, 0.25, rng)
+    assert run["method"] == "variance_components"
+    assert run["mean_share"] == pytest.approx(SHARE, abs=0.02)
+    assert 0.92 <= run["coverage"] <= 0.98, run
+    assert run["cells_as_images"] < 0.85, run
 
-    # 3 seeds x 40 images with a seed spread: the variance-components interval
-    tree, gain = _simulated_studies(300, 3, 40, rng, seed_sd=0.25)
-    out = bias_gain_share(tree, tower="vision", layer_group="injected")
-    assert out.attrs["interval_method"] == "variance_components"
-    coverage = _covers(out.sel(measure="share"))
-    assert 0.92 <= coverage <= 0.98, coverage
-    # wrong: seed x image cells taken as 120 independent images (seeds are crossed with images)
-    cells = tree["direct"].to_dataset().stack(cell=("seed", "image"))
-    cells = cells.drop_vars(["cell", "seed", "image"]).rename(cell="image").assign_coords(image=np.arange(120))
-    flat = xr.DataTree.from_dict({"/": xr.Dataset(attrs=tree.attrs), "vision": tree["vision"].to_dataset(),
-                                  "direct": cells})
-    iid = bias_gain_share(flat, tower="vision", layer_group="injected", n_boot=1000)
-    assert iid.attrs["interval_method"] == "percentile_bootstrap"
-    np.testing.assert_allclose(iid.sel(measure="share", estimate="mean"), out.sel(measure="share", estimate="mean"),
-                               rtol=1e-5)
-    assert _covers(iid.sel(measure="share")) < 0.85
+
+if __name__ == "__main__":  # the coverage table of docs/statistics.md ("Direct effects")
+    import time
+
+    generator = np.random.default_rng(2026)
+    for n_seeds, n_images, seed_sd in ((1, 30, 0.0), (1, 60, 0.0), (1, 200, 0.0), (3, 40, 0.25), (3, 200, 0.25),
+                                       (10, 40, 0.25)):
+        start = time.perf_counter()
+        r = coverage_run(1000, n_seeds, n_images, seed_sd, generator)
+        print(f"{n_seeds} seeds x {n_images} images, seed SD {seed_sd}: {r['method']:20s} coverage "
+              f"{r['coverage']:.3f} (interval below the truth {r['miss_low']:.3f}) median width {r['width']:.3f} "
+              f"mean share {r['mean_share']:.3f} | denominator known {r['denominator_known']:.3f} | cells as images "
+              f"{r['cells_as_images']:.3f} ({time.perf_counter() - start:.1f} s)")
