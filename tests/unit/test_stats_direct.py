@@ -339,6 +339,19 @@ def test_no_gain_gives_no_share_and_no_warning():
     assert share.sel(estimate="low") == -np.inf and share.sel(estimate="high") == np.inf  # ... but is not bounded
 
 
+def test_statistics_stay_lazy_on_dask_and_equal_the_eager_ones():
+    lead = {"dataset": ["a", "b"], "seed": [1, 2, 3]}
+    tree = _store(lead=lead, n_images=24, unlabelled=(3,))
+    lazy_tree = tree.copy()
+    lazy_tree["direct"] = xr.DataTree(tree["direct"].to_dataset().chunk({"image": 8}))
+    for call in (lambda t: bias_gain_share(t, tower="vision", layer_group="injected"),
+                 lambda t: bias_gain_share(t, tower="text", over=("image",), method="percentile_bootstrap", n_boot=200),
+                 lambda t: bias_margin_effect(t, tower="vision", per_head=False)):
+        lazy, eager = call(lazy_tree), call(tree)
+        assert lazy.chunks is not None  # nothing computed yet
+        np.testing.assert_allclose(lazy.values, eager.values, rtol=1e-5)  # float32 sums in another order
+
+
 # ------------------------------------------------------------------------------------------------
 # accessor and bad input
 # ------------------------------------------------------------------------------------------------
