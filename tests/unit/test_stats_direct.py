@@ -352,6 +352,32 @@ def test_statistics_stay_lazy_on_dask_and_equal_the_eager_ones():
         np.testing.assert_allclose(lazy.values, eager.values, rtol=1e-5)  # float32 sums in another order
 
 
+def test_on_the_synthetic_stores_of_the_trace_side():
+    # the trace side's example_tree(direct_effects=True) (issue IV) lays the group out as the trace does
+    import inspect
+
+    from mmlens.store.synthetic import example_tree
+
+    if "direct_effects" not in inspect.signature(example_tree).parameters:
+        pytest.skip("example_tree(direct_effects=True) comes with the trace side of issue IV")
+    tree = example_tree(n_images=30, direct_effects=True)
+    d = tree["direct"].to_dataset()
+    kinds = dict(zip(tree["vision"]["layer"].values.tolist(), tree["vision"]["layer_kind"].values.tolist()))
+    pick = ((d["tower"] == "vision") & (d["kind"] == "bias")).values
+    injected = pick & np.isin(d["layer"].values, [ell for ell, k in kinds.items() if k == "injected"])
+    eff = d["direct_effect"].sel(variant="full", target="margin").values  # (image, component)
+    total = d["direct_total"].sel(target="margin").values
+    gain = total[list(d["variant"].values).index("full")] - total[list(d["variant"].values).index("zeroshot")]
+    ok = np.isfinite(gain)
+    out = bias_gain_share(tree, tower="vision", layer_group="injected")
+    want = eff[ok][:, injected].sum(1).mean() / gain[ok].mean()
+    assert float(out.sel(measure="share", estimate="mean")) == pytest.approx(want, rel=1e-4)
+    effect = bias_margin_effect(tree, tower="vision", per_head=False).sel(estimate="mean")
+    for ell in kinds:
+        at = pick & (d["layer"].values == ell)
+        assert float(effect.sel(layer=ell)) == pytest.approx(np.nanmean(eff[:, at].sum(1)), rel=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------
 # accessor and bad input
 # ------------------------------------------------------------------------------------------------
