@@ -20,6 +20,13 @@ from mmlens.stats.attribution import (
     rank_correlation,
 )
 from mmlens.stats.bias import bias_alignment, bias_consistency, bias_head_ratio, bias_norm_ratio
+from mmlens.stats.direct import (
+    bias_gain_share,
+    bias_margin_effect,
+    compare_bias_sources,
+    direct_effects,
+    require_direct,
+)
 from mmlens.stats.elementary import harmonic_mean, safe_ratio
 from mmlens.stats.summary import bootstrap_ci, summarize
 
@@ -37,12 +44,17 @@ __all__ = [
     "split_accuracy",
     "bias_alignment",
     "bias_consistency",
+    "bias_gain_share",
     "bias_head_ratio",
+    "bias_margin_effect",
     "bias_norm_ratio",
     "bootstrap_ci",
+    "compare_bias_sources",
+    "direct_effects",
     "foreground_attention",
     "prompt_background_similarity",
     "prompt_mass",
+    "require_direct",
     "summarize",
     "text_reliance",
 ]

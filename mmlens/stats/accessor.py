@@ -14,6 +14,7 @@ import xarray as xr
 
 from mmlens.stats.attention import foreground_attention, prompt_background_similarity, prompt_mass, text_reliance
 from mmlens.stats.bias import bias_consistency, bias_norm_ratio
+from mmlens.stats.direct import bias_gain_share, bias_margin_effect, direct_effects
 from mmlens.stats.summary import bootstrap_ci, summarize
 from mmlens.store import schema
 from mmlens.store.select import (
@@ -102,6 +103,20 @@ class MmlDatasetAccessor:
     def text_reliance(self, **kwargs: Any) -> xr.DataArray:
         """See :func:`mmlens.stats.text_reliance`."""
         return text_reliance(self._ds, **kwargs)
+
+    # direct effects: on the ``direct`` group (without the store, layer groups need its layer_kind)
+
+    def direct_effects(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`mmlens.stats.direct_effects` (on the ``direct`` group)."""
+        return direct_effects(self._ds, **kwargs)
+
+    def bias_margin_effect(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`mmlens.stats.bias_margin_effect` (on the ``direct`` group)."""
+        return bias_margin_effect(self._ds, **kwargs)
+
+    def bias_gain_share(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`mmlens.stats.bias_gain_share` (on the ``direct`` group)."""
+        return bias_gain_share(self._ds, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,3 +231,17 @@ class MmlTreeAccessor:
     def text_reliance(self, **kwargs: Any) -> xr.DataArray:
         """:func:`mmlens.stats.text_reliance` (text)."""
         return self.text.mml.text_reliance(**kwargs)
+
+    # direct effects take the whole store: the layer kinds come from the tower's group
+
+    def direct_effects(self, **kwargs: Any) -> xr.DataArray:
+        """:func:`mmlens.stats.direct_effects` (``layer_kind`` joined from the tower's group)."""
+        return direct_effects(self._tree, **kwargs)
+
+    def bias_margin_effect(self, **kwargs: Any) -> xr.DataArray:
+        """:func:`mmlens.stats.bias_margin_effect` on a store."""
+        return bias_margin_effect(self._tree, **kwargs)
+
+    def bias_gain_share(self, **kwargs: Any) -> xr.DataArray:
+        """:func:`mmlens.stats.bias_gain_share` on a store (all layer groups available)."""
+        return bias_gain_share(self._tree, **kwargs)
