@@ -20,6 +20,7 @@ import numpy as np
 from mmlens.store import schema
 from mmlens.store.select import layer_kind_runs
 from mmlens.viz._text import esc
+from mmlens.viz.direct import build_direct, push_direct
 from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, MissingData, available
 
 if TYPE_CHECKING:
@@ -290,6 +291,7 @@ class Board:
         self._build_curves()
         self._build_images()
         self._build_text()
+        build_direct(self)  # what the prompts learn: β's direct effect on the margin (mmlens.viz.direct)
         args = {
             "ctx": self.ctx, "layer": self.layer, "head": self.head, "image_select": self.image_select,
             "image_slider": self.image_slider, "marker": self.marker, "spans": self.spans, "images": self.image_source,
@@ -353,8 +355,14 @@ class Board:
                 finally:
                     self._syncing = False
             self.push_image()
+            if self.app.state.direct_images == "selected image":
+                push_direct(self)
         elif name == "class_":
             self.push_roles()
+            if self.app.state.direct_images == "selected class":
+                push_direct(self)
+        elif name == "direct_images":
+            push_direct(self)
 
     #: Images kept in the page by the live explorer: the selected one and its neighbours.
     NEIGHBOURS = 2

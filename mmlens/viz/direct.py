@@ -1,0 +1,393 @@
+"""What the prompts learn: β's direct effect on the margin (layer × head, per tower) and the text lens on the bias.
+
+Two views for the explorer (:mod:`mmlens.viz.board`, :mod:`mmlens.viz.layout`) and the report
+(:mod:`mmlens.viz.report`). Their numbers come from :mod:`mmlens.stats` (``direct_effects``,
+``bias_margin_effect``) through :class:`~mmlens.viz.slices.StoreSlices`, and from the lens result of
+``mmlens.lens`` / ``mmlens lens --out lens.nc`` (docs/explorer.md, "What the prompts learn"); nothing is
+computed here. Text from data (phrases, class names, dataset names) is escaped before it reaches HTML.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from mmlens.viz._text import esc, md
+from mmlens.viz.slices import DIRECT_MISSING, MissingData
+
+if TYPE_CHECKING:
+    from mmlens.viz.board import Board
+    from mmlens.viz.explorer import Explorer
+
+__all__ = [
+    "DIRECT_MISSING",
+    "LENS_KINDS",
+    "LENS_MISSING",
+    "CAPTIONS",
+    "read_lenses",
+    "lens_for",
+    "lens_table",
+    "lens_table_html",
+    "lens_markdown",
+    "direct_cells",
+    "build_direct",
+    "push_direct",
+    "section_panes",
+]
+
+#: Direction kinds of a lens result (SPECS IV-C): per layer (β summed over heads), per head, per prompt token.
+LENS_KINDS: tuple[str, ...] = ("layer_bias", "head_bias", "prompt_value")
+LENS_MISSING = ("no text lens given: compute one with `mmlens lens ... --out lens.nc` (or `mmlens.lens(model, "
+                "images)`) and open the explorer with `explore(store, lens=...)`")
+CAPTIONS = {
+    "direct": ("β's direct effect on the correct-class margin (logit of the image's class minus the mean of the "
+               "others), per layer (rows) and head (columns), mean over {over}: what β adds to the margin through "
+               "the frozen final LayerNorm (its scale frozen at the actual readout) and projection, not counting "
+               "what later blocks make of it (a direct effect is not a total effect; docs/statistics.md). Red: β "
+               "pushes towards the correct class. The hover gives the 95 % interval over images "
+               "(mmlens.stats.bias_margin_effect) for variant full over all images. Click a cell to select its "
+               "layer and head."),
+    "lens": ("Text lens: the dataset-mean β of each layer (summed over heads), mapped into the joint space through "
+             "the same linearised readout, against a vocabulary of text embeddings (class names, descriptive "
+             "phrases, other datasets' class names). Top phrases with their cosine; control: the 95th percentile "
+             "of the top-1 cosine over shuffled directions, and p the share of shuffled directions that match the "
+             "observed top-1 cosine. <b>Bold</b>: a cosine above the control."),
+}
+_KIND_SHORT = {"injected": "inj", "carried": "car"}
+
+
+# ----------------------------------------------------------------------------------------------
+# the lens result (mmlens.lens): read, pick, tabulate
+# ----------------------------------------------------------------------------------------------
+
+
+def read_lenses(lens: Any) -> list[xr.Dataset]:
+    """Lens results from a Dataset, a netCDF path, or a list / ``{name: ...}`` mapping of those.
+
+    Parameters
+    ----------
+    lens
+        ``None`` (no lens), an ``xarray.Dataset`` as :func:`mmlens.lens` returns it, the path of the
+        ``lens.nc`` that ``mmlens lens --out`` writes, or several of them (one per dataset of a study).
+
+    Returns
+    -------
+    list of xarray.Dataset
+
+    Examples
+    --------
+    >>> read_lenses(None)
+    []
+    """
+    if lens is None:
+        return []
+    if isinstance(lens, xr.Dataset):
+        items = [lens]
+    elif isinstance(lens, (str, os.PathLike)):
+        items = [lens]
+    elif isinstance(lens, Mapping):
+        items = list(lens.values())
+    elif isinstance(lens, (list, tuple)):
+        items = list(lens)
+    else:
+        raise TypeError(f"lens: expected an xarray.Dataset, a path to lens.nc or a list/mapping of them, found "
+                        f"{type(lens).__name__}; pass what mmlens.lens returns or `mmlens lens --out` writes")
+    out = []
+    for item in items:
+        ds = item if isinstance(item, xr.Dataset) else xr.load_dataset(item)
+        missing = [v for v in ("phrase", "cosine", "tower", "kind", "layer") if v not in ds.variables]
+        if missing:
+            raise ValueError(f"lens: expected a result of mmlens.lens with phrase, cosine and the direction coords "
+                             f"tower, kind, layer; this one lacks {missing}. Re-run `mmlens lens ... --out lens.nc`")
+        out.append(ds)
+    return out
+
+
+def lens_for(lenses: list[xr.Dataset], dataset: str, method: str | None = None) -> xr.Dataset | None:
+    """The lens of ``dataset`` (root attr ``dataset``) and, when the lens names one, of ``method``."""
+    for ds in lenses:
+        if str(ds.attrs.get("dataset", dataset)) != str(dataset):
+            continue
+        if method is not None and "method" in ds.attrs and str(ds.attrs["method"]) != str(method):
+            continue
+        return ds
+    if len(lenses) == 1 and "dataset" not in lenses[0].attrs:
+        return lenses[0]
+    return None
+
+
+def lens_table(lens: xr.Dataset, *, kind: str = "layer_bias", tower: str | None = None,
+               layer: int | None = None) -> Any:
+    """One row per lens direction of ``kind``: its top phrases, their cosines and the shuffled control.
+
+    Parameters
+    ----------
+    lens
+        A lens result (SPECS IV-C).
+    kind
+        ``layer_bias``, ``head_bias`` or ``prompt_value``.
+    tower, layer
+        Keep only these (``None``: all).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``tower, layer, head, prompt_token, phrases, cosines, sources, control_cosine, control_p``
+        (lists in rank order), sorted by tower (vision first) and layer.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> lens = xr.Dataset({"phrase": (("direction", "rank"), [["dark", "night"]]),
+    ...                    "cosine": (("direction", "rank"), [[0.4, 0.3]])},
+    ...                   coords={"tower": ("direction", ["vision"]), "kind": ("direction", ["layer_bias"]),
+    ...                           "layer": ("direction", [2])})
+    >>> lens_table(lens).loc[0, ["layer", "phrases"]].tolist()
+    [2, ['dark', 'night']]
+    """
+    import pandas as pd
+
+    if kind not in LENS_KINDS:
+        raise ValueError(f"kind must be one of {list(LENS_KINDS)}, found {kind!r}")
+    keep = np.asarray(lens["kind"].values).astype(str) == kind
+    if tower is not None:
+        keep &= np.asarray(lens["tower"].values).astype(str) == tower
+    if layer is not None:
+        keep &= np.asarray(lens["layer"].values).astype(int) == int(layer)
+    sel = lens.isel(direction=np.flatnonzero(keep))
+
+    def col(name: str, default: Any) -> np.ndarray:
+        n = sel.sizes["direction"]
+        return np.asarray(sel[name].values) if name in sel.variables else np.full(n, default)
+
+    rank_order = np.argsort(np.asarray(sel["rank"].values)) if "rank" in sel.coords else slice(None)
+    phrases = np.asarray(sel["phrase"].values)[:, rank_order]
+    cosines = np.asarray(sel["cosine"].values, float)[:, rank_order]
+    sources = (np.asarray(sel["source"].values)[:, rank_order] if "source" in sel.variables
+               else np.full(phrases.shape, ""))
+    table = pd.DataFrame({
+        "tower": col("tower", "").astype(str), "layer": col("layer", -1).astype(int),
+        "head": col("head", -1).astype(int), "prompt_token": col("prompt_token", -1).astype(int),
+        "phrases": [[str(p) for p in row] for row in phrases], "cosines": [list(map(float, r)) for r in cosines],
+        "sources": [[str(s) for s in row] for row in sources],
+        "control_cosine": col("control_cosine", np.nan).astype(float),
+        "control_p": col("control_p", np.nan).astype(float),
+    })
+    order = {"vision": 0, "text": 1}
+    table["_t"] = table["tower"].map(lambda t: order.get(t, 2))
+    return table.sort_values(["_t", "layer", "head", "prompt_token"]).drop(columns="_t").reset_index(drop=True)
+
+
+def lens_table_html(table: Any, *, kinds: Mapping[str, Mapping[int, str]] | None = None, top: int = 3,
+                    selected_layer: int | None = None) -> str:
+    """The lens table as HTML (every piece of text from data escaped).
+
+    Cosines above the direction's shuffled control are bold; ``selected_layer``'s rows are shaded.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"tower": ["vision"], "layer": [0], "head": [-1], "prompt_token": [-1],
+    ...                   "phrases": [["<b>x</b>"]], "cosines": [[0.5]], "sources": [["phrase"]],
+    ...                   "control_cosine": [0.2], "control_p": [0.01]})
+    >>> "&lt;b&gt;x&lt;/b&gt;" in lens_table_html(t)
+    True
+    """
+    kinds = kinds or {}
+    head = ("<tr><th>tower</th><th>layer</th>" + ("<th>head</th>" if (table["head"] >= 0).any() else "")
+            + ("<th>token</th>" if (table["prompt_token"] >= 0).any() else "")
+            + f"<th>top {top} phrases (cosine)</th><th>control</th><th>p</th></tr>")
+    rows = []
+    for r in table.itertuples(index=False):
+        words = []
+        for phrase, cosine in list(zip(r.phrases, r.cosines))[:top]:
+            above = np.isfinite(r.control_cosine) and cosine > r.control_cosine
+            text = f"{esc(phrase)} ({cosine:.2f})"
+            words.append(f"<b>{text}</b>" if above else text)
+        kind = _KIND_SHORT.get(kinds.get(r.tower, {}).get(int(r.layer), ""), "")
+        shade = ' style="background:#fff3e0"' if selected_layer is not None and r.layer == selected_layer else ""
+        rows.append(
+            f"<tr{shade}><td>{esc(r.tower)}</td><td>{int(r.layer)} {kind}</td>"
+            + (f"<td>{int(r.head)}</td>" if (table["head"] >= 0).any() else "")
+            + (f"<td>{int(r.prompt_token)}</td>" if (table["prompt_token"] >= 0).any() else "")
+            + f"<td>{'; '.join(words)}</td><td>{_num(r.control_cosine)}</td><td>{_num(r.control_p)}</td></tr>")
+    return ('<table class="mmlens-lens" style="font-size:12px;border-collapse:collapse">'
+            f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def lens_markdown(lens: xr.Dataset, *, kind: str = "layer_bias", top: int = 3) -> str:
+    """The lens table as Markdown (phrases escaped), e.g. for the findings page's "What the prompts learn".
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> lens = xr.Dataset({"phrase": (("direction", "rank"), [["seen from *above*"]]),
+    ...                    "cosine": (("direction", "rank"), [[0.41]]),
+    ...                    "control_cosine": ("direction", [0.2]), "control_p": ("direction", [0.0])},
+    ...                   coords={"tower": ("direction", ["vision"]), "kind": ("direction", ["layer_bias"]),
+    ...                           "layer": ("direction", [1])}, attrs={"dataset": "satellite"})
+    >>> print(lens_markdown(lens))
+    | tower | layer | top 3 phrases (cosine) | control (95th pct.) | p |
+    |---|---|---|---|---|
+    | vision | 1 | seen from \\*above\\* (0.41) | 0.20 | 0.00 |
+    """
+    table = lens_table(lens, kind=kind)
+    lines = [f"| tower | layer | top {top} phrases (cosine) | control (95th pct.) | p |", "|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        words = "; ".join(f"{md(p)} ({c:.2f})" for p, c in list(zip(r.phrases, r.cosines))[:top])
+        lines.append(f"| {md(r.tower)} | {int(r.layer)} | {words} | {_num(r.control_cosine)} | {_num(r.control_p)} |")
+    return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    return f"{value:.2f}" if np.isfinite(value) else "–"
+
+
+# ----------------------------------------------------------------------------------------------
+# the direct-effects heatmaps on the board
+# ----------------------------------------------------------------------------------------------
+
+
+def direct_cells(app: Explorer, tower: str) -> dict[str, Any]:
+    """The cells one direct-effects heatmap draws: values, the 95 % interval, colour limits, hover notes."""
+    from mmlens.viz.board import robust_limits
+
+    state = app.state
+    values = app.direct_data(tower)
+    layers = [int(v) for v in values["layer"].values]
+    heads = [int(v) for v in values["head"].values]
+    data = np.asarray(values.values, float)
+    low = np.full(data.shape, np.nan)
+    high = np.full(data.shape, np.nan)
+    interval = state.variant == "full" and state.direct_images == "all images"
+    if interval:
+        ci = app.direct_interval(tower).sel(layer=layers, head=heads)
+        low, high = (np.asarray(ci.sel(estimate=e).values, float) for e in ("low", "high"))
+    notes = np.full(data.shape, "", dtype=object)
+    notes[~np.isfinite(data)] = "no value: no labelled image in the selection"
+    lo, hi, _ = robust_limits(data, ratio=False, diverging=True)
+    kinds = app.view.layer_kinds(tower)
+    L, H = np.meshgrid(layers, heads, indexing="ij")
+    ci_text = [f"{a:.3f} – {b:.3f}" if np.isfinite(a) else "(variant full, all images only)"
+               for a, b in zip(low.ravel(), high.ravel())]
+    return {
+        "layer": L.ravel().tolist(), "head": H.ravel().tolist(), "value": data.ravel(),
+        "shown": np.clip(data, lo, hi).ravel(), "ci": ci_text, "note": notes.ravel().tolist(),
+        "kind": [kinds.get(int(ell), "") for ell in L.ravel()],
+        "_clim": (lo, hi), "_n": int(values.attrs.get("n_items", 0)), "_per_head": bool(values.attrs["per_head"]),
+    }
+
+
+def build_direct(board: Board) -> None:
+    """The direct-effects heatmaps of both towers on ``board`` (``board.direct_figures``), or a note why not."""
+    board.direct_figures = []
+    board.direct_sources = {}
+    board.direct_mappers = {}
+    board.direct_labels = {}
+    board.direct_note = None
+    app = board.app
+    if "direct" not in app.view.groups:
+        board.direct_note = DIRECT_MISSING
+        return
+    notes = []
+    for tower in ("vision", "text"):
+        try:
+            fig = _direct_figure(board, tower)
+        except MissingData as err:
+            notes.append(str(err))
+            continue
+        board.direct_figures.append(fig)
+        board.heat_figures.append(fig)  # a click on a cell selects its layer and head, as on the other maps
+    if notes:
+        board.direct_note = "; ".join(notes)
+
+
+def _direct_figure(board: Board, tower: str) -> Any:
+    from bokeh.models import ColorBar, ColumnDataSource, HoverTool, Label, LinearColorMapper
+    from bokeh.plotting import figure
+
+    from mmlens.viz.board import HEAT_H, HEAT_W, _palette
+
+    cells = direct_cells(board.app, tower)
+    low, high = cells.pop("_clim")
+    n, per_head = cells.pop("_n"), cells.pop("_per_head")
+    layers, heads = sorted(set(cells["layer"])), sorted(set(cells["head"]))
+    source = ColumnDataSource(cells)
+    mapper = LinearColorMapper(palette=_palette("RdBu11", reverse=True), low=low, high=high, nan_color="#d9d9d9")
+    fig = figure(width=HEAT_W if per_head else 150 + 40, height=HEAT_H, title=f"{tower}: β → margin",
+                 toolbar_location=None, tools="tap", css_classes=["mmlens-direct", f"mmlens-direct-{tower}"],
+                 x_range=(min(heads) - 0.5, max(heads) + 0.5), y_range=(min(layers) - 0.5, max(layers) + 0.5),
+                 x_axis_label="head" if per_head else "learned b", y_axis_label="layer")
+    rects = fig.rect("head", "layer", 1, 1, source=source, line_color=None,
+                     fill_color={"field": "shown", "transform": mapper})
+    if per_head:
+        fig.rect("x", "y", 1, 1, source=board.marker, fill_alpha=0, line_color="black", line_width=3)
+    fig.add_tools(HoverTool(renderers=[rects], tooltips=[
+        ("layer", "@layer (@kind)"), ("head", "@head"), ("direct effect on the margin", "@value{0.0000}"),
+        ("95 % interval", "@ci"), ("", "@note")]))
+    fig.xaxis.ticker = heads
+    fig.xaxis.major_label_overrides = {} if per_head else {-1: "b"}
+    fig.yaxis.ticker = layers
+    kinds = board.app.view.layer_kinds(tower)
+    fig.yaxis.major_label_overrides = {int(ell): f"{ell} {_KIND_SHORT.get(kinds.get(ell, ''), '')}".strip()
+                                       for ell in layers}
+    fig.grid.visible = False
+    fig.title.text_font_size = "11pt"
+    fig.add_layout(ColorBar(color_mapper=mapper, title="Δ margin (logit)", title_text_font_size="9pt", width=10,
+                            padding=3, title_standoff=4, label_standoff=4), "right")
+    # how many images the map averages: a label (a title change would re-lay out the page)
+    label = Label(x=4, y=4, x_units="screen", y_units="screen", text=f"{n} images", text_font_size="9pt",
+                  background_fill_color="white", background_fill_alpha=0.8, text_color="#222")
+    fig.add_layout(label)
+    board.direct_sources[tower] = source
+    board.direct_mappers[tower] = mapper
+    board.direct_labels[tower] = label
+    return fig
+
+
+def push_direct(board: Board) -> None:
+    """Redraw the direct-effects heatmaps for the current selection (class, image or scope changed)."""
+    for tower, source in getattr(board, "direct_sources", {}).items():
+        try:
+            cells = direct_cells(board.app, tower)
+        except MissingData:
+            continue
+        low, high = cells.pop("_clim")
+        n = cells.pop("_n")
+        cells.pop("_per_head")
+        source.data = cells
+        mapper = board.direct_mappers[tower]
+        if (mapper.low, mapper.high) != (low, high):
+            mapper.update(low=low, high=high)
+        board.direct_labels[tower].text = f"{n} image{'s' if n != 1 else ''}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the section, for the explorer's and the report's layout
+# ----------------------------------------------------------------------------------------------
+
+
+def section_panes(app: Explorer, board: Board, *, caption: Any) -> list[Any]:
+    """The "What the prompts learn" section: direct-effects heatmaps and the lens table, or short notes."""
+    import panel as pn
+
+    panes: list[Any] = [pn.pane.Markdown(f"#### What the prompts learn: β's direct effect on the margin "
+                                         f"(variant *{md(app.state.variant)}*) and the text lens")]
+    if board.direct_figures:
+        panes.append(pn.FlexBox(*[pn.pane.Bokeh(f) for f in board.direct_figures], sizing_mode="stretch_width"))
+        panes.append(caption(CAPTIONS["direct"].format(over="the images selected in the sidebar ("
+                                                       "“direct effects over”)")))
+    if board.direct_note:  # our own words (the flag to re-trace with stays a code span); data parts escaped
+        note = board.direct_note if board.direct_note == DIRECT_MISSING else md(board.direct_note)
+        panes.append(pn.pane.Markdown(f"*{note}*", css_classes=["mmlens-direct-note"]))
+    html, note = app.lens_html()
+    if html is not None:
+        panes.append(pn.pane.HTML(html, sizing_mode="stretch_width", css_classes=["mmlens-lens-table"]))
+        panes.append(caption(CAPTIONS["lens"]))
+    if note:
+        panes.append(pn.pane.Markdown(f"*{md(note)}*"))
+    return panes
