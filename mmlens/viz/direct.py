@@ -146,8 +146,9 @@ def lens_table(lens: xr.Dataset, *, kind: str = "layer_bias", tower: str | None 
     ...                    "cosine": (("direction", "rank"), [[0.4, 0.3]])},
     ...                   coords={"tower": ("direction", ["vision"]), "kind": ("direction", ["layer_bias"]),
     ...                           "layer": ("direction", [2])})
-    >>> lens_table(lens).loc[0, ["layer", "phrases"]].tolist()
-    [2, ['dark', 'night']]
+    >>> row = lens_table(lens).iloc[0]
+    >>> int(row["layer"]), row["phrases"]
+    (2, ['dark', 'night'])
     """
     import pandas as pd
 
