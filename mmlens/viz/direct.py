@@ -308,7 +308,7 @@ def build_direct(board: Board) -> None:
 
 
 def _direct_figure(board: Board, tower: str) -> Any:
-    from bokeh.models import ColorBar, ColumnDataSource, HoverTool, Label, LinearColorMapper
+    from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Title
     from bokeh.plotting import figure
 
     from mmlens.viz.board import HEAT_H, HEAT_W, _palette
@@ -318,7 +318,8 @@ def _direct_figure(board: Board, tower: str) -> Any:
     n, per_head = cells.pop("_n"), cells.pop("_per_head")
     layers, heads = sorted(set(cells["layer"])), sorted(set(cells["head"]))
     source = ColumnDataSource(cells)
-    mapper = LinearColorMapper(palette=_palette("RdBu11", reverse=True), low=low, high=high, nan_color="#d9d9d9")
+    # blue below 0, red above: red cells push the margin towards the image's class
+    mapper = LinearColorMapper(palette=_palette("RdBu11"), low=low, high=high, nan_color="#d9d9d9")
     fig = figure(width=HEAT_W if per_head else 150 + 40, height=HEAT_H, title=f"{tower}: β → margin",
                  toolbar_location=None, tools="tap", css_classes=["mmlens-direct", f"mmlens-direct-{tower}"],
                  x_range=(min(heads) - 0.5, max(heads) + 0.5), y_range=(min(layers) - 0.5, max(layers) + 0.5),
@@ -340,14 +341,18 @@ def _direct_figure(board: Board, tower: str) -> Any:
     fig.title.text_font_size = "11pt"
     fig.add_layout(ColorBar(color_mapper=mapper, title="Δ margin (logit)", title_text_font_size="9pt", width=10,
                             padding=3, title_standoff=4, label_standoff=4), "right")
-    # how many images the map averages: a label (a title change would re-lay out the page)
-    label = Label(x=4, y=4, x_units="screen", y_units="screen", text=f"{n} images", text_font_size="9pt",
-                  background_fill_color="white", background_fill_alpha=0.8, text_color="#222")
-    fig.add_layout(label)
+    # how many images the map averages, under the plot (it changes with the class or image, never with the
+    # layer or head: those moves stay free of page re-layouts)
+    label = Title(text=_count(n), text_font_size="9pt", text_font_style="normal", text_color="#555")
+    fig.add_layout(label, "below")
     board.direct_sources[tower] = source
     board.direct_mappers[tower] = mapper
     board.direct_labels[tower] = label
     return fig
+
+
+def _count(n: int) -> str:
+    return f"mean over {n} image{'s' if n != 1 else ''}"
 
 
 def push_direct(board: Board) -> None:
@@ -364,7 +369,7 @@ def push_direct(board: Board) -> None:
         mapper = board.direct_mappers[tower]
         if (mapper.low, mapper.high) != (low, high):
             mapper.update(low=low, high=high)
-        board.direct_labels[tower].text = f"{n} image{'s' if n != 1 else ''}"
+        board.direct_labels[tower].text = _count(n)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_changing_the_selection_changes_the_maps(study):
     np.testing.assert_allclose(app.direct_data("vision").values, expected, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(board.direct_sources["vision"].data["value"]).reshape(3, 2), expected,
                                rtol=1e-5)
-    assert board.direct_labels["vision"].text == f"{len(images)} image{'s' if len(images) != 1 else ''}"
+    assert board.direct_labels["vision"].text == f"mean over {len(images)} image{'s' if len(images) != 1 else ''}"
     other = next(v for v in s.param["class_"].objects.values() if v != klass
                  and (_labels(study, "dataset_01") == v).any())
     s.class_ = other  # the page's map follows the class (pushed from Python)
