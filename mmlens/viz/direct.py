@@ -49,8 +49,8 @@ CAPTIONS = {
                "the frozen final LayerNorm (its scale frozen at the actual readout) and projection, not counting "
                "what later blocks make of it (a direct effect is not a total effect; docs/statistics.md). Red: β "
                "pushes towards the correct class. The hover gives the 95 % interval over images "
-               "(mmlens.stats.bias_margin_effect) for variant full over all images. Click a cell to select its "
-               "layer and head."),
+               "(mmlens.stats.bias_margin_effect) for variant full over all images, and the head's top phrases "
+               "when a text lens is given. Click a cell to select its layer and head."),
     "lens": ("Text lens: the dataset-mean β of each layer (summed over heads), mapped into the joint space through "
              "the same linearised readout, against a vocabulary of text embeddings (class names, descriptive "
              "phrases, other datasets' class names). Top phrases with their cosine; control: the 95th percentile "
@@ -183,11 +183,10 @@ def lens_table(lens: xr.Dataset, *, kind: str = "layer_bias", tower: str | None 
     return table.sort_values(["_t", "layer", "head", "prompt_token"]).drop(columns="_t").reset_index(drop=True)
 
 
-def lens_table_html(table: Any, *, kinds: Mapping[str, Mapping[int, str]] | None = None, top: int = 3,
-                    selected_layer: int | None = None) -> str:
+def lens_table_html(table: Any, *, kinds: Mapping[str, Mapping[int, str]] | None = None, top: int = 3) -> str:
     """The lens table as HTML (every piece of text from data escaped).
 
-    Cosines above the direction's shuffled control are bold; ``selected_layer``'s rows are shaded.
+    Cosines above the direction's shuffled control are bold.
 
     Examples
     --------
@@ -210,9 +209,8 @@ def lens_table_html(table: Any, *, kinds: Mapping[str, Mapping[int, str]] | None
             text = f"{esc(phrase)} ({cosine:.2f})"
             words.append(f"<b>{text}</b>" if above else text)
         kind = _KIND_SHORT.get(kinds.get(r.tower, {}).get(int(r.layer), ""), "")
-        shade = ' style="background:#fff3e0"' if selected_layer is not None and r.layer == selected_layer else ""
         rows.append(
-            f"<tr{shade}><td>{esc(r.tower)}</td><td>{int(r.layer)} {kind}</td>"
+            f"<tr><td>{esc(r.tower)}</td><td>{int(r.layer)} {kind}</td>"
             + (f"<td>{int(r.head)}</td>" if (table["head"] >= 0).any() else "")
             + (f"<td>{int(r.prompt_token)}</td>" if (table["prompt_token"] >= 0).any() else "")
             + f"<td>{'; '.join(words)}</td><td>{_num(r.control_cosine)}</td><td>{_num(r.control_p)}</td></tr>")
@@ -273,14 +271,30 @@ def direct_cells(app: Explorer, tower: str) -> dict[str, Any]:
     lo, hi, _ = robust_limits(data, ratio=False, diverging=True)
     kinds = app.view.layer_kinds(tower)
     L, H = np.meshgrid(layers, heads, indexing="ij")
+    words = _lens_words(app, tower)
     ci_text = [f"{a:.3f} – {b:.3f}" if np.isfinite(a) else "(variant full, all images only)"
                for a, b in zip(low.ravel(), high.ravel())]
     return {
         "layer": L.ravel().tolist(), "head": H.ravel().tolist(), "value": data.ravel(),
         "shown": np.clip(data, lo, hi).ravel(), "ci": ci_text, "note": notes.ravel().tolist(),
         "kind": [kinds.get(int(ell), "") for ell in L.ravel()],
+        "lens": [words.get((int(ell), int(h)), "") for ell, h in zip(L.ravel(), H.ravel())],
         "_clim": (lo, hi), "_n": int(values.attrs.get("n_items", 0)), "_per_head": bool(values.attrs["per_head"]),
     }
+
+
+def _lens_words(app: Explorer, tower: str, top: int = 3) -> dict[tuple[int, int], str]:
+    """``{(layer, head): "dark (0.41); night (0.33)"}`` from the selected dataset's lens (per head; per layer
+    under head -1), for the direct map's hover. Bokeh's hover shows a field as text, never as HTML."""
+    out: dict[tuple[int, int], str] = {}
+    for kind in ("layer_bias", "head_bias"):
+        table = app.lens_data(kind)
+        if table is None or table.empty:
+            continue
+        for r in table[table["tower"] == tower].itertuples(index=False):
+            out[(int(r.layer), int(r.head) if kind == "head_bias" else -1)] = "; ".join(
+                f"{p} ({c:.2f})" for p, c in list(zip(r.phrases, r.cosines))[:top])
+    return out
 
 
 def build_direct(board: Board) -> None:
@@ -330,7 +344,7 @@ def _direct_figure(board: Board, tower: str) -> Any:
         fig.rect("x", "y", 1, 1, source=board.marker, fill_alpha=0, line_color="black", line_width=3)
     fig.add_tools(HoverTool(renderers=[rects], tooltips=[
         ("layer", "@layer (@kind)"), ("head", "@head"), ("direct effect on the margin", "@value{0.0000}"),
-        ("95 % interval", "@ci"), ("", "@note")]))
+        ("95 % interval", "@ci"), ("text lens", "@lens"), ("", "@note")]))
     fig.xaxis.ticker = heads
     fig.xaxis.major_label_overrides = {} if per_head else {-1: "b"}
     fig.yaxis.ticker = layers

@@ -146,8 +146,15 @@ def test_lens_table_follows_the_dataset(study):
             assert row.phrases == list(lens["phrase"].values[d])
             np.testing.assert_allclose(row.cosines, lens["cosine"].values[d])
             assert row.control_cosine == pytest.approx(float(lens["control_cosine"].values[d]))
-    # per-head directions are there too
-    assert len(app.lens_data("head_bias")) == 2 * 3 * 2
+    # per-head directions are there too, and the direct map's hover names each head's top phrases
+    heads = app.lens_data("head_bias")
+    assert len(heads) == 2 * 3 * 2
+    from mmlens.viz.direct import direct_cells
+
+    cells = direct_cells(app, "text")
+    row = heads[(heads["tower"] == "text") & (heads["layer"] == 2) & (heads["head"] == 1)].iloc[0]
+    k = next(n for n, (ell, h) in enumerate(zip(cells["layer"], cells["head"])) if (ell, h) == (2, 1))
+    assert cells["lens"][k].startswith(f"{row.phrases[0]} ({row.cosines[0]:.2f}); {row.phrases[1]}")
     # a lens of another dataset only: a note naming what was given
     only = mmlens.explore(study, lens=lenses[1])
     html, note = only.lens_html()
