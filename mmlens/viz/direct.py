@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from mmlens.viz._text import esc, md
-from mmlens.viz.slices import DIRECT_MISSING, MissingData
+from mmlens.viz.slices import DIRECT_MISSING
 
 if TYPE_CHECKING:
     from mmlens.viz.board import Board
@@ -33,9 +33,7 @@ __all__ = [
     "lens_table",
     "lens_table_html",
     "lens_markdown",
-    "direct_cells",
-    "build_direct",
-    "push_direct",
+    "lens_words",
     "section_panes",
 ]
 
@@ -246,44 +244,7 @@ def _num(value: float) -> str:
     return f"{value:.2f}" if np.isfinite(value) else "–"
 
 
-# ----------------------------------------------------------------------------------------------
-# the direct-effects heatmaps on the board
-# ----------------------------------------------------------------------------------------------
-
-
-def direct_cells(app: Explorer, tower: str) -> dict[str, Any]:
-    """The cells one direct-effects heatmap draws: values, the 95 % interval, colour limits, hover notes."""
-    from mmlens.viz.board import robust_limits
-
-    state = app.state
-    values = app.direct_data(tower)
-    layers = [int(v) for v in values["layer"].values]
-    heads = [int(v) for v in values["head"].values]
-    data = np.asarray(values.values, float)
-    low = np.full(data.shape, np.nan)
-    high = np.full(data.shape, np.nan)
-    interval = state.variant == "full" and state.direct_images == "all images"
-    if interval:
-        ci = app.direct_interval(tower).sel(layer=layers, head=heads)
-        low, high = (np.asarray(ci.sel(estimate=e).values, float) for e in ("low", "high"))
-    notes = np.full(data.shape, "", dtype=object)
-    notes[~np.isfinite(data)] = "no value: no labelled image in the selection"
-    lo, hi, _ = robust_limits(data, ratio=False, diverging=True)
-    kinds = app.view.layer_kinds(tower)
-    L, H = np.meshgrid(layers, heads, indexing="ij")
-    words = _lens_words(app, tower)
-    ci_text = [f"{a:.3f} – {b:.3f}" if np.isfinite(a) else "(variant full, all images only)"
-               for a, b in zip(low.ravel(), high.ravel())]
-    return {
-        "layer": L.ravel().tolist(), "head": H.ravel().tolist(), "value": data.ravel(),
-        "shown": np.clip(data, lo, hi).ravel(), "ci": ci_text, "note": notes.ravel().tolist(),
-        "kind": [kinds.get(int(ell), "") for ell in L.ravel()],
-        "lens": [words.get((int(ell), int(h)), "") for ell, h in zip(L.ravel(), H.ravel())],
-        "_clim": (lo, hi), "_n": int(values.attrs.get("n_items", 0)), "_per_head": bool(values.attrs["per_head"]),
-    }
-
-
-def _lens_words(app: Explorer, tower: str, top: int = 3) -> dict[tuple[int, int], str]:
+def lens_words(app: Explorer, tower: str, top: int = 3) -> dict[tuple[int, int], str]:
     """``{(layer, head): "dark (0.41); night (0.33)"}`` from the selected dataset's lens (per head; per layer
     under head -1), for the direct map's hover. Bokeh's hover shows a field as text, never as HTML."""
     out: dict[tuple[int, int], str] = {}
@@ -295,95 +256,6 @@ def _lens_words(app: Explorer, tower: str, top: int = 3) -> dict[tuple[int, int]
             out[(int(r.layer), int(r.head) if kind == "head_bias" else -1)] = "; ".join(
                 f"{p} ({c:.2f})" for p, c in list(zip(r.phrases, r.cosines))[:top])
     return out
-
-
-def build_direct(board: Board) -> None:
-    """The direct-effects heatmaps of both towers on ``board`` (``board.direct_figures``), or a note why not."""
-    board.direct_figures = []
-    board.direct_sources = {}
-    board.direct_mappers = {}
-    board.direct_labels = {}
-    board.direct_note = None
-    app = board.app
-    if "direct" not in app.view.groups:
-        board.direct_note = DIRECT_MISSING
-        return
-    notes = []
-    for tower in ("vision", "text"):
-        try:
-            fig = _direct_figure(board, tower)
-        except MissingData as err:
-            notes.append(str(err))
-            continue
-        board.direct_figures.append(fig)
-        board.heat_figures.append(fig)  # a click on a cell selects its layer and head, as on the other maps
-    if notes:
-        board.direct_note = "; ".join(notes)
-
-
-def _direct_figure(board: Board, tower: str) -> Any:
-    from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Title
-    from bokeh.plotting import figure
-
-    from mmlens.viz.board import HEAT_H, HEAT_W, _palette
-
-    cells = direct_cells(board.app, tower)
-    low, high = cells.pop("_clim")
-    n, per_head = cells.pop("_n"), cells.pop("_per_head")
-    layers, heads = sorted(set(cells["layer"])), sorted(set(cells["head"]))
-    source = ColumnDataSource(cells)
-    # blue below 0, red above: red cells push the margin towards the image's class
-    mapper = LinearColorMapper(palette=_palette("RdBu11"), low=low, high=high, nan_color="#d9d9d9")
-    fig = figure(width=HEAT_W if per_head else 150 + 40, height=HEAT_H, title=f"{tower}: β → margin",
-                 toolbar_location=None, tools="tap", css_classes=["mmlens-direct", f"mmlens-direct-{tower}"],
-                 x_range=(min(heads) - 0.5, max(heads) + 0.5), y_range=(min(layers) - 0.5, max(layers) + 0.5),
-                 x_axis_label="head" if per_head else "learned b", y_axis_label="layer")
-    rects = fig.rect("head", "layer", 1, 1, source=source, line_color=None,
-                     fill_color={"field": "shown", "transform": mapper})
-    if per_head:
-        fig.rect("x", "y", 1, 1, source=board.marker, fill_alpha=0, line_color="black", line_width=3)
-    fig.add_tools(HoverTool(renderers=[rects], tooltips=[
-        ("layer", "@layer (@kind)"), ("head", "@head"), ("direct effect on the margin", "@value{0.0000}"),
-        ("95 % interval", "@ci"), ("text lens", "@lens"), ("", "@note")]))
-    fig.xaxis.ticker = heads
-    fig.xaxis.major_label_overrides = {} if per_head else {-1: "b"}
-    fig.yaxis.ticker = layers
-    kinds = board.app.view.layer_kinds(tower)
-    fig.yaxis.major_label_overrides = {int(ell): f"{ell} {_KIND_SHORT.get(kinds.get(ell, ''), '')}".strip()
-                                       for ell in layers}
-    fig.grid.visible = False
-    fig.title.text_font_size = "11pt"
-    fig.add_layout(ColorBar(color_mapper=mapper, title="Δ margin (logit)", title_text_font_size="9pt", width=10,
-                            padding=3, title_standoff=4, label_standoff=4), "right")
-    # how many images the map averages, under the plot (it changes with the class or image, never with the
-    # layer or head: those moves stay free of page re-layouts)
-    label = Title(text=_count(n), text_font_size="9pt", text_font_style="normal", text_color="#555")
-    fig.add_layout(label, "below")
-    board.direct_sources[tower] = source
-    board.direct_mappers[tower] = mapper
-    board.direct_labels[tower] = label
-    return fig
-
-
-def _count(n: int) -> str:
-    return f"mean over {n} image{'s' if n != 1 else ''}"
-
-
-def push_direct(board: Board) -> None:
-    """Redraw the direct-effects heatmaps for the current selection (class, image or scope changed)."""
-    for tower, source in getattr(board, "direct_sources", {}).items():
-        try:
-            cells = direct_cells(board.app, tower)
-        except MissingData:
-            continue
-        low, high = cells.pop("_clim")
-        n = cells.pop("_n")
-        cells.pop("_per_head")
-        source.data = cells
-        mapper = board.direct_mappers[tower]
-        if (mapper.low, mapper.high) != (low, high):
-            mapper.update(low=low, high=high)
-        board.direct_labels[tower].text = _count(n)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_lens_table_follows_the_dataset(study):
     # per-head directions are there too, and the direct map's hover names each head's top phrases
     heads = app.lens_data("head_bias")
     assert len(heads) == 2 * 3 * 2
-    from mmlens.viz.direct import direct_cells
+    from mmlens.viz.board import direct_cells
 
     cells = direct_cells(app, "text")
     row = heads[(heads["tower"] == "text") & (heads["layer"] == 2) & (heads["head"] == 1)].iloc[0]
