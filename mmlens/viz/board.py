@@ -20,12 +20,13 @@ import numpy as np
 from mmlens.store import schema
 from mmlens.store.select import layer_kind_runs
 from mmlens.viz._text import esc
-from mmlens.viz.slices import HEAD_MEASURES, LAYER_MEASURES, MissingData, available
+from mmlens.viz.direct import lens_words
+from mmlens.viz.slices import DIRECT_MISSING, HEAD_MEASURES, LAYER_MEASURES, MissingData, available
 
 if TYPE_CHECKING:
     from mmlens.viz.explorer import Explorer
 
-__all__ = ["Board", "robust_limits", "mask_edges", "spearman_maps", "VARIANT_NAMES", "CAPTIONS"]
+__all__ = ["Board", "direct_cells", "robust_limits", "mask_edges", "spearman_maps", "VARIANT_NAMES", "CAPTIONS"]
 
 VARIANT_NAMES = {schema.PROMPTED_VARIANT: "with prompts", schema.REFERENCE_VARIANT: "without prompts"}
 _VARIANT_COLOUR = {schema.PROMPTED_VARIANT: "#1f77b4", schema.REFERENCE_VARIANT: "#7f7f7f"}
@@ -290,6 +291,7 @@ class Board:
         self._build_curves()
         self._build_images()
         self._build_text()
+        self._build_direct()  # what the prompts learn: β's direct effect on the margin (mmlens.viz.direct)
         args = {
             "ctx": self.ctx, "layer": self.layer, "head": self.head, "image_select": self.image_select,
             "image_slider": self.image_slider, "marker": self.marker, "spans": self.spans, "images": self.image_source,
@@ -353,8 +355,14 @@ class Board:
                 finally:
                     self._syncing = False
             self.push_image()
+            if self.app.state.direct_images == "selected image":
+                self.push_direct()
         elif name == "class_":
             self.push_roles()
+            if self.app.state.direct_images == "selected class":
+                self.push_direct()
+        elif name == "direct_images":
+            self.push_direct()
 
     #: Images kept in the page by the live explorer: the selected one and its neighbours.
     NEIGHBOURS = 2
@@ -858,6 +866,125 @@ class Board:
         self.grid_source.data = {"image": [grid[lt, ht].copy()]}
         self.roles_title.text = f"layer {self.layer.value}, head {self.head.value}"
         self.roles_figure.title.text = f"EOT attention of {self.ctx['class_label']}"
+
+
+    # ------------------------------------------------------------------------------------------
+    # what the prompts learn: β's direct effect on the margin (the section is mmlens.viz.direct's)
+    # ------------------------------------------------------------------------------------------
+
+    def _build_direct(self) -> None:
+        """β's direct effect on the margin, both towers (``direct_figures``), or ``direct_note`` saying why not."""
+        self.direct_figures = []
+        self.direct_sources = {}
+        self.direct_mappers = {}
+        self.direct_labels = {}
+        self.direct_note = None
+        app = self.app
+        if "direct" not in app.view.groups:
+            self.direct_note = DIRECT_MISSING
+            return
+        notes = []
+        for tower in ("vision", "text"):
+            try:
+                fig = self._direct_figure(tower)
+            except MissingData as err:
+                notes.append(str(err))
+                continue
+            self.direct_figures.append(fig)
+            self.heat_figures.append(fig)  # a click on a cell selects its layer and head, as on the other maps
+        if notes:
+            self.direct_note = "; ".join(notes)
+
+    def _direct_figure(self, tower: str) -> Any:
+        from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Title
+        from bokeh.plotting import figure
+
+        cells = direct_cells(self.app, tower)
+        low, high = cells.pop("_clim")
+        n, per_head = cells.pop("_n"), cells.pop("_per_head")
+        layers, heads = sorted(set(cells["layer"])), sorted(set(cells["head"]))
+        source = ColumnDataSource(cells)
+        # blue below 0, red above: red cells push the margin towards the image's class
+        mapper = LinearColorMapper(palette=_palette("RdBu11"), low=low, high=high, nan_color="#d9d9d9")
+        fig = figure(width=HEAT_W if per_head else 150 + 40, height=HEAT_H, title=f"{tower}: β → margin",
+                     toolbar_location=None, tools="tap", css_classes=["mmlens-direct", f"mmlens-direct-{tower}"],
+                     x_range=(min(heads) - 0.5, max(heads) + 0.5), y_range=(min(layers) - 0.5, max(layers) + 0.5),
+                     x_axis_label="head" if per_head else "learned b", y_axis_label="layer")
+        rects = fig.rect("head", "layer", 1, 1, source=source, line_color=None,
+                         fill_color={"field": "shown", "transform": mapper})
+        if per_head:
+            fig.rect("x", "y", 1, 1, source=self.marker, fill_alpha=0, line_color="black", line_width=3)
+        fig.add_tools(HoverTool(renderers=[rects], tooltips=[
+            ("layer", "@layer (@kind)"), ("head", "@head"), ("direct effect on the margin", "@value{0.0000}"),
+            ("95 % interval", "@ci"), ("text lens", "@lens"), ("", "@note")]))
+        fig.xaxis.ticker = heads
+        fig.xaxis.major_label_overrides = {} if per_head else {-1: "b"}
+        fig.yaxis.ticker = layers
+        kinds = self.app.view.layer_kinds(tower)
+        fig.yaxis.major_label_overrides = {int(ell): f"{ell} {_KIND_SHORT.get(kinds.get(ell, ''), '')}".strip()
+                                           for ell in layers}
+        fig.grid.visible = False
+        fig.title.text_font_size = "11pt"
+        fig.add_layout(ColorBar(color_mapper=mapper, title="Δ margin (logit)", title_text_font_size="9pt", width=10,
+                                padding=3, title_standoff=4, label_standoff=4), "right")
+        # how many images the map averages, under the plot (it changes with the class or image, never with the
+        # layer or head: those moves stay free of page re-layouts)
+        label = Title(text=_count(n), text_font_size="9pt", text_font_style="normal", text_color="#555")
+        fig.add_layout(label, "below")
+        self.direct_sources[tower] = source
+        self.direct_mappers[tower] = mapper
+        self.direct_labels[tower] = label
+        return fig
+
+    def push_direct(self) -> None:
+        """Redraw the direct-effects heatmaps for the current selection (class, image or scope changed)."""
+        for tower, source in self.direct_sources.items():
+            try:
+                cells = direct_cells(self.app, tower)
+            except MissingData:
+                continue
+            low, high = cells.pop("_clim")
+            n = cells.pop("_n")
+            cells.pop("_per_head")
+            source.data = cells
+            mapper = self.direct_mappers[tower]
+            if (mapper.low, mapper.high) != (low, high):
+                mapper.update(low=low, high=high)
+            self.direct_labels[tower].text = _count(n)
+
+
+def direct_cells(app: Explorer, tower: str) -> dict[str, Any]:
+    """The cells one direct-effects heatmap draws: values, the 95 % interval, colour limits, hover notes."""
+    state = app.state
+    values = app.direct_data(tower)
+    layers = [int(v) for v in values["layer"].values]
+    heads = [int(v) for v in values["head"].values]
+    data = np.asarray(values.values, float)
+    low = np.full(data.shape, np.nan)
+    high = np.full(data.shape, np.nan)
+    interval = state.variant == "full" and state.direct_images == "all images"
+    if interval:
+        ci = app.direct_interval(tower).sel(layer=layers, head=heads)
+        low, high = (np.asarray(ci.sel(estimate=e).values, float) for e in ("low", "high"))
+    notes = np.full(data.shape, "", dtype=object)
+    notes[~np.isfinite(data)] = "no value: no labelled image in the selection"
+    lo, hi, _ = robust_limits(data, ratio=False, diverging=True)
+    kinds = app.view.layer_kinds(tower)
+    L, H = np.meshgrid(layers, heads, indexing="ij")
+    words = lens_words(app, tower)
+    ci_text = [f"{a:.3f} – {b:.3f}" if np.isfinite(a) else "(variant full, all images only)"
+               for a, b in zip(low.ravel(), high.ravel())]
+    return {
+        "layer": L.ravel().tolist(), "head": H.ravel().tolist(), "value": data.ravel(),
+        "shown": np.clip(data, lo, hi).ravel(), "ci": ci_text, "note": notes.ravel().tolist(),
+        "kind": [kinds.get(int(ell), "") for ell in L.ravel()],
+        "lens": [words.get((int(ell), int(h)), "") for ell, h in zip(L.ravel(), H.ravel())],
+        "_clim": (lo, hi), "_n": int(values.attrs.get("n_items", 0)), "_per_head": bool(values.attrs["per_head"]),
+    }
+
+
+def _count(n: int) -> str:
+    return f"mean over {n} image{'s' if n != 1 else ''}"
 
 
 def spearman_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:

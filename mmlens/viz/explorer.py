@@ -39,7 +39,10 @@ class Explorer:
     - the selected image: ``[cls]`` attention â with and without prompts, the foreground mask,
       captum maps when an ``attribution`` group exists (one colour scale; agreement numbers);
     - text: EOT attention over token roles for the selected class and for every class;
-    - accuracy and route-ablation table from the stored logits.
+    - accuracy and route-ablation table from the stored logits;
+    - what the prompts learn: β's direct effect on the correct-class margin per layer and head
+      (both towers; needs the ``direct`` group of ``mmlens trace --direct-effects``) and the text
+      lens table (``lens=``), see :mod:`mmlens.viz.direct`.
 
     A store that lacks a group or variable shows a short message in the affected panel.
 
@@ -60,6 +63,10 @@ class Explorer:
         or the path of its netCDF file), shown next to the table computed from the stored logits.
     fg_max_images
         Images averaged by foreground-attention heatmaps/curves (see :class:`StudyView`).
+    lens
+        The text lens on the bias (``mmlens.lens(...)``'s Dataset or the ``lens.nc`` that
+        ``mmlens lens --out`` writes; a list or ``{name: ...}`` of them for a study): shown as a table
+        of the top phrases per layer for the selected dataset.
     **selection
         Initial selection, e.g. ``layer=3, dataset="dtd"``.
     """
@@ -72,9 +79,14 @@ class Explorer:
         pictures: Any = None,
         evaluation: Any = None,
         fg_max_images: int | None = 256,
+        lens: Any = None,
         **selection: Any,
     ) -> None:
+        from mmlens.viz.direct import read_lenses
+
         self.views = _views(stores, fg_max_images=fg_max_images)
+        #: text-lens results (``mmlens.lens``), one per dataset (and method) at most
+        self.lenses = read_lenses(lens)
         self.state = ExplorerState(self.views, **selection)
         self.data_root = Path(data_root) if data_root is not None else None
         self.pictures = pictures
@@ -109,6 +121,70 @@ class Explorer:
         """EOT attention per key role, dims ``(variant, class, key_role)``, at the selected layer/head."""
         s = self.state
         return self.view.text_roles(s.dataset, s.seed, s.layer, s.head)
+
+    def direct_scope_images(self) -> list[int] | None:
+        """The images the direct-effects maps average (``state.direct_images``); ``None`` for all."""
+        s = self.state
+        if s.direct_images == "selected class":
+            return self.view.direct_images(s.dataset, s.class_)
+        if s.direct_images == "selected image":
+            return [int(s.image)]
+        return None
+
+    def direct_data(self, tower: str):
+        """β's direct effect on the margin, ``(layer, head)``, for the selected run, variant and images.
+
+        The mean over the selected images of :func:`mmlens.stats.direct_effects` (``kind="bias"``,
+        ``target="margin"``); raises :class:`~mmlens.viz.slices.MissingData` without a ``direct`` group.
+        """
+        s = self.state
+        return self.view.direct_map(tower, s.dataset, s.seed, s.variant, self.direct_scope_images())
+
+    def direct_interval(self, tower: str):
+        """:func:`mmlens.stats.bias_margin_effect` of the selected run: ``(layer, head, estimate)``."""
+        s = self.state
+        return self.view.direct_interval(tower, s.dataset, s.seed)
+
+    def lens_data(self, kind: str = "layer_bias"):
+        """The lens table of the selected dataset (:func:`mmlens.viz.direct.lens_table`), ``None`` without one."""
+        from mmlens.viz.direct import lens_for, lens_table
+
+        lens = lens_for(self.lenses, self.state.dataset, self.view.method)
+        return None if lens is None else lens_table(lens, kind=kind)
+
+    def lens_html(self, kind: str = "layer_bias") -> tuple[str | None, str | None]:
+        """The lens table as escaped HTML for the selected dataset and variant, and a note (or ``None``)."""
+        from mmlens.viz.direct import LENS_MISSING, lens_for, lens_table_html
+
+        if not self.lenses:
+            return None, LENS_MISSING
+        s = self.state
+        lens = lens_for(self.lenses, s.dataset, self.view.method)
+        if lens is None:
+            found = sorted({str(ds.attrs.get("dataset", "?")) for ds in self.lenses})
+            return None, f"no text lens for dataset {s.dataset} (lenses given for: {', '.join(found)})"
+        variant = str(lens.attrs.get("variant", schema.PROMPTED_VARIANT))
+        note = None if variant == s.variant else (f"the lens describes the β of variant {variant}, not of the "
+                                                  f"selected variant {s.variant}")
+        kinds = {t: self.view.layer_kinds(t) for t in _TOWERS}
+        return lens_table_html(self.lens_data(kind), kinds=kinds), note
+
+    def plot_direct(self, tower: str):
+        """HoloViews heatmap of :meth:`direct_data` (diverging around 0), for the report's frames."""
+        from mmlens.viz import plots
+
+        try:
+            values = self.direct_data(tower)
+            title = f"{tower}: β → margin"
+        except MissingData as err:
+            import xarray as xr
+
+            layers, heads = self.view.layers(tower) or [0], self.view.heads(tower) or [0]
+            values = xr.DataArray(np.full((len(layers), len(heads)), np.nan), dims=("layer", "head"),
+                                  coords={"layer": layers, "head": heads})
+            title = f"{tower}: {_short(str(err), 45)}"
+        return plots.head_heatmap(values, title=title, kinds=self.view.layer_kinds(tower), diverging=True,
+                                  label="direct effect of β on the margin")
 
     def evaluation_markdown(self) -> str | None:
         """The ``evaluation`` table (``mmlens.stats.tables.to_markdown``), or ``None`` without one."""
@@ -398,9 +474,9 @@ def explore(stores: Any, **kwargs: Any) -> Explorer:
         A store path, an ``xarray.DataTree`` (e.g. from ``mmlens.trace``), or ``{method: store}``
         / a list of stores to compare prompt methods.
     **kwargs
-        ``data_root``, ``pictures``, ``fg_max_images`` and the initial selection (``dataset``, ``seed``,
-        ``method``, ``variant``, ``layer``, ``head``, ``class_``, ``image``, ``curve_measure``,
-        ``minus_reference``); see :class:`Explorer`.
+        ``data_root``, ``pictures``, ``fg_max_images``, ``lens`` and the initial selection (``dataset``,
+        ``seed``, ``method``, ``variant``, ``layer``, ``head``, ``class_``, ``image``, ``curve_measure``,
+        ``direct_images``, ``minus_reference``); see :class:`Explorer`.
 
     Returns
     -------

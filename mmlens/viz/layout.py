@@ -56,6 +56,8 @@ def build_layout(app: Explorer):
         pn.widgets.Checkbox.from_param(p.minus_reference, label="subtract zeroshot", **w),
         width=200,
     )
+    if any("direct" in view.groups for view in app.views.values()):  # only where the maps exist
+        selectors.append(pn.widgets.Select.from_param(p.direct_images, label="direct effects over", **w))
     sliders = pn.Column(width=200)
     refresh = pn.widgets.Button(label="refresh (still being written)", width=190,
                                 visible=False)
@@ -76,7 +78,7 @@ def build_layout(app: Explorer):
             pn.io.push_notebook(layout)
 
     state.param.watch(rebuild, ["method", "dataset", "seed", "variant", "minus_reference", "curve_measure"])
-    state.param.watch(follow, ["layer", "head", "image", "class_"])
+    state.param.watch(follow, ["layer", "head", "image", "class_", "direct_images"])
     refresh.on_click(lambda _event: (app.refresh(), rebuild()))
     rebuild()
     layout = pn.Row(pn.Column(selectors, sliders, refresh, width=205), main, name="mmlens-explorer",
@@ -149,6 +151,9 @@ def main_panes(app: Explorer, board: Any, *, report: bool = False) -> list[Any]:
         panes.append(_caption(CAPTIONS["text"]))
     else:
         panes.append(pn.pane.Markdown("*no text/attention_by_role in this store: no text-role panel*"))
+    from mmlens.viz.direct import section_panes
+
+    panes += section_panes(app, board, caption=_caption)
     if view.reference_variant is None:
         panes.append(pn.pane.Markdown("*no zeroshot variant (traced without `--with-reference`): no "
                                       "without-prompts maps, curves or differences*"))

@@ -10,7 +10,7 @@ from typing import Any
 from mmlens.store import schema
 from mmlens.viz.slices import HEAD_MEASURES, StudyView, available
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["build_report", "write_report", "what_the_prompts_learn"]
 
 
 def build_report(
@@ -22,8 +22,9 @@ def build_report(
     data_root: str | os.PathLike | None = None,
     pictures: Any = None,
     fg_max_images: int | None = 256,
+    lens: Any = None,
 ):
-    """The report's Panel layout: provenance, heatmaps, curves, image maps, text roles, accuracy.
+    """The report's Panel layout: provenance, heatmaps, curves, images, text roles, what the prompts learn, accuracy.
 
     The selectors work in the saved page without a kernel: every frame they can show is
     computed here and embedded (see :func:`mmlens.viz._static.frame_switcher`). Frames:
@@ -47,6 +48,10 @@ def build_report(
         Pictures that are not files (see :class:`mmlens.viz.explorer.Explorer`), optional.
     fg_max_images
         Images averaged by the foreground-attention measures.
+    lens
+        Text-lens results (``mmlens.lens``; a Dataset, a ``lens.nc`` path, or a list of them, one per
+        dataset): the "What the prompts learn" section shows each embedded dataset's lens table. β's
+        direct effects are shown when the store has a ``direct`` group (``mmlens trace --direct-effects``).
 
     Returns
     -------
@@ -61,7 +66,7 @@ def build_report(
     from mmlens.viz.layout import main_panes
 
     view = store if isinstance(store, StudyView) else StudyView(store, fg_max_images=fg_max_images)
-    app = Explorer({view.method: view}, data_root=data_root, pictures=pictures)
+    app = Explorer({view.method: view}, data_root=data_root, pictures=pictures, lens=lens)
     state = app.state
     datasets = view.datasets[:max_datasets]
     seed = view.seeds[0]
@@ -88,10 +93,49 @@ def build_report(
                     state.param.update(dataset=dataset, seed=seed, variant=variant)
                     frames[(dataset, variant)] = tuple(app.plot_heatmap(tower, m) for m in measures)
             parts.append(pn.pane.Bokeh(frame_switcher(frames, ["dataset", "variant"], ncols=3)))
+    parts += what_the_prompts_learn(app, datasets, seed)
     # the provenance table last: the views first, where a reader looks
     parts.append(pn.pane.Markdown(provenance, sizing_mode="stretch_width"))
     del md
     return pn.Column(*parts, name="mmlens report", sizing_mode="stretch_width", max_width=1400)
+
+
+def what_the_prompts_learn(app: Any, datasets: list[str], seed: int) -> list[Any]:
+    """The report's "What the prompts learn" section over every embedded dataset (the board shows the first).
+
+    β's direct effect on the margin for every (dataset, variant), switched in the page, when the store
+    has a ``direct`` group; the lens table of every dataset that has a lens. Empty when there is neither
+    (the board's section already says how to get them).
+    """
+    import panel as pn
+
+    from mmlens.viz._static import frame_switcher
+    from mmlens.viz._text import md
+    from mmlens.viz.direct import CAPTIONS, lens_for, lens_table, lens_table_html
+
+    view, state = app.view, app.state
+    parts: list[Any] = []
+    several = len(datasets) > 1 or len(view.variants) > 1
+    if "direct" in view.groups and several:
+        frames = {}
+        for dataset in datasets:
+            for variant in view.variants:
+                state.param.update(dataset=dataset, seed=seed, variant=variant, direct_images="all images")
+                frames[(dataset, variant)] = tuple(app.plot_direct(t) for t in ("vision", "text"))
+        parts.append(pn.pane.Markdown("## What the prompts learn: β's direct effect on the margin, every dataset "
+                                      "and variant"))
+        parts.append(pn.pane.Bokeh(frame_switcher(frames, ["dataset", "variant"], ncols=2)))
+        parts.append(pn.pane.HTML(f'<div style="color:#555;font-size:12px">'
+                                  f'{CAPTIONS["direct"].format(over="all images of the dataset")}</div>'))
+    lenses = [(d, lens_for(app.lenses, d, view.method)) for d in datasets[1:]]
+    lenses = [(d, lens) for d, lens in lenses if lens is not None]
+    if lenses:  # the first dataset's table is in the board's section above
+        parts.append(pn.pane.Markdown("## What the prompts learn: the text lens of every dataset"))
+        kinds = {t: view.layer_kinds(t) for t in ("vision", "text")}
+        for dataset, lens in lenses:
+            parts.append(pn.pane.Markdown(f"**{md(dataset)}**"))
+            parts.append(pn.pane.HTML(lens_table_html(lens_table(lens), kinds=kinds), sizing_mode="stretch_width"))
+    return parts
 
 
 def plots_role_heatmap(roles: Any, names: list[str], title: str) -> Any:

@@ -16,6 +16,7 @@ from mmlens.store import schema
 from mmlens.store.select import per_dataset, select_run
 
 __all__ = [
+    "DIRECT_MISSING",
     "HEAD_MEASURES",
     "LAYER_MEASURES",
     "ImageSlice",
@@ -40,6 +41,9 @@ LAYER_MEASURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "foreground_attention": ("foreground attention", ("cls_attention", "foreground")),
 }
 _TOWERS = ("vision", "text")
+#: What a view says when the store has no ``direct`` group (docs/explorer.md, "What the prompts learn").
+DIRECT_MISSING = ("this store was traced without direct effects: no 'direct' group; re-trace with "
+                  "`mmlens trace --direct-effects` (direct_effects=True) to see β's direct effect on the margin")
 _ITEM = {"vision": "image", "text": "class"}
 _GRID = ("patch_row", "patch_col")
 
@@ -592,6 +596,106 @@ class StoreSlices:
             else:
                 out[str(name)] = np.asarray(da.transpose(*_GRID).values, dtype=np.float32)
         return out
+
+    # ------------------------------------------------------------------------------------------
+    # direct effects (the `direct` group, docs/store_schema.md): β's direct effect on the margin
+    # ------------------------------------------------------------------------------------------
+
+    def direct_cube(self, tower: str, dataset: str, seed: int) -> xr.DataArray:
+        """β's direct effect on the correct-class margin of every image, one run, loaded once.
+
+        The numbers are :func:`mmlens.stats.direct_effects` (``kind="bias"``, ``target="margin"``)
+        of the selected run; only the run is selected here.
+
+        Returns
+        -------
+        xarray.DataArray
+            Dims ``(variant, image, layer, head)``; ``head`` has the single value -1 when the store's
+            bias is one vector per layer (bias tuning, ``bias_source == "learned"``).
+
+        Raises
+        ------
+        MissingData
+            When the store has no ``direct`` group (traced without ``--direct-effects``).
+        """
+        key = ("direct_cube", tower, dataset, seed)
+        return self._cache.get(key, lambda: self._direct_cube(tower, dataset, seed))
+
+    def _direct_run(self, dataset: str, seed: int) -> xr.Dataset:
+        ds = self.groups.get("direct")
+        if ds is None:
+            raise MissingData(DIRECT_MISSING)
+        run = select_run(ds, dataset=dataset, seed=seed)  # also slices a study's (dataset, image) coords
+        return run.assign_attrs({**self.attrs, **run.attrs, "dataset": dataset, "seed": seed})
+
+    def _direct_cube(self, tower: str, dataset: str, seed: int) -> xr.DataArray:
+        from mmlens import stats
+
+        run = self._direct_run(dataset, seed)
+        if tower not in set(str(t) for t in run["tower"].values):
+            raise MissingData(f"the 'direct' group holds no {tower} components")
+        da = stats.direct_effects(run, tower=tower, kind="bias", target="margin")
+        if "head" not in da.dims:  # one learned b per layer (bias tuning): one column, head -1
+            da = da.expand_dims(head=[-1], axis=-1)
+        return da.transpose("variant", "image", "layer", "head").load()
+
+    def direct_map(self, tower: str, dataset: str, seed: int, variant: str,
+                   images: list[int] | None = None) -> xr.DataArray:
+        """β's direct effect on the margin per (layer, head): the mean over ``images`` (all by default).
+
+        Parameters
+        ----------
+        tower
+            ``vision`` or ``text``.
+        dataset, seed, variant
+            The run and variant shown.
+        images
+            Image indices averaged (the explorer's class or image selection); ``None`` for all.
+            Images without a label (NaN) are left out.
+
+        Returns
+        -------
+        xarray.DataArray
+            Dims ``(layer, head)``; attrs ``label``, ``n_items`` (images averaged), ``per_head``.
+        """
+        cube = self.direct_cube(tower, dataset, seed)
+        if variant not in cube["variant"].values:
+            raise MissingData(f"'direct' has no variant {variant!r}; it has {[str(v) for v in cube['variant'].values]}")
+        da = cube.sel(variant=variant)
+        if images is not None:
+            da = da.sel(image=[i for i in images if i in da["image"].values])
+        real = da.notnull().any(["layer", "head"])
+        out = da.mean("image", skipna=True).transpose("layer", "head")
+        per_head = not (out["head"].values == -1).all()
+        out.attrs = {"label": "direct effect of β on the margin", "n_items": int(real.sum()), "tower": tower,
+                     "per_head": per_head, "variant": variant}
+        return out
+
+    def direct_interval(self, tower: str, dataset: str, seed: int) -> xr.DataArray:
+        """:func:`mmlens.stats.bias_margin_effect` of one run: mean and 95 % interval, variant ``full``.
+
+        Returns
+        -------
+        xarray.DataArray
+            Dims ``(layer, head, estimate)`` (``head`` -1 for a learned per-layer bias).
+        """
+        def load() -> xr.DataArray:
+            from mmlens import stats
+
+            out = stats.bias_margin_effect(self._direct_run(dataset, seed), tower=tower, per_head=True)
+            if "head" not in out.dims:
+                out = out.expand_dims(head=[-1])
+            return out.transpose("layer", "head", "estimate").load()
+
+        return self._cache.get(("direct_interval", tower, dataset, seed), load)
+
+    def direct_images(self, dataset: str, label: int | None) -> list[int]:
+        """Images of one dataset whose label is ``label`` (the explorer's selected class)."""
+        ds = self.groups.get("direct", self.groups.get("vision", self.groups.get("logits")))
+        if ds is None or "label" not in ds.coords or label is None:
+            return []
+        labels = per_dataset(ds.coords["label"], dataset)
+        return [int(i) for i, v in zip(labels["image"].values, labels.values) if int(v) == int(label)]
 
     # ------------------------------------------------------------------------------------------
     # text: attention over token roles

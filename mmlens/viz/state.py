@@ -11,7 +11,11 @@ import param
 from mmlens.store import schema
 from mmlens.viz.slices import LAYER_MEASURES, StudyView, available
 
-__all__ = ["ExplorerState"]
+__all__ = ["ExplorerState", "DIRECT_SCOPES"]
+
+#: Which images the direct-effects heatmaps average: every image, the images of the selected class
+#: (``class_``), or the selected image (``image``).
+DIRECT_SCOPES: tuple[str, ...] = ("all images", "selected class", "selected image")
 
 
 def _choice(**kwargs: Any) -> param.Selector:
@@ -47,6 +51,8 @@ class ExplorerState(param.Parameterized):
     image = param.Integer(default=0, bounds=(0, 0), doc="image index (vision tower)")
     curve_measure = param.Selector(default="prompt_mass", objects=list(LAYER_MEASURES), check_on_set=True,
                                    doc="per-layer curves")
+    direct_images = param.Selector(default=DIRECT_SCOPES[0], objects=list(DIRECT_SCOPES), check_on_set=True,
+                                   label="direct effects over", doc="images averaged by the direct-effects maps")
     minus_reference = param.Boolean(default=False, label="subtract zeroshot", doc="heatmaps show full − zeroshot")
 
     def __init__(self, views: Mapping[str, StudyView], **values: Any) -> None:
