@@ -25,7 +25,7 @@ __all__ = [
 DIRECT_GROUP = "direct"
 #: Layer groups of :func:`bias_gain_share`: every block, or the blocks of one prompted layer kind.
 LAYER_GROUPS: tuple[str, ...] = schema.LAYER_GROUPS
-#: The non-index coordinates that label the flat ``component`` dim (SPECS IV-A, docs/store_schema.md).
+#: The non-index coordinates that label the flat ``component`` dim (docs/store_schema.md, the `direct` group).
 _COMPONENT_COORDS = ("tower", "kind", "layer", "head")
 _RETRACE = "re-trace with `mmlens trace --direct-effects` (direct_effects=True)"
 

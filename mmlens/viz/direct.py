@@ -37,7 +37,7 @@ __all__ = [
     "section_panes",
 ]
 
-#: Direction kinds of a lens result (SPECS IV-C): per layer (β summed over heads), per head, per prompt token.
+#: Direction kinds of a lens result (`mmlens.lens`): per layer (β summed over heads), per head, per prompt token.
 LENS_KINDS: tuple[str, ...] = ("layer_bias", "head_bias", "prompt_value")
 LENS_MISSING = ("no text lens given: compute one with `mmlens lens ... --out lens.nc` (or `mmlens.lens(model, "
                 "images)`) and open the explorer with `explore(store, lens=...)`")
@@ -125,7 +125,7 @@ def lens_table(lens: xr.Dataset, *, kind: str = "layer_bias", tower: str | None 
     Parameters
     ----------
     lens
-        A lens result (SPECS IV-C).
+        A lens result (`mmlens.lens`).
     kind
         ``layer_bias``, ``head_bias`` or ``prompt_value``.
     tower, layer

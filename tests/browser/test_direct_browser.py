@@ -25,11 +25,11 @@ def test_direct_effect_map_follows_the_class_selection(tmp_path):
     from playwright.sync_api import sync_playwright
 
     write_notebook(tmp_path / "direct.ipynb", [
-        # the `direct` group and the direct statistics: hand-built test data (and stand-ins until merged)
-        "import pytest, mmlens\nfrom mmlens.viz import load_extensions\n"
+        # the `direct` group: hand-built test data
+        "import mmlens\nfrom mmlens.viz import load_extensions\n"
         "from mmlens.store.synthetic import example_tree\n"
-        "from tests.unit._direct import lens_dataset, use_direct_stats, with_direct\n"
-        "use_direct_stats(pytest.MonkeyPatch())\nload_extensions()\n"
+        "from tests.unit._direct import lens_dataset, with_direct\n"
+        "load_extensions()\n"
         "tree = with_direct(example_tree(n_images=12, n_layers=6, n_heads=4, grid=4, n_classes=3, width=8))\n"
         "lens = lens_dataset(dataset='synthetic', n_layers=6, n_heads=4, phrases=['dark', 'night', 'snow', 'sky'])",
         "app = mmlens.explore(tree, lens=lens, direct_images='selected class')\napp",

@@ -1,9 +1,5 @@
-"""Test data for the direct-effects and lens views: a `direct` group built by hand (SPECS IV-A), a lens result
-(SPECS IV-C), and stand-ins for the `mmlens.stats` direct statistics (SPECS IV-B) while they are not merged.
-
-The stand-ins are installed only when `mmlens.stats` lacks the real functions (`use_direct_stats`); once the
-stats helper's `mmlens/stats/direct.py` is merged, the tests run against it unchanged.
-"""
+"""Test data for the direct-effects and lens views: a `direct` group built by hand (the layout of
+docs/store_schema.md, "direct"), and a lens result as `mmlens.lens` returns it."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ TARGETS = ("label", "margin")
 
 
 def components(n_layers: int, n_heads: int, *, learned_bias: bool = False) -> dict[str, np.ndarray]:
-    """The flat `component` coords of both towers as SPECS IV-A lists them (tower, kind, layer, head)."""
+    """The flat `component` coords of both towers as docs/store_schema.md lists them (tower, kind, layer, head)."""
     rows: list[tuple[str, str, int, int]] = []
     for tower in ("vision", "text"):
         rows.append((tower, "embedding", -1, -1))
@@ -94,7 +90,7 @@ def with_direct(tree: xr.DataTree, *, seed: int = 0, learned_bias: bool = False)
 
 def lens_dataset(*, dataset: str, n_layers: int, n_heads: int, phrases: Sequence[str], top: int = 3,
                  seed: int = 0, method: str = "maple") -> xr.Dataset:
-    """A lens result as `mmlens.lens` writes it (SPECS IV-C): layer_bias and head_bias directions per tower."""
+    """A lens result as `mmlens.lens` writes it (`mmlens.lens`): layer_bias and head_bias directions per tower."""
     rng = np.random.default_rng(seed)
     rows = [(t, "layer_bias", ell, -1) for t in ("vision", "text") for ell in range(n_layers)]
     rows += [(t, "head_bias", ell, h) for t in ("vision", "text") for ell in range(n_layers) for h in range(n_heads)]
@@ -114,41 +110,3 @@ def lens_dataset(*, dataset: str, n_layers: int, n_heads: int, phrases: Sequence
         attrs={"dataset": dataset, "method": method, "vocabulary_sha256": "0" * 64,
                "template": "a photo of {}."},
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# stand-ins for mmlens.stats.direct (SPECS IV-B) until the stats helper's module is merged
-# ----------------------------------------------------------------------------------------------
-
-
-def _direct_effects(ds: xr.Dataset, *, tower: str, kind: str, target: str = "margin") -> xr.DataArray:
-    da = ds["direct_effect"].sel(target=target, drop=True)
-    pick = np.flatnonzero((ds["tower"].values == tower) & (ds["kind"].values == kind))
-    da = da.isel(component=pick)
-    if (da["head"].values == -1).all():
-        return da.swap_dims(component="layer").drop_vars(["component", "head", "tower", "kind"])
-    da = da.drop_vars(["component", "tower", "kind"]).set_index(component=["layer", "head"]).unstack("component")
-    return da
-
-
-def _bias_margin_effect(ds: xr.Dataset, *, tower: str, per_head: bool = True, n_boot: int = 200,
-                        seed: int = 0) -> xr.DataArray:
-    from mmlens.stats import bootstrap_ci
-
-    da = _direct_effects(ds, tower=tower, kind="bias").sel(variant="full", drop=True)
-    if not per_head and "head" in da.dims:
-        da = da.sum("head")
-    return bootstrap_ci(da, dims=("image",), n_boot=n_boot, seed=seed)
-
-
-def use_direct_stats(monkeypatch) -> None:
-    """Make `direct` a known group and give `mmlens.stats` the direct statistics, when not merged yet."""
-    from mmlens import stats
-    from mmlens.store import schema
-
-    if "direct" not in schema.GROUPS:
-        monkeypatch.setattr(schema, "GROUPS", (*schema.GROUPS, "direct"))
-    if not hasattr(stats, "direct_effects"):
-        monkeypatch.setattr(stats, "direct_effects", _direct_effects, raising=False)
-    if not hasattr(stats, "bias_margin_effect"):
-        monkeypatch.setattr(stats, "bias_margin_effect", _bias_margin_effect, raising=False)

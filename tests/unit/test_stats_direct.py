@@ -1,6 +1,6 @@
 """Direct-effect statistics (mmlens.stats.direct) against hand computations, and the gain share's coverage.
 
-The stores are built here by hand exactly as SPECS IV-A / docs/store_schema.md lay out the ``direct``
+The stores are built here by hand exactly as docs/store_schema.md lay out the ``direct``
 group (one flat ``component`` dim over both towers, labelled by ``tower``/``kind``/``layer``/``head``;
 each tower's components sum to ``direct_total``), so these tests do not depend on the trace.
 """
@@ -28,17 +28,8 @@ from mmlens.store import schema
 TARGETS = ("label", "margin")
 
 
-@pytest.fixture(autouse=True)
-def _direct_dims(monkeypatch):
-    # The trace side (written in parallel) adds the direct group's dims to schema.DIMS; until it is merged
-    # the .mml accessor's name check would refuse them. A no-op once schema.DIMS has them.
-    missing = tuple(d for d in ("component", "target") if d not in schema.DIMS)
-    if missing:
-        monkeypatch.setattr(schema, "DIMS", (*schema.DIMS, *missing))
-
-
 def _components(n_layers: int, n_heads: int, learned: bool) -> list[tuple[str, str, int, int]]:
-    """(tower, kind, layer, head) of every component, in the trace's order (SPECS IV-A)."""
+    """(tower, kind, layer, head) of every component, in the trace's order (docs/store_schema.md)."""
     out = []
     for tower in ("vision", "text"):
         out.append((tower, "embedding", -1, -1))
@@ -66,7 +57,7 @@ def _store(
     seed: int = 0,
     tree: bool = True,
 ) -> xr.DataTree | xr.Dataset:
-    """A store with a ``direct`` group per SPECS IV-A (and vision/text groups carrying ``layer_kind``).
+    """A store with a ``direct`` group per docs/store_schema.md (and vision/text groups carrying ``layer_kind``).
 
     ``beta[tower]``: planted bias effects, shape ``(*lead, variant, image, layer, heads, target)``
     (heads = 1 for ``learned``); ``total``: planted ``direct_total`` ``(*lead, variant, image, target)``.

@@ -9,14 +9,9 @@ import pytest
 import mmlens
 from mmlens.store.synthetic import example_study, example_tree
 from mmlens.viz.slices import MissingData
-from tests.unit._direct import lens_dataset, use_direct_stats, with_direct
+from tests.unit._direct import lens_dataset, with_direct
 
 HOSTILE = ['<img src=x onerror="window.__pwned=1">', '"><script>window.__pwned=2</script>', "*_[a](javascript:x)_*"]
-
-
-@pytest.fixture(autouse=True)
-def direct_stats(monkeypatch):
-    use_direct_stats(monkeypatch)
 
 
 @pytest.fixture(scope="module")
