@@ -66,17 +66,19 @@ def open(  # noqa: A001
 ) -> xr.DataTree:
     """Open a trace store (zarr directory or netCDF file) lazily as a DataTree.
 
-    Arrays are dask arrays (one block per stored chunk) and nothing is read until used. Reached as
-    ``mmlens.open``, the ``ds.mml`` accessor (:mod:`mmlens.stats.accessor`) is registered too. A zarr
-    store still being written (or whose writer was killed) opens at its last complete chunk, with an
-    :class:`IncompleteStoreWarning`.
+    Arrays are dask arrays (one block per stored chunk: the inner chunks of a shard in schema-3 stores)
+    and nothing is read until used. Reached as ``mmlens.open``, the ``ds.mml`` accessor
+    (:mod:`mmlens.stats.accessor`) is registered too. A zarr store still being written (or whose writer
+    was killed) opens at its last committed batch, with an :class:`IncompleteStoreWarning`. Both zarr
+    formats open: 3 (schema 3, sharded) and 2 (schemas 1 and 2).
 
     By default (``check=True``) a zarr store is checked against its writer's integrity record from
-    directory listings alone (no chunk is read): every recorded chunk must exist with its recorded
-    byte size, every metadata file must exist. Reads then check each chunk's size and crc32 as they
-    read it. Either failure is one :class:`~mmlens.store.integrity.StoreIntegrityError` naming the
-    variable, the chunk (its image range) and the way out. A store of an older schema opens with an
-    :class:`OldStoreWarning` saying what it lacks.
+    directory listings alone (no chunk is read): every recorded chunk or shard file must exist with its
+    recorded byte size, every metadata file must exist. Reads then check each file's size and crc32
+    (a shard once per ``open``, on its first read; docs/store_schema.md, "Integrity"). Either failure is
+    one :class:`~mmlens.store.integrity.StoreIntegrityError` naming the variable, the shard or chunk (its
+    image range) and the way out. A store of an older schema opens with an :class:`OldStoreWarning`
+    saying what it lacks.
 
     Parameters
     ----------
