@@ -275,7 +275,7 @@ def provenance_attrs(**fields: Any) -> dict[str, str | int | float]:
     --------
     >>> attrs = provenance_attrs(model_name="ViT-B-16", method_hparams={"n_ctx": 2}, torch_version="2.4")
     >>> attrs["method_hparams"], attrs["mmlens_schema"], attrs["dataset"]
-    ('{"n_ctx": 2}', 2, 'unknown')
+    ('{"n_ctx": 2}', 3, 'unknown')
     """
     import datetime
 
