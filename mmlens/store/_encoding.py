@@ -32,6 +32,8 @@ MAX_IMAGES_PER_SHARD = 1024
 CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
 #: Bytes assumed per variable-length string when sizing shards (paths and class names).
 STRING_BYTES = 64
+#: The copy of the root ``zarr.json`` (attrs and consolidated metadata) that a resume restores it from.
+ROOT_COPY = ".mmlens_root.json"
 
 
 def map_groups(tree: xr.DataTree, fn: Any, keep_root: bool = False) -> xr.DataTree:
@@ -201,7 +203,7 @@ def _as_groups(batch: Mapping[str, xr.Dataset] | xr.DataTree) -> dict[str, xr.Da
 def store_format(path: str | os.PathLike) -> int | None:
     """zarr format of the store at ``path`` from its root files (3: ``zarr.json``, 2: ``.zgroup``/``.zmetadata``)."""
     path = Path(path)
-    if (path / "zarr.json").is_file():
+    if (path / "zarr.json").is_file() or (path / ROOT_COPY).is_file():
         return 3
     if (path / ".zgroup").is_file() or (path / ".zmetadata").is_file():
         return 2
@@ -231,6 +233,10 @@ def write_root(path: str | os.PathLike, attributes: Mapping[str, Any]) -> None:
     ``consolidate_metadata`` writes it again: two replaces, between which a reader sees the new
     attributes without it. Writing the document once makes a commit one atomic file replace (the data
     is on disk before the document that announces it).
+
+    The same document is first written to :data:`ROOT_COPY`, from which a resume restores a lost root
+    document (format 2 kept the root attrs twice too, in ``.zattrs`` and ``.zmetadata``). Both replaces
+    come after the data, so either copy describes data that is on disk.
     """
     path = Path(path)
     metadata = {}
@@ -244,7 +250,19 @@ def write_root(path: str | os.PathLike, attributes: Mapping[str, Any]) -> None:
         "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": metadata},
         "node_type": "group",
     }
-    atomic_write_text(path / "zarr.json", json.dumps(root, indent=2))
+    text = json.dumps(root, indent=2)
+    atomic_write_text(path / ROOT_COPY, text)
+    atomic_write_text(path / "zarr.json", text)
+
+
+def restore_root(path: str | os.PathLike) -> bool:
+    """Put back a lost root ``zarr.json`` from :data:`ROOT_COPY`; return whether it did."""
+    path = Path(path)
+    copy = path / ROOT_COPY
+    if (path / "zarr.json").exists() or not copy.is_file():
+        return False
+    atomic_write_text(path / "zarr.json", copy.read_text())
+    return True
 
 
 def atomic_write_text(target: Path, text: str) -> None:

@@ -630,6 +630,9 @@ def verify(path: str | os.PathLike) -> VerifyReport:
     path = Path(path)
     if store_format(path) is None:
         raise FileNotFoundError(f"no zarr store at {path}: expected a directory with zarr.json (or .zgroup)")
+    if store_format(path) == 3 and not (path / "zarr.json").is_file():  # only its copy is left
+        problem = Problem("(root)", "zarr.json", "metadata", "metadata file is missing")
+        return VerifyReport(str(path), False, [problem], True, 0)
     meta, _ = read_metadata(path)
     record = load_record(root_attrs(meta))
     if record is None and (path / ".zattrs").is_file():

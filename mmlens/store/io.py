@@ -17,6 +17,7 @@ import xarray as xr
 
 from mmlens.store import integrity, schema
 from mmlens.store._encoding import (
+    ROOT_COPY,
     ZARR_FORMAT,
     image_encoding,
     images_per_shard,
@@ -141,6 +142,12 @@ def _is_netcdf(path: Path) -> bool:
 
 
 def _open_zarr(path: Path, chunks: Any, check: bool) -> xr.DataTree:
+    if not (path / "zarr.json").is_file() and (path / ROOT_COPY).is_file():
+        raise integrity.StoreIntegrityError(
+            f"{path} is damaged: its root metadata file zarr.json is missing (it holds the provenance, the writer's "
+            "progress and the integrity record). Way out: rerun the trace that wrote it (the same `mmlens trace` "
+            f"command or trace_to_store call): a resume restores it from its copy {ROOT_COPY}.",
+            [integrity.Problem("(root)", "zarr.json", "metadata", "metadata file is missing")])
     if store_format(path) is None:
         if any(path.glob("*/zarr.json")):
             raise integrity.StoreIntegrityError(

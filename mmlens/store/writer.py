@@ -27,6 +27,7 @@ from mmlens.store._encoding import (
     image_encoding,
     images_per_shard,
     read_root_document,
+    restore_root,
     store_format,
     vlen_strings,
     write_root,
@@ -260,7 +261,7 @@ class StoreWriter:
                         a < p.hi and p.lo < b for a, b in self._rewritten):
                     (self.path / p.array / p.chunk).unlink(missing_ok=True)
             root = zarr.open_group(self.path, mode="r", zarr_format=ZARR_FORMAT, use_consolidated=False)
-            stored = {name for name, _ in root.groups()}
+            stored = {name for name, _ in _groups(root)}
             for name, ds in groups.items():
                 part = _along(ds, "image")
                 if part is None or name not in stored:
@@ -344,6 +345,8 @@ class StoreWriter:
         if self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()  # an empty directory (made by the user): the first batch renames into it
             return False
+        if self.path.is_dir():
+            restore_root(self.path)  # a lost root zarr.json comes back from its copy
         fmt = store_format(self.path) if self.path.is_dir() else None
         if fmt is None:
             if self.path.is_dir() and any(self.path.glob("*/zarr.json")):
@@ -497,7 +500,7 @@ class StoreWriter:
         import zarr
 
         root = zarr.open_group(self.path, mode="r", zarr_format=ZARR_FORMAT, use_consolidated=False)
-        stored = {name: group for name, group in root.groups()}
+        stored = {name: group for name, group in _groups(root)}
         for name, ds in groups.items():
             if name not in stored:
                 if "image" in ds.dims:
@@ -624,6 +627,15 @@ def _renumber(ds: xr.Dataset, start: int) -> xr.Dataset:
     return ds.assign_coords(image=np.arange(start, start + ds.sizes["image"]))
 
 
+def _groups(root: Any) -> list[tuple[str, Any]]:
+    """The groups of the store's root, listed without zarr's warning about the root document's copy."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*mmlens_root\.json is not recognized")
+        return list(root.groups())
+
+
 def _dims(arr: Any) -> tuple[str, ...]:
     """Dimension names of a zarr array (format 3 metadata; format 2 keeps them in an attribute)."""
     names = getattr(arr.metadata, "dimension_names", None)
@@ -716,7 +728,7 @@ def _remove_uncommitted(root: Path, committed: set[str]) -> None:
 
 def _trim_arrays(root: Any, limits: Mapping[str, int]) -> None:
     """Shrink every array along image/failure to the committed size (delete failure arrays cut to 0)."""
-    for _, group in root.groups():
+    for _, group in _groups(root):
         for key, arr in list(group.arrays()):
             dims = list(_dims(arr))
             for dim, n in limits.items():

@@ -165,13 +165,16 @@ def test_deleted_metadata_file_is_named_and_restored_on_resume(model, clean, tmp
     (path / "vision" / "zarr.json").unlink()  # a group's, too
     with pytest.raises(StoreIntegrityError, match=r"vision/zarr\.json \(metadata\)"):
         mmlens.open(path)
-    (path / "zarr.json").unlink()  # the root document (attrs, record and consolidated copy): named, no copy
-    with pytest.raises(StoreIntegrityError, match=r"root metadata file zarr\.json is missing(.|\n)*--overwrite"):
+    (path / "zarr.json").unlink()  # the root document (attrs, record and consolidated copy): named
+    with pytest.raises(StoreIntegrityError, match=r"root metadata file zarr\.json is missing(.|\n)*restores it from"):
         mmlens.open(path)
+    assert [p.chunk for p in integrity.verify(path).problems] == ["zarr.json"]
+    assert main(["store", "verify", str(path)]) == 1
     shutil.rmtree(path)
     path = _copy(clean, tmp_path)
     (path / "vision" / "cls_attention" / "zarr.json").unlink()
     (path / "vision" / "zarr.json").unlink()
+    (path / "zarr.json").unlink()  # all three: the root from its copy, then the others from the root
     data = Items()
     _trace(model, data, path)
     assert data.calls == []  # nothing to re-trace: the files came back from the consolidated copy
