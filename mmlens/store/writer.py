@@ -686,9 +686,9 @@ def _dumps(obj: Any) -> str:
 def _restore_metadata(path: Path) -> None:
     """Write back metadata files that were lost, from the consolidated copy, if it survives.
 
-    Format 3: the consolidated metadata in the root ``zarr.json`` holds every other ``zarr.json``
-    (the root document itself has no copy: losing it loses the store's attributes, and the way out is
-    ``--overwrite``). Format 2: ``.zmetadata`` holds every ``.zarray``, ``.zattrs`` and ``.zgroup``.
+    Format 3: the consolidated metadata in the root ``zarr.json`` holds every other ``zarr.json`` (the
+    root document itself comes back from its copy first: :func:`~mmlens.store._encoding.restore_root`).
+    Format 2: ``.zmetadata`` holds every ``.zarray``, ``.zattrs`` and ``.zgroup``.
     """
     meta, consolidated = integrity.read_metadata(path)
     if not consolidated:
