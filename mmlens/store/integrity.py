@@ -709,6 +709,7 @@ def checked_store(path: str | os.PathLike, meta: Mapping[str, Any], record: Mapp
             if want is None or buf is None or byte_range is not None:
                 return buf
             check(key, buf, want)
+            verified.add(key)
             return buf
 
         def __reduce__(self) -> tuple[Any, ...]:  # a local class: pickle (dask workers) rebuilds it from its inputs

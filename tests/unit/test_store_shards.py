@@ -207,3 +207,32 @@ def test_unrecorded_shards_of_a_running_store_are_pending_not_damage(tmp_path):
     report = integrity.verify(path)
     assert not report.ok and [(p.chunk, p.kind, p.lo, p.hi) for p in report.problems] == [
         ("c.0.1.0.0", "unrecorded", 4, 8)]
+
+
+def test_checked_reads_check_a_shard_once_per_open(tmp_path, monkeypatch):
+    """zarr reads byte ranges of a shard; the first one reads and checks the whole shard, later ones do not again."""
+    import zarr.storage
+
+    tree = _tree(n=8)
+    path = tmp_path / "s.zarr"
+    with StoreWriter(path, dict(tree.attrs), shard_images=4, chunk_images=2) as w:
+        w.append(tree)
+    key = "vision/cls_attention/c.0.0.0.0.0.0"  # images 0-3, inner chunks 0-1 and 2-3
+    whole = []
+    orig = zarr.storage.LocalStore.get
+
+    async def get(self, k, prototype=None, byte_range=None):
+        if k == key and byte_range is None:
+            whole.append(k)
+        return await orig(self, k, prototype, byte_range)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
+    opened = mmlens.open(path)["vision"]["cls_attention"]
+    for lo in (0, 2, 0):
+        np.testing.assert_array_equal(opened.isel(image=slice(lo, lo + 2)).values,
+                                      tree["vision"]["cls_attention"].isel(image=slice(lo, lo + 2)).values)
+    assert len(whole) == 1
+    mmlens.open(path)["vision"]["cls_attention"].isel(image=slice(2, 4)).load()  # a new open checks again
+    assert len(whole) == 2
+    mmlens.open(path, check=False)["vision"]["cls_attention"].load()  # unchecked: byte ranges only
+    assert len(whole) == 2
