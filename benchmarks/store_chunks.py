@@ -153,8 +153,9 @@ def full_study_files() -> dict[str, int]:
     for n in TEST_IMAGES.values():
         # format 2: .zarray + .zattrs per array, .zgroup + .zattrs per group, .zmetadata
         old += 3 * (image_arrays * math.ceil(n / BATCH) + other_arrays + 2 * nodes + 1)
-        new += 3 * (image_arrays * math.ceil(n / shard) + other_arrays + nodes)
-        per_variable += 3 * (sum(math.ceil(n / k) for k in own) + other_arrays + nodes)
+        # format 3: zarr.json per array and group, the root's and its copy
+        new += 3 * (image_arrays * math.ceil(n / shard) + other_arrays + nodes + 1)
+        per_variable += 3 * (sum(math.ceil(n / k) for k in own) + other_arrays + nodes + 1)
     enc = image_encoding(groups["vision"], shard)
     return {"old": old, "new": new, "per_variable": per_variable, "images_per_shard": shard,
             "image_arrays": image_arrays,
