@@ -67,7 +67,7 @@ def main() -> None:
     def listing_check() -> None:
         for p in paths:
             meta, _ = integrity.read_metadata(p)
-            assert not integrity.listing_problems(p, meta, integrity.load_record(meta[".zattrs"]))
+            assert not integrity.listing_problems(p, meta, integrity.load_record(integrity.root_attrs(meta)))
 
     check_only = interleaved_medians({"check": listing_check}, repeats=args.repeats)["check"]
     opens = interleaved_medians({

@@ -11,9 +11,10 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="store_command", metavar="COMMAND", required=True)
     v = sub.add_parser(
         "verify",
-        help="deep integrity check: every chunk's size and checksum",
-        description="Check every chunk of each store against its writer's record (byte size and crc32), find "
-        "chunks that are missing, truncated, rotten or copied in from another store, and lost metadata files. "
+        help="deep integrity check: every shard's (chunk's) size and checksum",
+        description="Check every shard (format-2 stores: chunk) of each store against its writer's record (byte "
+        "size and crc32), find files that are missing, truncated, rotten or copied in from another store, and lost "
+        "metadata files; shards of a running trace written but not yet recorded are reported as pending. "
         "Stores without a record (schema 1) have every chunk decoded instead. Exit code 0: all stores intact; "
         "1: some store damaged (the report names each chunk and the way out); 2: not a store.",
     )

@@ -16,7 +16,17 @@ from typing import Any
 import xarray as xr
 
 from mmlens.store import integrity, schema
-from mmlens.store._encoding import ZARR_FORMAT, map_groups, plain_strings, vlen_strings
+from mmlens.store._encoding import (
+    ROOT_COPY,
+    ZARR_FORMAT,
+    image_encoding,
+    images_per_shard,
+    map_groups,
+    plain_strings,
+    store_format,
+    vlen_strings,
+    write_root,
+)
 from mmlens.store.integrity import StoreIntegrityError, store_status
 from mmlens.store.lock import StoreLockedError
 from mmlens.store.writer import StoreFullError, StoreIdentityError, StoreWriter
@@ -57,17 +67,19 @@ def open(  # noqa: A001
 ) -> xr.DataTree:
     """Open a trace store (zarr directory or netCDF file) lazily as a DataTree.
 
-    Arrays are dask arrays (one block per stored chunk) and nothing is read until used. Reached as
-    ``mmlens.open``, the ``ds.mml`` accessor (:mod:`mmlens.stats.accessor`) is registered too. A zarr
-    store still being written (or whose writer was killed) opens at its last complete chunk, with an
-    :class:`IncompleteStoreWarning`.
+    Arrays are dask arrays (one block per stored chunk: the inner chunks of a shard in schema-3 stores)
+    and nothing is read until used. Reached as ``mmlens.open``, the ``ds.mml`` accessor
+    (:mod:`mmlens.stats.accessor`) is registered too. A zarr store still being written (or whose writer
+    was killed) opens at its last committed batch, with an :class:`IncompleteStoreWarning`. Both zarr
+    formats open: 3 (schema 3, sharded) and 2 (schemas 1 and 2).
 
     By default (``check=True``) a zarr store is checked against its writer's integrity record from
-    directory listings alone (no chunk is read): every recorded chunk must exist with its recorded
-    byte size, every metadata file must exist. Reads then check each chunk's size and crc32 as they
-    read it. Either failure is one :class:`~mmlens.store.integrity.StoreIntegrityError` naming the
-    variable, the chunk (its image range) and the way out. A store of an older schema opens with an
-    :class:`OldStoreWarning` saying what it lacks.
+    directory listings alone (no chunk is read): every recorded chunk or shard file must exist with its
+    recorded byte size, every metadata file must exist. Reads then check each file's size and crc32
+    (a shard once per ``open``, on its first read; docs/store_schema.md, "Integrity"). Either failure is
+    one :class:`~mmlens.store.integrity.StoreIntegrityError` naming the variable, the shard or chunk (its
+    image range) and the way out. A store of an older schema opens with an :class:`OldStoreWarning`
+    saying what it lacks.
 
     Parameters
     ----------
@@ -130,12 +142,24 @@ def _is_netcdf(path: Path) -> bool:
 
 
 def _open_zarr(path: Path, chunks: Any, check: bool) -> xr.DataTree:
-    meta, consolidated = integrity.read_metadata(path)
-    if ".zgroup" not in meta and "zarr.json" not in {p.name for p in path.iterdir()}:
+    if not (path / "zarr.json").is_file() and (path / ROOT_COPY).is_file():
+        raise integrity.StoreIntegrityError(
+            f"{path} is damaged: its root metadata file zarr.json is missing (it holds the provenance, the writer's "
+            "progress and the integrity record). Way out: rerun the trace that wrote it (the same `mmlens trace` "
+            f"command or trace_to_store call): a resume restores it from its copy {ROOT_COPY}.",
+            [integrity.Problem("(root)", "zarr.json", "metadata", "metadata file is missing")])
+    if store_format(path) is None:
+        if any(path.glob("*/zarr.json")):
+            raise integrity.StoreIntegrityError(
+                f"{path} is damaged: its root metadata file zarr.json is missing (it holds the provenance, the "
+                "writer's progress and the integrity record, and has no copy). Way out: re-trace the store with "
+                "--overwrite (overwrite=True), or restore it from a backup.",
+                [integrity.Problem("(root)", "zarr.json", "metadata", "metadata file is missing")])
         raise FileNotFoundError(
-            f"{path} is a folder but not a trace store (no zarr group metadata, .zgroup, in it): pass the "
-            "folder that `mmlens trace` or `mmlens.trace_to_store` wrote (usually named *.zarr)")
-    attrs = meta.get(".zattrs", {})
+            f"{path} is a folder but not a trace store (no zarr group metadata, zarr.json or .zgroup, in it): pass "
+            "the folder that `mmlens trace` or `mmlens.trace_to_store` wrote (usually named *.zarr)")
+    meta, consolidated = integrity.read_metadata(path)
+    attrs = integrity.root_attrs(meta)
     record = integrity.load_record(attrs)
     store: Any = path
     if check and record is not None:
@@ -193,7 +217,7 @@ def _trim_view(tree: xr.DataTree, progress: Mapping[str, int]) -> xr.DataTree:
 
 
 def to_zarr(tree: xr.DataTree, path: str | os.PathLike, *, mode: str = "w-") -> Path:
-    """Write a whole (small) tree to a zarr store (format 2, variable-length strings, consolidated).
+    """Write a whole (small) tree to a zarr store (format 3, sharded by bytes along ``image``, consolidated).
 
     For large runs use :class:`StoreWriter` (via ``mmlens.trace_to_store``), which streams.
 
@@ -220,14 +244,20 @@ def to_zarr(tree: xr.DataTree, path: str | os.PathLike, *, mode: str = "w-") -> 
     """
     import zarr
 
+    from mmlens.store.writer import _static_encoding
+
     path = Path(path)
     out = map_groups(tree, vlen_strings)
-    out.attrs = {k: v for k, v in out.attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
-    out.to_zarr(path, mode=mode, consolidated=False, zarr_format=ZARR_FORMAT)
+    attrs = {k: v for k, v in out.attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
+    out.attrs = attrs
+    groups = {node.path: node.to_dataset(inherit=False) for node in out.subtree if node is not out}
+    shard = images_per_shard(groups)
+    encoding = {name: {**_static_encoding(ds), **image_encoding(ds, shard)} for name, ds in groups.items()}
+    if mode == "w" and store_format(path) is not None:
+        zarr.open_group(path, mode="w", zarr_format=ZARR_FORMAT)  # replace: remove the old store's files
+    out.to_zarr(path, mode=mode, consolidated=False, zarr_format=ZARR_FORMAT, encoding=encoding)
     record = integrity.update_record(path, {})
-    root = zarr.open_group(path, mode="r+", zarr_format=ZARR_FORMAT, use_consolidated=False)
-    root.update_attributes({schema.CHUNKS_ATTR: json.dumps(record, separators=(",", ":"))})
-    zarr.consolidate_metadata(path, zarr_format=ZARR_FORMAT)
+    write_root(path, {**attrs, schema.CHUNKS_ATTR: json.dumps(record, separators=(",", ":"))})
     return path
 
 

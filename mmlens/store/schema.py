@@ -119,8 +119,9 @@ LACKS_BEFORE: dict[int, str] = {
        + " (a resume could not tell another selection of images apart), the model's " + " and ".join(COMPUTE_KEYS)
        + " (whether it ran OpenAI's QuickGELU and in which precision), and the `bias_source` coordinate (bias "
        "tuning's learned bias was not traced)",
-    # issues IV and V add to schema 3: each names here what a schema-2 store lacks
-    3: "the `direct` group (direct logit effects, issue IV)",
+    3: "the `direct` group (direct logit effects, issue IV) and the byte-sized layout (zarr format 3 shards of "
+       "`_progress.images_per_shard` images: one file per 32-image chunk instead, so statistics cost more per byte "
+       "and a cluster cannot write it by regions; issue V)",
 }
 
 

@@ -21,7 +21,17 @@ import numpy as np
 import xarray as xr
 
 from mmlens.store import integrity, schema
-from mmlens.store._encoding import ZARR_FORMAT, vlen_strings
+from mmlens.store._encoding import (
+    CHUNK_KEY_ENCODING,
+    ZARR_FORMAT,
+    image_encoding,
+    images_per_shard,
+    read_root_document,
+    restore_root,
+    store_format,
+    vlen_strings,
+    write_root,
+)
 from mmlens.store.lock import WriterLock
 
 __all__ = ["StoreFullError", "StoreIdentityError", "StoreWriter"]
@@ -46,11 +56,13 @@ class StoreWriter:
     """Stream trace batches into a zarr store that survives ``kill -9`` and resumes where it stopped.
 
     Each :meth:`append` writes one batch: variables with an ``image`` dim are appended along
-    ``image`` (one zarr chunk per batch of ``chunk_images``), ``failures`` along ``failure``;
+    ``image`` into zarr 3 shards of ``images_per_shard`` images (one number for the store, sized by
+    bytes from the first batch: :func:`~mmlens.store._encoding.images_per_shard`; a partly filled last
+    shard is rewritten by the next append), ``failures`` along ``failure``;
     everything else (coordinates of other dims, ``output_bias_norm``, the ``text`` group) is
     written once, with the first batch. After the data, the committed counts (``_progress``) and
-    the integrity record (``_chunks``: byte size and crc32 of every chunk written) go into the root
-    attrs in one atomic file replace, then the metadata is consolidated. The first batch is written
+    the integrity record (``_chunks``: byte size and crc32 of every shard written) and the consolidated
+    metadata go into the root ``zarr.json`` in one atomic file replace. The first batch is written
     into ``<path>.partial`` and renamed into place, so a store either exists with at least one
     complete batch or not at all. One writer at a time: ``<path>.lock`` is held with an
     operating-system lock (:class:`~mmlens.store.lock.WriterLock`); a second writer gets
@@ -72,7 +84,11 @@ class StoreWriter:
     identity_keys
         Provenance keys that must match to resume (default :data:`~mmlens.store.schema.IDENTITY_KEYS`).
     chunk_images
-        Images per zarr chunk; default the size of the first batch.
+        Images per inner zarr chunk (must divide the shard); default by bytes
+        (:func:`~mmlens.store._encoding.image_encoding`). Given without ``shard_images``, shards hold one
+        chunk each (the layout of format-2 stores, one file per chunk).
+    shard_images
+        Images per shard; default by bytes (:func:`~mmlens.store._encoding.images_per_shard`).
     overwrite
         Delete an existing store at ``path`` instead of resuming it.
     validate
@@ -101,6 +117,7 @@ class StoreWriter:
         *,
         identity_keys: Iterable[str] = schema.IDENTITY_KEYS,
         chunk_images: int | None = None,
+        shard_images: int | None = None,
         overwrite: bool = False,
         validate: bool = True,
         total: int | None = None,
@@ -113,6 +130,7 @@ class StoreWriter:
         }
         self.identity_keys = tuple(identity_keys)
         self.chunk_images = chunk_images
+        self.shard_images = shard_images if shard_images is not None else chunk_images
         self.validate = validate
         self._partial = self.path.with_name(self.path.name + ".partial")
         self._progress: dict[str, Any] = {
@@ -126,6 +144,8 @@ class StoreWriter:
             "runs": [],
         }
         self._record: dict[str, dict[str, list[int]]] = {}
+        self._attrs: dict[str, Any] = dict(self.provenance)  # the stored root attrs, bookkeeping apart
+        self._rewritten: list[tuple[int, int]] = []  # image ranges rewritten by repairs since opening
         #: Lost or truncated chunks of images found on resume, not yet re-traced (see :meth:`repairs`).
         self.damaged: list[integrity.Problem] = []
         self._pending: list[tuple[dict[str, xr.Dataset], int]] = []
@@ -234,11 +254,14 @@ class StoreWriter:
             raise ValueError(f"rewrite of images {image_lo}-{hi - 1} goes past the {self.n_images} committed images "
                              f"of {self.path}; re-trace the ranges that repairs() gives")
         with self._disk_full_is_clear():
-            for p in self.damaged:  # a truncated chunk must not be read back by a partial-chunk write
-                if p.lo is not None and p.hi is not None and image_lo <= p.lo and p.hi <= hi:
+            for p in self.damaged:
+                # a damaged shard must not be read back by a partial-shard write: it is deleted before its first
+                # images are rewritten (a shard spans several batches), and rebuilt by the rewrites that follow
+                if p.lo is not None and p.hi is not None and p.lo < hi and image_lo < p.hi and not any(
+                        a < p.hi and p.lo < b for a, b in self._rewritten):
                     (self.path / p.array / p.chunk).unlink(missing_ok=True)
             root = zarr.open_group(self.path, mode="r", zarr_format=ZARR_FORMAT, use_consolidated=False)
-            stored = {name for name, _ in root.groups()}
+            stored = {name for name, _ in _groups(root)}
             for name, ds in groups.items():
                 part = _along(ds, "image")
                 if part is None or name not in stored:
@@ -248,7 +271,11 @@ class StoreWriter:
                 part.to_zarr(self.path, group=name, mode="r+", region={"image": slice(image_lo, hi)},
                              zarr_format=ZARR_FORMAT, consolidated=False)
             integrity.update_record(self.path, self._record, {"image": (image_lo, hi)})
-            self.damaged = [p for p in self.damaged if not (p.lo is not None and image_lo <= p.lo and p.hi <= hi)]
+            self._rewritten.append((image_lo, hi))
+            self.damaged = [p for p in self.damaged if not _covered(p, self._rewritten)]
+            for p in self.damaged:  # partly rebuilt: a resume must rebuild it again, not trust it
+                if p.lo is not None and p.hi is not None and p.lo < hi and image_lo < p.hi:
+                    self._record.setdefault(p.array, {})[p.chunk] = [integrity.REPAIRING, 0]
             self._commit(images=0, failures=0, items=0, batches=0, complete=self.complete)
 
     def close(self) -> None:
@@ -298,7 +325,7 @@ class StoreWriter:
     def _committed_items(self) -> int:
         """Items committed on disk (a failed write may have landed the counts yet failed after them)."""
         try:
-            attrs = json.loads((self.path / ".zattrs").read_text())
+            attrs = read_root_document(self.path)["attributes"]
             return int(json.loads(attrs[schema.PROGRESS_ATTR])["items"])
         except (OSError, ValueError, KeyError):
             return int(self._progress["items"])
@@ -306,7 +333,7 @@ class StoreWriter:
     def _remove_existing(self) -> None:
         if not self.path.exists():
             return
-        if self.path.is_dir() and (not any(self.path.iterdir()) or (self.path / ".zgroup").exists()):
+        if self.path.is_dir() and (not any(self.path.iterdir()) or store_format(self.path) is not None):
             shutil.rmtree(self.path)
             return
         raise FileExistsError(f"overwrite=True refused: {self.path} exists and is not a zarr store; move it away")
@@ -319,13 +346,21 @@ class StoreWriter:
             self.path.rmdir()  # an empty directory (made by the user): the first batch renames into it
             return False
         if self.path.is_dir():
-            _restore_metadata(self.path)
-        if not (self.path.is_dir() and (self.path / ".zgroup").exists()):
+            restore_root(self.path)  # a lost root zarr.json comes back from its copy
+        fmt = store_format(self.path) if self.path.is_dir() else None
+        if fmt is None:
+            if self.path.is_dir() and any(self.path.glob("*/zarr.json")):
+                raise FileExistsError(
+                    f"{self.path} has lost its root metadata file zarr.json (the provenance, progress and integrity "
+                    "record): it cannot be resumed; re-trace it with --overwrite (overwrite=True)")
             raise FileExistsError(f"{self.path} exists and is not a zarr store; choose another path or move it away")
         import zarr
 
-        root = zarr.open_group(self.path, mode="r+", zarr_format=ZARR_FORMAT, use_consolidated=False)
-        attrs = dict(root.attrs)
+        meta, _ = integrity.read_metadata(self.path)
+        attrs = integrity.root_attrs(meta)
+        if fmt != ZARR_FORMAT:  # schema 1 and 2 stores: refused by the schema check, with what they lack
+            self._check_identity(attrs)
+        _restore_metadata(self.path)
         if schema.PROGRESS_ATTR not in attrs:
             raise FileExistsError(
                 f"{self.path} holds a store that was not written by the streaming writer (no "
@@ -335,6 +370,8 @@ class StoreWriter:
         self._check_identity(attrs)
         self._progress = {**self._progress, **json.loads(attrs[schema.PROGRESS_ATTR])}
         self._record = integrity.load_record(attrs) or {}
+        self._attrs = {k: v for k, v in attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
+        self.shard_images = self._progress.get("images_per_shard", self.shard_images)
         _remove_uncommitted(self.path, set(self._progress["arrays"]))
         root = zarr.open_group(self.path, mode="r+", zarr_format=ZARR_FORMAT, use_consolidated=False)
         _trim_arrays(root, {"image": self._progress["images"], "failure": self._progress["failures"]})
@@ -348,8 +385,8 @@ class StoreWriter:
         if any(not p.retraceable for p in problems):
             raise integrity.integrity_error(self.path, problems)
         self.damaged = problems
-        root.update_attributes({schema.CHUNKS_ATTR: _dumps(self._record)})
-        zarr.consolidate_metadata(self.path, zarr_format=ZARR_FORMAT)
+        write_root(self.path, {**self._attrs, schema.PROGRESS_ATTR: _dumps(self._progress),
+                               schema.CHUNKS_ATTR: _dumps(self._record)})
         return True
 
     def _record_rewritten_boundaries(self, root: Any, meta: Mapping[str, Any]) -> None:
@@ -374,8 +411,8 @@ class StoreWriter:
                 continue
             last = (n - 1) // info.chunks[axis]
             for key, (size, crc) in list(chunks.items()):
-                index = [int(i) for i in key.split(info.sep)]
-                if index[axis] != last:
+                index = info.index(key)
+                if index is None or len(index) <= axis or index[axis] != last or size == integrity.REPAIRING:
                     continue
                 try:
                     data = (self.path / array / key).read_bytes()
@@ -423,17 +460,17 @@ class StoreWriter:
         merged = _merge_pending([g for g, _ in batches])
         n_img, n_fail = _count(merged, "image"), _count(merged, "failure")
         items = sum(n for _, n in batches)
-        chunk = self.chunk_images or max(n_img, 1)
+        shard = self.shard_images or images_per_shard(merged)
         partial = self._partial
         shutil.rmtree(partial, ignore_errors=True)
-        root = zarr.open_group(partial, mode="w", zarr_format=ZARR_FORMAT)
+        zarr.open_group(partial, mode="w", zarr_format=ZARR_FORMAT)
         for name, ds in merged.items():
             ds = vlen_strings(_renumber(_drop_empty(ds), 0))
-            encoding = {
-                var: {"chunks": _chunks(ds[var], max(n_fail, 64) if "failure" in ds[var].dims else chunk)}
-                for var in ds.variables
-                if any(d in ds[var].dims for d in _APPEND_DIMS)
-            }
+            encoding = _static_encoding(ds)
+            encoding.update(image_encoding(ds, shard, chunk_images=self.chunk_images))
+            for var in ds.variables:
+                if "failure" in ds[var].dims:
+                    encoding[str(var)]["chunks"] = _chunks(ds[var], max(n_fail, 64))
             ds.to_zarr(partial, group=name, mode="a", zarr_format=ZARR_FORMAT, consolidated=False, encoding=encoding)
         runs, image, item = [], 0, 0
         for groups, n_items in batches:
@@ -449,21 +486,21 @@ class StoreWriter:
             "complete": False,
             "arrays": _list_arrays(partial),
             "runs": runs,
+            "images_per_shard": shard,
         }
         record = integrity.update_record(partial, {})
-        root.attrs.put({**self.provenance, schema.PROGRESS_ATTR: _dumps(progress), schema.CHUNKS_ATTR: _dumps(record)})
-        zarr.consolidate_metadata(partial, zarr_format=ZARR_FORMAT)
+        write_root(partial, {**self._attrs, schema.PROGRESS_ATTR: _dumps(progress), schema.CHUNKS_ATTR: _dumps(record)})
         os.replace(partial, self.path)
         self._progress = progress
         self._record = record
         self._pending = []
-        self.chunk_images = chunk
+        self.shard_images = shard
 
     def _append_groups(self, groups: Mapping[str, xr.Dataset], n_img: int, n_fail: int) -> None:
         import zarr
 
         root = zarr.open_group(self.path, mode="r", zarr_format=ZARR_FORMAT, use_consolidated=False)
-        stored = {name: group for name, group in root.groups()}
+        stored = {name: group for name, group in _groups(root)}
         for name, ds in groups.items():
             if name not in stored:
                 if "image" in ds.dims:
@@ -472,9 +509,9 @@ class StoreWriter:
                         f"(it has {sorted(stored)}); every batch must carry the same image groups"
                     )
                 if "failure" not in ds.dims:
-                    vlen_strings(ds).to_zarr(
-                        self.path, group=name, mode="a", zarr_format=ZARR_FORMAT, consolidated=False
-                    )
+                    ds = vlen_strings(ds)
+                    ds.to_zarr(self.path, group=name, mode="a", zarr_format=ZARR_FORMAT, consolidated=False,
+                               encoding=_static_encoding(ds))
                     continue
             _check_same_variables(name, ds, stored.get(name), self.path)
             group_attrs = dict(stored[name].attrs) if name in stored else {}
@@ -484,27 +521,25 @@ class StoreWriter:
                 if part is None or n == 0:
                     continue
                 part.attrs = group_attrs
-                existing = name in stored and any(
-                    dim in arr.attrs.get("_ARRAY_DIMENSIONS", ()) for _, arr in stored[name].arrays()
-                )
-                if existing:
+                existing = name in stored and any(dim in _dims(arr) for _, arr in stored[name].arrays())
+                if existing:  # zarr fills the partly filled last shard: it reads and rewrites that shard
                     part.to_zarr(
                         self.path, group=name, mode="a", append_dim=dim, zarr_format=ZARR_FORMAT, consolidated=False
                     )
                 else:  # first failures of this run: create the arrays
-                    enc = {v: {"chunks": _chunks(part[v], max(n, 64))} for v in part.variables}
+                    enc = {v: {"chunks": _chunks(part[v], max(n, 64)), "chunk_key_encoding": dict(CHUNK_KEY_ENCODING)}
+                           for v in part.variables}
                     part.to_zarr(
                         self.path, group=name, mode="a", zarr_format=ZARR_FORMAT, consolidated=False, encoding=enc
                     )
 
     def _commit(self, *, images: int, failures: int, items: int, batches: int = 1, complete: bool = False) -> None:
-        """Record the new chunks, then write counts and record in one root-attrs replace, then consolidate.
+        """Record the new shards, then write counts, record and consolidated metadata in one root replace.
 
         The order keeps every reader consistent: the data is on disk before the counts that announce it,
-        and ``.zmetadata`` (what ``mmlens.open`` and ``store_status`` read) is replaced last, in one step.
+        and the root ``zarr.json`` (attributes and the consolidated metadata that ``mmlens.open`` and
+        ``store_status`` read) is replaced in one step.
         """
-        import zarr
-
         old = self._progress
         changed = {"image": (old["images"], old["images"] + images),
                    "failure": (old["failures"], old["failures"] + failures)}
@@ -522,11 +557,9 @@ class StoreWriter:
             "arrays": _list_arrays(self.path),  # everything on disk now is complete
             "runs": runs,
         }
-        root = zarr.open_group(self.path, mode="r+", zarr_format=ZARR_FORMAT, use_consolidated=False)
-        # one atomic file replace for both (attrs.update would write once per key)
-        root.update_attributes({schema.PROGRESS_ATTR: _dumps(progress), schema.CHUNKS_ATTR: _dumps(self._record)})
+        write_root(self.path, {**self._attrs, schema.PROGRESS_ATTR: _dumps(progress),
+                               schema.CHUNKS_ATTR: _dumps(self._record)})
         self._progress = progress
-        zarr.consolidate_metadata(self.path, zarr_format=ZARR_FORMAT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -594,6 +627,39 @@ def _renumber(ds: xr.Dataset, start: int) -> xr.Dataset:
     return ds.assign_coords(image=np.arange(start, start + ds.sizes["image"]))
 
 
+def _groups(root: Any) -> list[tuple[str, Any]]:
+    """The groups of the store's root, listed without zarr's warning about the root document's copy."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*mmlens_root\.json is not recognized")
+        return list(root.groups())
+
+
+def _dims(arr: Any) -> tuple[str, ...]:
+    """Dimension names of a zarr array (format 3 metadata; format 2 keeps them in an attribute)."""
+    names = getattr(arr.metadata, "dimension_names", None)
+    if names is not None:
+        return tuple(names)
+    return tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
+
+
+def _static_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """Flat chunk keys (``c.0.0``) for every variable, so that every file of an array sits in its folder."""
+    return {str(v): {"chunk_key_encoding": dict(CHUNK_KEY_ENCODING)} for v in ds.variables}
+
+
+def _covered(p: integrity.Problem, ranges: list[tuple[int, int]]) -> bool:
+    """Whether the image ranges rewritten so far cover the whole of a damaged file's images."""
+    if p.lo is None or p.hi is None:
+        return False
+    at = p.lo
+    for a, b in sorted(ranges):
+        if a <= at < b:
+            at = b
+    return at >= p.hi
+
+
 def _chunks(var: xr.Variable | xr.DataArray, n: int) -> tuple[int, ...]:
     return tuple(max(n, 1) if d in _APPEND_DIMS else size for d, size in zip(var.dims, var.shape))
 
@@ -602,7 +668,7 @@ def _check_same_variables(name: str, ds: xr.Dataset, stored: Any, path: Path) ->
     """Image variables of a batch must be those of the store (static ones may be omitted)."""
     if stored is None or ds.sizes.get("image", 0) == 0:
         return
-    have = {k for k, arr in stored.arrays() if "image" in arr.attrs.get("_ARRAY_DIMENSIONS", ())}
+    have = {k for k, arr in stored.arrays() if "image" in _dims(arr)}
     new = {str(v) for v in ds.variables if "image" in ds[v].dims}
     missing, extra = sorted(have - new), sorted(new - have)
     if missing or extra:
@@ -618,26 +684,28 @@ def _dumps(obj: Any) -> str:
 
 
 def _restore_metadata(path: Path) -> None:
-    """Write back metadata files that were lost, from the consolidated copy (``.zmetadata``), if it survives."""
-    consolidated = path / ".zmetadata"
-    if not consolidated.is_file():
-        return
-    try:
-        meta = json.loads(consolidated.read_text())["metadata"]
-    except (ValueError, KeyError):
+    """Write back metadata files that were lost, from the consolidated copy, if it survives.
+
+    Format 3: the consolidated metadata in the root ``zarr.json`` holds every other ``zarr.json`` (the
+    root document itself comes back from its copy first: :func:`~mmlens.store._encoding.restore_root`).
+    Format 2: ``.zmetadata`` holds every ``.zarray``, ``.zattrs`` and ``.zgroup``.
+    """
+    meta, consolidated = integrity.read_metadata(path)
+    if not consolidated:
         return
     for key, doc in meta.items():
         target = path / key
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(doc, indent=4))
+        if key in ("zarr.json", ".zmetadata") or target.exists():
+            continue
+        if key.endswith("zarr.json") and doc.get("node_type") == "group":
+            doc = {k: v for k, v in doc.items() if k != "consolidated_metadata"}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(doc, indent=4))
 
 
 def _list_arrays(root: Path) -> list[str]:
-    """Relative paths of all zarr (v2) arrays under ``root``."""
-    return sorted(
-        Path(dirpath).relative_to(root).as_posix() for dirpath, _, files in os.walk(root) if ".zarray" in files
-    )
+    """Relative paths of all zarr arrays under ``root``."""
+    return integrity._list_arrays(root)
 
 
 def _remove_uncommitted(root: Path, committed: set[str]) -> None:
@@ -650,6 +718,8 @@ def _remove_uncommitted(root: Path, committed: set[str]) -> None:
         for f in filenames:
             if f.endswith(".partial"):  # an atomic write that never reached its rename
                 (Path(dirpath) / f).unlink(missing_ok=True)
+        if rel.as_posix() in committed or any(p.as_posix() in committed for p in rel.parents):
+            continue  # inside a committed array: its nested chunk folders (c/0/...) stay
         for d in list(dirnames):
             if (rel / d).as_posix() not in keep:
                 shutil.rmtree(Path(dirpath) / d)
@@ -658,9 +728,9 @@ def _remove_uncommitted(root: Path, committed: set[str]) -> None:
 
 def _trim_arrays(root: Any, limits: Mapping[str, int]) -> None:
     """Shrink every array along image/failure to the committed size (delete failure arrays cut to 0)."""
-    for _, group in root.groups():
+    for _, group in _groups(root):
         for key, arr in list(group.arrays()):
-            dims = list(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
+            dims = list(_dims(arr))
             for dim, n in limits.items():
                 if dim not in dims:
                     continue

@@ -27,8 +27,19 @@ from mmlens.store.io import (
 )
 from mmlens.store.synthetic import example_tree
 
-N = 24  # images of the traced test store; batches (= chunks) of 4
-CHUNK = "0.2.0.0.0.0"  # vision/cls_attention (variant, image, layer, head, row, col): images 8-11
+N = 24  # images of the traced test store; batches of 4
+SHARD = 8  # images per shard of the traced test stores: two batches each
+CHUNK = "c.0.1.0.0.0.0"  # the shard of vision/cls_attention (variant, image, layer, head, row, col) of images 8-15
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shards_of_two_batches():
+    """Shards of 8 images (the byte-sized policy would put these tiny stores in one shard): a shard spans batches."""
+    from mmlens.store import writer
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(writer, "images_per_shard", lambda batch, **kw: SHARD)
+        yield
 
 
 class Items(torch.utils.data.Dataset):
@@ -91,7 +102,7 @@ def _same_store(a, b) -> None:
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
-def test_lost_or_truncated_chunk_is_named_and_resume_retraces_exactly_it(model, clean, tmp_path, damage):
+def test_lost_or_truncated_shard_is_named_and_resume_retraces_exactly_it(model, clean, tmp_path, damage):
     path = _copy(clean, tmp_path)
     chunk = path / "vision" / "cls_attention" / CHUNK
     if damage == "deleted":
@@ -101,65 +112,72 @@ def test_lost_or_truncated_chunk_is_named_and_resume_retraces_exactly_it(model, 
     with pytest.raises(StoreIntegrityError) as caught:
         mmlens.open(path)
     text = str(caught.value)
-    assert f"vision/cls_attention chunk {CHUNK} (images 8-11)" in text
-    assert ("chunk file is missing" if damage == "deleted" else "the writer wrote") in text
-    assert "rerun the trace" in text and "re-traces exactly images 8-11" in text
-    assert text.count("vision/cls_attention chunk") == 1  # one error, one line for the one chunk
+    assert f"vision/cls_attention shard {CHUNK} (images 8-15)" in text
+    assert ("file is missing" if damage == "deleted" else "the writer wrote") in text
+    assert "rerun the trace" in text and "re-traces exactly images 8-15" in text
+    assert text.count("vision/cls_attention shard") == 1  # one error, one line for the one shard
     report = integrity.verify(path)
     assert not report.ok and [(p.array, p.chunk) for p in report.problems] == [("vision/cls_attention", CHUNK)]
     assert main(["store", "verify", str(path)]) == 1
 
     data = Items()
     _trace(model, data, path)  # "rerun the trace"
-    assert sorted(data.calls) == [8, 9, 10, 11]  # exactly the lost batch, nothing else read
+    assert sorted(data.calls) == list(range(8, 16))  # exactly the two batches of the lost shard, nothing else
     _same_store(path, clean)
     assert integrity.verify(path).ok
     assert main(["store", "verify", str(path)]) == 0
 
 
-def test_chunk_copied_from_another_store_is_caught(model, clean, tmp_path):
+def test_shard_copied_from_another_store_is_caught(model, clean, tmp_path):
     path = _copy(clean, tmp_path)
     other = _trace(model, Items(seed=7), tmp_path / "other.zarr")  # same run layout, other images
     name = "vision/cls_attention/" + CHUNK
     shutil.copyfile(other / name, path / name)
     report = integrity.verify(path)
     assert not report.ok
-    assert {(p.array, p.chunk, p.lo, p.hi) for p in report.problems} == {("vision/cls_attention", CHUNK, 8, 12)}
-    assert "images 8-11" in report.text()
-    # opening catches it by size, or reading by checksum: either way one error naming the chunk
-    with pytest.raises(StoreIntegrityError, match=r"vision/cls_attention chunk 0\.2\.0\.0\.0\.0 \(images 8-11\)"):
+    assert {(p.array, p.chunk, p.lo, p.hi) for p in report.problems} == {("vision/cls_attention", CHUNK, 8, 16)}
+    assert "images 8-15" in report.text()
+    # opening catches it by size, or reading by checksum: either way one error naming the shard
+    with pytest.raises(StoreIntegrityError, match=r"vision/cls_attention shard c\.0\.1\.0\.0\.0\.0 \(images 8-15\)"):
         mmlens.open(path)["vision"]["cls_attention"].load()
 
 
 def test_a_flipped_bit_is_caught_when_read(clean, tmp_path):
     path = _copy(clean, tmp_path)
-    chunk = path / "vision" / "prompt_mass" / "0.1.0.0"  # images 4-7
+    chunk = path / "vision" / "prompt_mass" / "c.0.1.0.0"  # images 8-15
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x10
     chunk.write_bytes(bytes(data))
     tree = mmlens.open(path)  # the listing check sees the right size: opening stays cheap
-    tree["vision"]["prompt_mass"].isel(image=slice(0, 4)).load()  # other chunks read fine
-    with pytest.raises(StoreIntegrityError, match=r"vision/prompt_mass chunk 0\.1\.0\.0 \(images 4-7\).*not those"):
-        tree["vision"]["prompt_mass"].isel(image=slice(4, 8)).load()
+    tree["vision"]["prompt_mass"].isel(image=slice(0, 8)).load()  # other shards read fine
+    with pytest.raises(StoreIntegrityError, match=r"vision/prompt_mass shard c\.0\.1\.0\.0 \(images 8-15\).*not those"):
+        tree["vision"]["prompt_mass"].isel(image=slice(9, 10)).load()  # one image: its whole shard is checked
     problems = integrity.verify(path).problems
-    assert [(p.chunk, p.kind) for p in problems] == [("0.1.0.0", "checksum")]
+    assert [(p.chunk, p.kind) for p in problems] == [("c.0.1.0.0", "checksum")]
 
 
 def test_deleted_metadata_file_is_named_and_restored_on_resume(model, clean, tmp_path):
     path = _copy(clean, tmp_path)
-    (path / "vision" / "cls_attention" / ".zarray").unlink()
-    with pytest.raises(StoreIntegrityError, match=r"vision/cls_attention/\.zarray \(metadata\): metadata file is "
+    (path / "vision" / "cls_attention" / "zarr.json").unlink()
+    with pytest.raises(StoreIntegrityError, match=r"vision/cls_attention/zarr\.json \(metadata\): metadata file is "
                        r"missing(.|\n)*restores lost metadata"):
         mmlens.open(path)
-    (path / ".zmetadata").unlink()  # the consolidated copy, too: named at the root
-    with pytest.raises(StoreIntegrityError, match=r"\(root\)/\.zmetadata"):
+    (path / "vision" / "zarr.json").unlink()  # a group's, too
+    with pytest.raises(StoreIntegrityError, match=r"vision/zarr\.json \(metadata\)"):
         mmlens.open(path)
+    (path / "zarr.json").unlink()  # the root document (attrs, record and consolidated copy): named
+    with pytest.raises(StoreIntegrityError, match=r"root metadata file zarr\.json is missing(.|\n)*restores it from"):
+        mmlens.open(path)
+    assert [p.chunk for p in integrity.verify(path).problems] == ["zarr.json"]
+    assert main(["store", "verify", str(path)]) == 1
     shutil.rmtree(path)
     path = _copy(clean, tmp_path)
-    (path / "vision" / "cls_attention" / ".zarray").unlink()
+    (path / "vision" / "cls_attention" / "zarr.json").unlink()
+    (path / "vision" / "zarr.json").unlink()
+    (path / "zarr.json").unlink()  # all three: the root from its copy, then the others from the root
     data = Items()
     _trace(model, data, path)
-    assert data.calls == []  # nothing to re-trace: the file came back from .zmetadata
+    assert data.calls == []  # nothing to re-trace: the files came back from the consolidated copy
     _same_store(path, clean)
 
 
@@ -169,8 +187,8 @@ def test_the_open_check_reads_no_file(clean, tmp_path, monkeypatch):
 
     path = _copy(clean, tmp_path)
     meta, _ = integrity.read_metadata(path)  # what xarray parses anyway (.zmetadata)
-    record = integrity.load_record(meta[".zattrs"])
-    assert sum(len(c) for c in record.values()) > 100
+    record = integrity.load_record(integrity.root_attrs(meta))
+    assert sum(len(c) for c in record.values()) > 50
 
     def refuse(*a, **k):
         raise AssertionError(f"the listing check opened a file: {a}")
@@ -291,28 +309,73 @@ def test_resume_refuses_another_split(tmp_path, tiny_clip, monkeypatch, capsys):
     assert mmlens.open(out).attrs["split"] == "val"
 
 
-def _as_schema_1(path: Path) -> None:
-    """Rewrite a store's root attrs as schema 1 wrote them: no selection keys, no integrity record."""
+def write_format2(tree, path: Path, *, batch: int = 3, schema_version: int = 2) -> Path:
+    """Write ``tree`` as the schema-2 streaming writer did (zarr format 2, one chunk per batch along image and
+    failure, variable-length strings, ``_progress`` and the integrity record ``_chunks`` in ``.zattrs``,
+    ``.zmetadata``): the layout of every store traced before schema 3. Schema 1 lacks the record and the
+    selection keys."""
     import zarr
 
-    root = zarr.open_group(path, mode="r+", zarr_format=2, use_consolidated=False)
-    attrs = {k: v for k, v in root.attrs.items() if k not in (*schema.SELECTION_KEYS, schema.CHUNKS_ATTR)}
-    root.attrs.put({**attrs, "mmlens_schema": 1})
+    from mmlens.store._encoding import vlen_strings
+
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    for name, node in tree.children.items():
+        ds = vlen_strings(node.to_dataset(inherit=False))
+        enc = {v: {"chunks": tuple(batch if d == "image" else 64 if d == "failure" else n
+                                   for d, n in ds[v].sizes.items())}
+               for v in ds.variables if {"image", "failure"} & set(ds[v].dims)}
+        ds.to_zarr(path, group=name, mode="a", zarr_format=2, consolidated=False, encoding=enc)
+    n = tree["vision"].sizes["image"]
+    f = tree["vision"].sizes.get("failure", 0)
+    runs = [[lo, min(batch, n - lo), lo, min(batch, n - lo)] for lo in range(0, n, batch)]
+    progress = {"images": n, "failures": f, "items": n + f, "batches": len(runs), "complete": True,
+                "arrays": integrity._list_arrays(path), "total": n + f, "runs": runs}
+    attrs = {**tree.attrs, "mmlens_schema": schema_version, schema.PROGRESS_ATTR: json.dumps(progress)}
+    if schema_version >= 2:
+        attrs[schema.CHUNKS_ATTR] = json.dumps(integrity.update_record(path, {}))
+    else:
+        attrs = {k: v for k, v in attrs.items() if k not in schema.SELECTION_KEYS}
+    root.attrs.put(attrs)
     zarr.consolidate_metadata(path, zarr_format=2)
+    return path
 
 
 def test_schema_1_store_reads_with_a_note_and_refuses_writing(tmp_path):
     tree = example_tree(n_images=6)
-    path = tmp_path / "old.zarr"
-    with StoreWriter(path, dict(tree.attrs)) as w:
-        w.append(tree)
-    _as_schema_1(path)
+    path = write_format2(tree, tmp_path / "old.zarr", schema_version=1)
     with pytest.warns(OldStoreWarning, match="schema 1.*lacks the integrity record.*split, subset, limit"):
         old = mmlens.open(path)
     np.testing.assert_array_equal(old["vision"]["prompt_mass"].values, tree["vision"]["prompt_mass"].values)
     with pytest.raises(StoreIdentityError, match="store schema 1.*opens for reading.*--overwrite"):
         StoreWriter(path, dict(tree.attrs))
     assert integrity.verify(path).ok  # no record: every chunk decoded instead
+
+
+def _with_schema(tree, version):
+    out = tree.copy()
+    out.attrs = {**tree.attrs, "mmlens_schema": version}
+    return out
+
+
+def test_format_2_store_of_schema_2_reads_verifies_and_names_damage(tmp_path):
+    """Stores traced before schema 3 (zarr format 2, one chunk per batch) open, verify and name a lost chunk."""
+    tree = example_tree(n_images=8, n_layers=2, n_heads=2, grid=3, width=4, n_failures=1)
+    path = write_format2(tree, tmp_path / "v2.zarr")
+    assert (path / ".zmetadata").is_file() and not (path / "zarr.json").exists()
+    with pytest.warns(OldStoreWarning, match="schema 2.*lacks"):
+        old = mmlens.open(path)
+    assert old.load().identical(_with_schema(tree, 2))  # the same data
+    assert integrity.verify(path).ok and main(["store", "verify", str(path)]) == 0
+    assert store_status(path) == (True, 9, 9, 8, 1)
+    with pytest.raises(StoreIdentityError, match="store schema 2.*opens for reading"):
+        StoreWriter(path, dict(tree.attrs))
+    (path / "vision" / "cls_attention" / "0.1.0.0.0.0").unlink()  # images 3-5
+    with pytest.raises(StoreIntegrityError, match=r"vision/cls_attention chunk 0\.1\.0\.0\.0\.0 \(images 3-5\)"):
+        mmlens.open(path)
+    report = integrity.verify(path)
+    assert [(p.array, p.chunk, p.kind, p.lo, p.hi) for p in report.problems] == [
+        ("vision/cls_attention", "0.1.0.0.0.0", "missing", 3, 6)]
+    assert main(["store", "verify", str(path)]) == 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -44,9 +44,10 @@ def test_zarr_round_trip_is_identical_and_lazy(tmp_path):
     opened = mmlens.open(path)
     assert opened["vision"]["cls_attention"].chunks is not None  # dask, nothing read yet
     assert opened.load().identical(tree)
-    # zarr format 2 with variable-length strings
-    meta = json.loads((path / "vision" / "classname" / ".zarray").read_text())
-    assert meta["zarr_format"] == 2 and meta["dtype"] == "|O"
+    # zarr format 3, sharded along image, with variable-length strings
+    meta = json.loads((path / "vision" / "classname" / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta["data_type"] == "string"
+    assert meta["codecs"][0]["name"] == "sharding_indexed"
 
 
 def test_netcdf_round_trip_is_identical(tmp_path):
@@ -89,9 +90,17 @@ def test_streamed_store_equals_the_tree(tmp_path):
     writer = _write(tmp_path / "s.zarr", tree)
     assert (writer.n_done, writer.n_images, writer.complete) == (N, N, True)
     opened = mmlens.open(tmp_path / "s.zarr")
-    assert opened["vision"]["prompt_mass"].chunks[1] == (3, 3, 2)  # one chunk per batch
+    # sized by bytes: a store this small is one shard (the cap), of one inner chunk, whatever the batches
+    assert opened["vision"]["prompt_mass"].chunks[1] == (8,)
     assert opened.load().identical(tree)
     assert not (tmp_path / "s.zarr.lock").exists()
+    # explicit sizes (tests, benchmarks): shards of 4 images in inner chunks of 2, appended in batches of 3
+    _write(tmp_path / "x.zarr", tree, shard_images=4, chunk_images=2)
+    opened = mmlens.open(tmp_path / "x.zarr")
+    assert opened["vision"]["prompt_mass"].chunks[1] == (2, 2, 2, 2)
+    assert sorted(f.name for f in (tmp_path / "x.zarr" / "vision" / "prompt_mass").iterdir()) == [
+        "c.0.0.0.0", "c.0.1.0.0", "zarr.json"]  # one file per shard
+    assert opened.load().identical(tree)
 
 
 def test_image_index_is_renumbered(tmp_path):
