@@ -26,6 +26,8 @@ _LAZY = {
     "RoleMeanBias": "mmlens.tracing.interventions",
     "CompletenessError": "mmlens.tracing.decompose",
     "split_attention": "mmlens.tracing.decompose",
+    "lens": "mmlens.tracing.lens",
+    "load_vocabulary": "mmlens.tracing.lens",
 }
 
 __all__ = sorted(_LAZY)
