@@ -480,5 +480,6 @@ def lens(model: Any, images_or_loader: Any, *, vocabulary: Sequence[str] | Seque
     attrs.update(ds.attrs)
     attrs.update({"vocabulary_sha256": vocabulary_sha256(entries, template), "template": template,
                   "n_images": int(n_images), "n_classes": len(model.classnames)})
-    ds.attrs = attrs
+    # plain str: torch_version is a TorchVersion (a str subclass) that netCDF writers cannot store
+    ds.attrs = {k: str(v) if isinstance(v, str) else v for k, v in attrs.items()}
     return ds
