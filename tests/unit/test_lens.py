@@ -300,3 +300,27 @@ def test_lens_cli_writes_netcdf_and_names_bad_input(tmp_path, tiny_clip, capsys)
     vocab.write_text("a sketch\n" + "word " * 30 + "\n")
     assert main(args) == 2
     assert f"{vocab}, line 2" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ findings page
+@pytest.mark.slow
+def test_pipeline_lens_step_feeds_the_findings_section(tmp_path):
+    """`mmlens reproduce`'s lens step writes the lens of a run, and the findings page renders it."""
+    from mmlens.experiments._findings import lens_section
+    from mmlens.experiments._pipeline import Config, _Runner
+
+    cfg = Config(out=str(tmp_path), datasets=["ToySatellite"], seeds=[1], shots=1, epochs=1, max_images=8,
+                 progress=False, methods=["maple"])
+    runner = _Runner(cfg)
+    runner.prompts("ToySatellite", 1, "maple")
+    info = runner.lens("ToySatellite", 1)
+    ds = xr.open_dataset(info["lens"], engine="h5netcdf").load()
+    assert info["images"] == 8 and ds.attrs["dataset"] == "ToySatellite" and ds.attrs["method"] == "maple"
+    assert set(ds["source"].values.ravel()) <= {"classname", "phrase", "other_classname"}
+    assert (ds["layer_kind"].values.astype(str) != "none").all()
+    text = "\n".join(lens_section({"ToySatellite": ds}))
+    assert text.startswith("## What the prompts learn") and "### ToySatellite" in text
+    assert "#### vision tower" in text and "#### text tower" in text
+    top = str(ds["phrase"].where((ds.kind == "layer_bias") & (ds.tower == "vision"), drop=True).values[0, 0])
+    assert top in text
+    assert lens_section({}) == []
