@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["LENS_KINDS", "LENS_SOURCES", "CONTROL_QUANTILE", "rank_vocabulary", "lens_markdown"]
+__all__ = ["LENS_KINDS", "LENS_SOURCES", "CONTROL_QUANTILE", "rank_vocabulary", "top1_cosine", "lens_markdown"]
 
 #: What a direction is: a layer's dataset-mean β summed over heads, one head's, one injected prompt token's value.
 LENS_KINDS = ("layer_bias", "head_bias", "prompt_value")
@@ -40,8 +40,21 @@ def _vocabulary_matrix(embeddings: xr.DataArray, center: bool) -> np.ndarray:
     return e
 
 
+def top1_cosine(vectors: np.ndarray, embeddings: xr.DataArray, *, center: bool = True) -> np.ndarray:
+    """The best cosine of each row of ``vectors`` ``[n, space]`` with the vocabulary (centred as in the ranking).
+
+    Examples
+    --------
+    >>> emb = xr.DataArray(np.eye(2), dims=("entry", "embed"))
+    >>> top1_cosine(np.array([[1.0, 1.0], [0.0, -1.0]]), emb, center=False).round(3).tolist()
+    [0.707, 0.0]
+    """
+    e = _vocabulary_matrix(embeddings.transpose("entry", ...), center)
+    return (_unit_rows(np.asarray(vectors, dtype=np.float64)) @ e.T).max(axis=1)
+
+
 def rank_vocabulary(directions: xr.DataArray, embeddings: xr.DataArray, *, top: int = 5, n_shuffles: int = 1000,
-                    seed: int = 0, center: bool = True) -> xr.Dataset:
+                    seed: int = 0, center: bool = True, null: xr.DataArray | None = None) -> xr.Dataset:
     """Rank a vocabulary of text embeddings by their cosine with each direction, with a shuffled control.
 
     Parameters
@@ -61,6 +74,10 @@ def rank_vocabulary(directions: xr.DataArray, embeddings: xr.DataArray, *, top: 
         control does not depend on which other directions are ranked with it.
     center : bool
         Subtract the vocabulary's mean (unit) embedding before the cosine (the default; docs/lens.md).
+    null : DataArray (sample, embed), optional
+        Directions drawn under a null hypothesis for the second control (:func:`mmlens.lens` passes random
+        residual-stream vectors mapped through the same readout). With a ``tower`` coordinate along
+        ``sample``, each direction is compared with the samples of its own ``tower``.
 
     Returns
     -------
@@ -68,8 +85,9 @@ def rank_vocabulary(directions: xr.DataArray, embeddings: xr.DataArray, *, top: 
         Dims ``direction``, ``rank``: ``phrase``, ``cosine``, ``source`` (and ``section``) per direction and
         rank; ``control_cosine`` (the 95th percentile of the top-1 cosine over shuffled directions) and
         ``control_p`` (the share of shuffled directions whose top-1 cosine reaches the observed top-1 cosine;
-        0 means below ``1 / n_shuffles``) per direction. A direction of zero length gets NaN cosines and
-        empty phrases.
+        0 means below ``1 / n_shuffles``) per direction; with ``null``, ``readout_control_cosine`` and
+        ``readout_control_p``, the same two numbers over the null samples. A direction of zero length gets
+        NaN cosines and empty phrases.
 
     Notes
     -----
@@ -132,6 +150,22 @@ def rank_vocabulary(directions: xr.DataArray, embeddings: xr.DataArray, *, top: 
             best = (shuffled @ e.T).max(axis=1)
             control[i] = float(np.quantile(best, CONTROL_QUANTILE))
             p[i] = float(np.mean(best >= out_cos[i, 0]))
+    null_control, null_p = np.full(n_dir, np.nan), np.full(n_dir, np.nan)
+    pool_sizes = []
+    if null is not None:
+        null_space = next(x for x in null.dims if x != "sample")
+        samples = null.transpose("sample", null_space)
+        best = top1_cosine(samples.values, e_raw, center=center)
+        groups = np.asarray(samples["tower"].values).astype(str) if "tower" in samples.coords else None
+        towers = np.asarray(directions["tower"].values).astype(str) if "tower" in directions.coords else None
+        for i in range(n_dir):
+            if not np.isfinite(out_cos[i, 0]):
+                continue
+            pool = best if groups is None or towers is None else best[groups == towers[i]]
+            pool_sizes.append(len(pool))
+            if len(pool):
+                null_control[i] = float(np.quantile(pool, CONTROL_QUANTILE))
+                null_p[i] = float(np.mean(pool >= out_cos[i, 0]))
     coords: dict[str, Any] = {"direction": np.arange(n_dir), "rank": np.arange(1, k + 1)}
     for name, c in directions.coords.items():
         if c.dims == ("direction",) and name != "direction":
@@ -143,10 +177,15 @@ def rank_vocabulary(directions: xr.DataArray, embeddings: xr.DataArray, *, top: 
         "control_cosine": ("direction", control.astype(np.float32)),
         "control_p": ("direction", p.astype(np.float32)),
     }
+    if null is not None:
+        data["readout_control_cosine"] = ("direction", null_control.astype(np.float32))
+        data["readout_control_p"] = ("direction", null_p.astype(np.float32))
     if sections is not None:
         data["section"] = (("direction", "rank"), out_section)
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update({"n_shuffles": int(n_shuffles), "shuffle_seed": int(seed), "centered": int(bool(center)),
+                     # the null samples each direction was compared with (per tower when grouped)
+                     "n_null": int(min(pool_sizes)) if pool_sizes else 0,
                      "n_vocabulary": int(n_voc), "control": "coordinates of the direction permuted in the joint "
                      f"space; control_cosine = {CONTROL_QUANTILE:.0%} quantile of the shuffled top-1 cosine"})
     return ds
@@ -204,8 +243,12 @@ def lens_markdown(ds: xr.Dataset, *, kinds: Sequence[str] = ("layer_bias", "prom
                 if str(ds["tower"].values[i]) == tower and kinds_present[i] in kinds]
         if not rows:
             continue
-        lines += [f"{'#' * (level + 1)} {tower} tower", "",
-                  "| layer | direction | top phrases (cosine) | control (95%) | p |", "|---|---|---|---|---|"]
+        readout = "readout_control_p" in ds
+        header = "| layer | direction | top phrases (cosine) | control (95%) | p |"
+        if readout:
+            header = ("| layer | direction | top phrases (cosine) | control (95%): shuffled / readout "
+                      "| p: shuffled / readout |")
+        lines += [f"{'#' * (level + 1)} {tower} tower", "", header, "|---|---|---|---|---|"]
         rows.sort(key=lambda i: (int(ds["layer"].values[i]), kinds.index(kinds_present[i]) if kinds_present[i]
                                  in kinds else 0, int(ds["head"].values[i]), int(ds["prompt_token"].values[i])))
         for i in rows:
@@ -227,7 +270,10 @@ def lens_markdown(ds: xr.Dataset, *, kinds: Sequence[str] = ("layer_bias", "prom
             layer = int(ds["layer"].values[i])
             kind_label = f" ({ds['layer_kind'].values[i]})" if "layer_kind" in ds.coords else ""
             p = _fmt_p(float(ds["control_p"].values[i]), n)
-            lines.append(f"| {layer}{kind_label} | {what} | {', '.join(cells) or '–'} | "
-                         f"{float(ds['control_cosine'].values[i]):.2f} | {p} |")
+            control = f"{float(ds['control_cosine'].values[i]):.2f}"
+            if readout:
+                p += " / " + _fmt_p(float(ds["readout_control_p"].values[i]), int(ds.attrs.get("n_null", 0)))
+                control += f" / {float(ds['readout_control_cosine'].values[i]):.2f}"
+            lines.append(f"| {layer}{kind_label} | {what} | {', '.join(cells) or '–'} | {control} | {p} |")
         lines.append("")
     return "\n".join(lines)

@@ -400,6 +400,26 @@ def measure_directions(model: Any, images_or_loader: Any, *, batch_size: int = 3
     return vectors, directions, n_images
 
 
+def _readout_null(model: Any, directions: xr.DataArray, n: int, seed: int) -> xr.DataArray | None:
+    """``n`` random residual-stream vectors per tower (isotropic Gaussian), mapped by :func:`readout_map`.
+
+    The second control of the lens (docs/lens.md): a direction drawn at random in the residual stream and seen
+    through the same readout keeps whatever structure the readout gives every vector, which shuffling
+    coordinates destroys.
+    """
+    if n <= 0:
+        return None
+    parts, towers = [], []
+    for tower in dict.fromkeys(np.asarray(directions["tower"].values).astype(str)):
+        gamma, _ = _readout_parts(model, tower)
+        gen = torch.Generator().manual_seed(int(seed) * 2 + (tower == "text"))
+        sample = torch.randn(n, gamma.shape[0], generator=gen)
+        parts.append(readout_map(model, tower, sample).cpu().numpy())
+        towers += [tower] * n
+    return xr.DataArray(np.concatenate(parts), dims=("sample", "embed"),
+                        coords={"tower": ("sample", np.array(towers, dtype=object))})
+
+
 def vocabulary_sha256(entries: Iterable[Phrase], template: str) -> str:
     """sha256 of the vocabulary as embedded: the template, then ``source<TAB>text`` per entry, in order.
 
@@ -434,7 +454,8 @@ def lens(model: Any, images_or_loader: Any, *, vocabulary: Sequence[str] | Seque
     top : int
         Vocabulary entries kept per direction.
     n_shuffles, seed
-        The shuffled-direction control (:func:`mmlens.stats.lens.rank_vocabulary`).
+        The controls: shuffled directions and as many random residual-stream vectors through the readout
+        (:func:`mmlens.stats.lens.rank_vocabulary`).
     template : str
         The one template every entry is embedded with (:data:`TEMPLATE`).
     center : bool
@@ -446,7 +467,10 @@ def lens(model: Any, images_or_loader: Any, *, vocabulary: Sequence[str] | Seque
     -------
     xarray.Dataset
         Dims ``direction``, ``rank`` (docs/lens.md): ``phrase``, ``cosine``, ``source``, ``section``;
-        ``control_cosine``, ``control_p``, ``norm`` (the residual-stream length of the measured vector);
+        ``control_cosine``, ``control_p`` (shuffled coordinates), ``readout_control_cosine``,
+        ``readout_control_p`` (``n_shuffles`` random residual-stream vectors through the same readout),
+        ``norm`` (the residual-stream length of the measured vector), ``joint_direction`` (direction, embed: the
+        mapped vector itself);
         coordinates ``tower, kind, layer, layer_kind, head, prompt_token``; provenance with
         ``vocabulary_sha256`` and ``template`` in ``attrs``.
 
@@ -473,7 +497,10 @@ def lens(model: Any, images_or_loader: Any, *, vocabulary: Sequence[str] | Seque
         "source": ("entry", np.array([p.source for p in entries], dtype=object)),
         "section": ("entry", np.array([p.section for p in entries], dtype=object)),
     })
-    ds = rank_vocabulary(directions, embeddings, top=top, n_shuffles=n_shuffles, seed=seed, center=center)
+    null = _readout_null(model, directions, n_shuffles, seed)
+    ds = rank_vocabulary(directions, embeddings, top=top, n_shuffles=n_shuffles, seed=seed, center=center,
+                         null=null)
+    ds["joint_direction"] = (("direction", "embed"), directions.values)
     ds["norm"] = ("direction", np.sqrt(np.nansum(vectors.values.astype(np.float64) ** 2, axis=1)).astype(np.float32))
     ds = ds.assign_coords(bias_source=schema.bias_source(model.method))
     attrs = _provenance(model, provenance, device)
