@@ -97,6 +97,10 @@ def test_planted_bias_is_read_back_as_its_phrase(tiny_clip, center):
         assert ds["source"].values[i, 0] == "phrase" and ds["section"].values[i, 0] == ""
         assert float(ds["cosine"].values[i, 0]) > 0.9999
         assert float(ds["control_p"].values[i]) < 0.01 and float(ds["control_cosine"].values[i]) < 0.95
+        assert float(ds["readout_control_p"].values[i]) < 0.01
+        # the kept mapped vector is the planted target's direction
+        joint = ds["joint_direction"].values[i]
+        np.testing.assert_allclose(joint / np.linalg.norm(joint), target / np.linalg.norm(target), atol=1e-4)
     # β = α p W_O with α = 1/N exactly (uniform attention over [cls], the 16 patches and the prompt)
     i = _row(ds, tower="vision", kind="layer_bias", layer=1)
     p = model.prompt_learner.compound_prompts_visual[0].detach().double()[0]
@@ -172,6 +176,21 @@ def test_control_of_a_direction_against_a_basis():
     again = rank_vocabulary(xr.DataArray(d[None], dims=("direction", "embed")),
                             _embeddings(np.eye(dim)[:2], ["e0", "e1"]), top=2, n_shuffles=4000, center=False)
     assert float(again["control_p"][0]) == float(two["control_p"][0])  # seeded
+
+
+def test_readout_control_compares_each_direction_with_the_null_samples_of_its_tower():
+    e = _embeddings(np.eye(2), ["e0", "e1"])
+    d = xr.DataArray([[1.0, 0.1], [1.0, 0.1]], dims=("direction", "embed"),
+                     coords={"tower": ("direction", ["vision", "text"])})
+    # vision samples: top-1 cosines 1, 0.707, 0.1/|(.1, -1)|≈0.0995 (e0) -> one of three reaches 0.995;
+    # text samples: 1 and 1 -> both reach it
+    null = xr.DataArray([[1.0, 0.0], [1.0, 1.0], [0.1, -1.0], [0.0, 1.0], [0.0, 2.0]], dims=("sample", "embed"),
+                        coords={"tower": ("sample", ["vision", "vision", "vision", "text", "text"])})
+    ds = rank_vocabulary(d, e, top=1, n_shuffles=0, center=False, null=null)
+    np.testing.assert_allclose(ds["readout_control_p"].values, [1 / 3, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(ds["readout_control_cosine"].values,
+                               [np.quantile([1.0, 2 ** -0.5, 0.1 / np.hypot(0.1, 1.0)], 0.95), 1.0], rtol=1e-6)
+    assert ds.attrs["n_null"] == 2  # the smaller pool
 
 
 def test_rank_vocabulary_rejects_mismatched_spaces_and_keeps_direction_coords():
