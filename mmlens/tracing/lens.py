@@ -36,6 +36,7 @@ from mmlens.store import schema
 from mmlens.tracing.decompose import AttentionSplit, head_outputs
 
 __all__ = ["lens", "load_vocabulary", "build_vocabulary", "embed_texts", "readout_map", "measure_directions",
+           "tokenisation_problem", "vocabulary_sha256",
            "other_classnames", "Phrase", "VocabularyError", "VOCABULARY_FILE", "TEMPLATE"]
 
 #: The shipped, editable phrase list (docs/lens.md).
