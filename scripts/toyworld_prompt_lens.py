@@ -104,6 +104,50 @@ def _moved(trained, init) -> str:
     return "; ".join(out)
 
 
+def caption_words(n: int = 20000) -> set[str]:
+    """Words of the toy CLIP's pre-training captions (a sample of ``n``): the words its text tower was trained on."""
+    from mmlens.data.toyworld import caption_batch
+    from mmlens.models.toy import get_tokenizer
+
+    tok = get_tokenizer()
+    captions, _ = caption_batch(n, seed=0, step=0)
+    return {w for c in captions for w in tok.split(c)}
+
+
+def _observations(results: dict, datasets: list[str], methods: list[str], known: set[str]) -> list[str]:
+    """Rows: per dataset and method, the layers whose β (b) passes the readout control, with its top-1 entry."""
+    from mmlens.models.toy import get_tokenizer
+
+    tok = get_tokenizer()
+    rows = []
+    for d in datasets:
+        for m in methods:
+            r = results.get((d, m))
+            if r is None:
+                continue
+            ds, init = r["lens"]["lens"], r["lens"]["init"]
+            cells = []
+            for i in range(ds.sizes["direction"]):
+                if str(ds["kind"].values[i]) != "layer_bias" or not float(ds["readout_control_p"].values[i]) < 0.05:
+                    continue
+                tower, layer = str(ds["tower"].values[i]), int(ds["layer"].values[i])
+                phrase, cos = str(ds["phrase"].values[i, 0]), float(ds["cosine"].values[i, 0])
+                source = str(ds["source"].values[i, 0])
+                shown = f"*{phrase}*" if source == "classname" else (f"{phrase}†" if source == "other_classname"
+                                                                      else phrase)
+                if any(w not in known for w in tok.split(phrase)):
+                    shown += "°"
+                same = ""
+                if init is not None:
+                    j = [k for k in range(init.sizes["direction"]) if str(init["tower"].values[k]) == tower
+                         and str(init["kind"].values[k]) == "layer_bias" and int(init["layer"].values[k]) == layer]
+                    if j and str(init["phrase"].values[j[0], 0]) == phrase:
+                        same = ", also at init"
+                cells.append(f"{tower} {layer}: {shown} ({cos:.2f}{same})")
+            rows.append(f"| {d} | {METHOD_LABEL[m]} | {'; '.join(cells) or '–'} |")
+    return rows
+
+
 def _summary_rows(results: dict, datasets: list[str], method: str) -> list[str]:
     lines = []
     for d in datasets:
@@ -239,6 +283,13 @@ def write_page(path: Path, args, command: str, results: dict, timings: dict, zer
         lines += [f"**{METHOD_LABEL[method]}**", "",
                   "| dataset | base / novel acc. | vision: trained | vision: init | text: trained | text: init |",
                   "|---|---|---|---|---|---|", *_summary_rows(results, args.datasets, method), ""]
+    lines += ["## Which layers pass the readout control", "",
+              "Layers whose β (MaPLe; bias tuning: b) has a top-1 cosine that passes the readout control "
+              "(p < 0.05), with that top-1 entry. *Italics*: the dataset's class; †: another dataset's class; "
+              "°: contains a word that never occurs in the toy CLIP's pre-training captions (its embedding is "
+              "untrained: read it as an unnamed direction); \"also at init\": the same top-1 before training.",
+              "", "| dataset | method | layers passing (top-1 entry, cosine) |", "|---|---|---|",
+              *_observations(results, args.datasets, args.methods, caption_words()), ""]
     for d in args.datasets:
         lines += [f"## {d}", ""]
         zs = zeroshot.get(d)
