@@ -114,12 +114,17 @@ def caption_words(n: int = 20000) -> set[str]:
     return {w for c in captions for w in tok.split(c)}
 
 
-def _observations(results: dict, datasets: list[str], methods: list[str], known: set[str]) -> list[str]:
-    """Rows: per dataset and method, the layers whose β (b) passes the readout control, with its top-1 entry."""
+def _observations(results: dict, datasets: list[str], methods: list[str], known: set[str],
+                  counts: dict | None = None) -> list[str]:
+    """Rows: per dataset and method, the layers whose β (b) passes the readout control, with its top-1 entry.
+
+    ``counts`` (when given) is filled with how many such top-1 entries are of each kind, per method.
+    """
     from mmlens.models.toy import get_tokenizer
 
     tok = get_tokenizer()
     rows = []
+    counts = {} if counts is None else counts
     for d in datasets:
         for m in methods:
             r = results.get((d, m))
@@ -135,14 +140,20 @@ def _observations(results: dict, datasets: list[str], methods: list[str], known:
                 source = str(ds["source"].values[i, 0])
                 shown = f"*{phrase}*" if source == "classname" else (f"{phrase}†" if source == "other_classname"
                                                                       else phrase)
-                if any(w not in known for w in tok.split(phrase)):
+                untrained = any(w not in known for w in tok.split(phrase))
+                if untrained:
                     shown += "°"
+                tally = counts.setdefault(m, {"class": 0, "phrase": 0, "untrained": 0, "at_init": 0, "all": 0})
+                tally["all"] += 1
+                tally["class" if source != "phrase" else "phrase"] += 1
+                tally["untrained"] += untrained
                 same = ""
                 if init is not None:
                     j = [k for k in range(init.sizes["direction"]) if str(init["tower"].values[k]) == tower
                          and str(init["kind"].values[k]) == "layer_bias" and int(init["layer"].values[k]) == layer]
                     if j and str(init["phrase"].values[j[0], 0]) == phrase:
                         same = ", also at init"
+                        tally["at_init"] += 1
                 cells.append(f"{tower} {layer}: {shown} ({cos:.2f}{same})")
             rows.append(f"| {d} | {METHOD_LABEL[m]} | {'; '.join(cells) or '–'} |")
     return rows
@@ -222,8 +233,9 @@ def write_page(path: Path, args, command: str, results: dict, timings: dict, zer
         f"- Lens ([docs/lens.md](../lens.md)): vocabulary of {n_voc} entries (the dataset's class names, "
         "the phrases of `mmlens/assets/lens_vocabulary.txt`, the other toyworld datasets' class names), "
         f"template `{any_lens.attrs['template']}`, embedded by the frozen text encoder without prompts; "
-        "cosines against the vocabulary centred on its mean; control: "
-        f"{args.shuffles} shuffles of each direction's coordinates.",
+        "cosines against the vocabulary centred on its mean; controls: "
+        f"{args.shuffles} shuffles of each direction's coordinates, and {args.shuffles} random residual-stream "
+        "vectors per tower through the same readout.",
         f"- Time: {_hhmmss(timings['total'])} wall on {args.jobs} worker process(es) x 1 torch thread "
         f"({os.cpu_count()} CPUs visible, shared with other work; load average {timings['load'][0]:.1f} at the "
         f"start, {timings['load'][1]:.1f} at the end): data {_hhmmss(timings['data'])}, training and "
@@ -288,8 +300,19 @@ def write_page(path: Path, args, command: str, results: dict, timings: dict, zer
               "(p < 0.05), with that top-1 entry. *Italics*: the dataset's class; †: another dataset's class; "
               "°: contains a word that never occurs in the toy CLIP's pre-training captions (its embedding is "
               "untrained: read it as an unnamed direction); \"also at init\": the same top-1 before training.",
-              "", "| dataset | method | layers passing (top-1 entry, cosine) |", "|---|---|---|",
-              *_observations(results, args.datasets, args.methods, caption_words()), ""]
+              "", "| dataset | method | layers passing (top-1 entry, cosine) |", "|---|---|---|"]
+    counts: dict = {}
+    lines += [*_observations(results, args.datasets, args.methods, caption_words(), counts), ""]
+    for m in args.methods:
+        c = counts.get(m)
+        if c:
+            lines.append(f"- {METHOD_LABEL[m]}: {c['all']} layers pass; their top-1 entry is a class name (this "
+                         f"or another dataset's) in {c['class']}, a phrase of the list (its single colours, shapes and "
+                         f"patterns included) in {c['phrase']} "
+                         f"({c['untrained']} of all {c['all']} contain a word the toy never saw in its captions)"
+                         + (f"; {c['at_init']} have the same top-1 entry at initialisation" if m == "maple" else "")
+                         + ".")
+    lines.append("")
     for d in args.datasets:
         lines += [f"## {d}", ""]
         zs = zeroshot.get(d)
