@@ -565,10 +565,11 @@ def lens_section(lenses: dict[str, Any]) -> list[str]:
              "heads) and each injected prompt token's value, mapped into the joint space through the linearised "
              "readout and ranked against zero-shot text embeddings of the dataset's class names (*italics*), "
              "descriptive phrases and other datasets' class names (†); base classes' test images, the first seed "
-             f"({first.attrs.get('seed', '?')}). `control (95%)`: the best cosine a direction with shuffled "
-             "coordinates reaches; `p`: the share of shuffles reaching the observed top-1. A direction is not an "
-             "effect (what β does through later blocks is not in it), and the control is lenient: prompts at their "
-             "initialisation pass it too (docs/results/toyworld_prompt_lens.md compares them).", ""]
+             f"({first.attrs.get('seed', '?')}). `control (95%)`: the best cosine reached by directions with "
+             "shuffled coordinates / by random residual-stream vectors through the same readout; `p`: the share of "
+             "them reaching the observed top-1. A direction is not an effect (what β does through later blocks is "
+             "not in it), and both controls are lenient: prompts at their initialisation pass them too "
+             "([results/toyworld_prompt_lens.md](results/toyworld_prompt_lens.md) compares them).", ""]
     for dataset, ds in lenses.items():
         lines += [f"### {dataset}", "", lens_markdown(ds, heading=None, level=3)]
     return lines
