@@ -233,6 +233,9 @@ def register_lens(subparsers) -> None:
     p.add_argument("--shuffles", type=int, default=1000, help="shuffled directions per direction (default 1000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "amp", "bf16"],
+                   help="how the model runs, as for `mmlens trace` (the lens itself is float32); auto = fp16 on "
+                        "cuda, fp32 elsewhere")
     p.add_argument("--seed", type=int, default=None,
                    help="the run's seed (read from --prompts when recorded); also seeds the shuffles")
     p.add_argument("--out", default="lens.nc", help="netCDF file to write (default: lens.nc)")

@@ -33,7 +33,7 @@ import xarray as xr
 
 from mmlens.models.prompted import ROLE_CODES, BlockCall
 from mmlens.store import schema
-from mmlens.tracing.decompose import AttentionSplit, head_outputs
+from mmlens.tracing.decompose import AttentionSplit, float32_region, head_outputs
 
 __all__ = ["lens", "load_vocabulary", "build_vocabulary", "embed_texts", "readout_map", "measure_directions",
            "tokenisation_problem", "vocabulary_sha256",
@@ -289,8 +289,9 @@ def readout_map(model: Any, tower: str, vectors: torch.Tensor) -> torch.Tensor:
     """
     gamma, proj = _readout_parts(model, tower)
     u = vectors.float().to(gamma.device)
-    mapped = gamma * (u - u.mean(-1, keepdim=True))
-    return mapped @ proj if proj is not None else mapped
+    with float32_region(u.device.type):  # float32 under any autocast, like the split (docs/math.md, Numerics)
+        mapped = gamma * (u - u.mean(-1, keepdim=True))
+        return mapped @ proj if proj is not None else mapped
 
 
 class _LensRecorder:

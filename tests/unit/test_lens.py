@@ -110,6 +110,25 @@ def test_planted_bias_is_read_back_as_its_phrase(tiny_clip, center):
     assert ds.attrs["centered"] == int(center) and ds.attrs["n_images"] == 6
 
 
+@pytest.mark.parametrize("half", ["bf16_autocast", "fp16_weights"])
+def test_planted_bias_is_read_back_in_half_precision(tiny_clip, half):
+    """The GPU paths, emulated on CPU: bfloat16 autocast, float16 weights. The lens stays float32 inside."""
+    texts = CLASSES + PHRASES
+    emb = _text_embeddings(tiny_clip, texts)
+    chosen = texts.index("a sketch")
+    model = _planted_model(tiny_clip, emb[chosen] - emb.mean(0))
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    if half == "fp16_weights":
+        model = model.half()
+        ds = mmlens.lens(model, images.half(), vocabulary=PHRASES, top=2, n_shuffles=50, progress=False)
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ds = mmlens.lens(model, images, vocabulary=PHRASES, top=2, n_shuffles=50, progress=False)
+    i = _row(ds, tower="vision", kind="layer_bias", layer=1)
+    assert ds["phrase"].values[i, 0] == "a sketch" and float(ds["cosine"].values[i, 0]) > 0.99
+    assert ds["cosine"].dtype == np.float32 and ds.attrs["compute_dtype"] in ("bfloat16", "float16")
+
+
 def test_an_unrelated_planted_direction_does_not_rank_the_phrase_first(tiny_clip):
     texts = CLASSES + PHRASES
     emb = _text_embeddings(tiny_clip, texts)
@@ -304,12 +323,13 @@ def test_lens_cli_writes_netcdf_and_names_bad_input(tmp_path, tiny_clip, capsys)
     out = tmp_path / "lens.nc"
     args = ["lens", "--model", "test-tiny", "--pretrained", "random", "--method", "maple", "--depth", "2",
             "--dataset", "EuroSAT", "--data-root", str(tmp_path / "data"), "--limit", "4", "--batch-size", "2",
-            "--vocabulary", str(vocab), "--shuffles", "20", "--top", "3", "--out", str(out)]
+            "--vocabulary", str(vocab), "--shuffles", "20", "--top", "3", "--precision", "bf16", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "initialisation" in printed and "### vision tower" in printed
     ds = xr.open_dataset(out, engine="h5netcdf")
     assert ds.sizes["rank"] == 3 and ds.attrs["dataset"] == "EuroSAT" and ds.attrs["n_images"] == 4
+    assert ds.attrs["compute_dtype"] == "bfloat16" and ds["cosine"].dtype == np.float32
     assert set(ds["source"].values.ravel()) <= {"classname", "phrase", "other_classname"}
     ds.close()
     assert main([*args[:-2], "--out", str(tmp_path / "lens.zarr")]) == 2
