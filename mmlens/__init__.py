@@ -29,6 +29,7 @@ _LAZY = {
     "trace": "mmlens.tracing.tracer",
     "trace_to_store": "mmlens.tracing.tracer",
     "intervene": "mmlens.tracing.interventions",
+    "lens": "mmlens.tracing.lens",
     "open": "mmlens.store.io",
     "evaluate": "mmlens.train.evaluation",
     "explore": "mmlens.viz.explorer",

@@ -18,6 +18,7 @@ _COMMAND_MODULES = [
     ("mmlens.data._cli", "register"),  # data list / verify / toyworld
     ("mmlens.train._cli", "register"),  # toy pretrain, train, evaluate
     ("mmlens.tracing._cli", "register"),  # trace
+    ("mmlens.tracing._cli", "register_lens"),  # lens
     ("mmlens.store._cli", "register"),  # store verify
 ]
 

@@ -553,9 +553,34 @@ def _descriptive(table: Any, split: str) -> list[str]:
             "share explained by the dataset mean |", "|---|---|---|---|---|---|", *lines]
 
 
+def lens_section(lenses: dict[str, Any]) -> list[str]:
+    """Markdown lines of "What the prompts learn": the text lens of each dataset (docs/lens.md), or none."""
+    from mmlens.stats.lens import lens_markdown
+
+    if not lenses:
+        return []
+    first = next(iter(lenses.values()))
+    lines = ["## What the prompts learn", "",
+             "The text lens ([lens.md](lens.md)): the dataset-mean prompt bias β of each prompted layer (summed over "
+             "heads) and each injected prompt token's value, mapped into the joint space through the linearised "
+             "readout and ranked against zero-shot text embeddings of the dataset's class names (*italics*), "
+             "descriptive phrases and other datasets' class names (†); base classes' test images, the first seed "
+             f"({first.attrs.get('seed', '?')}). `control (95%)`: the best cosine reached by directions with "
+             "shuffled coordinates / by random residual-stream vectors through the same readout; `p`: the share of "
+             "them reaching the observed top-1. A direction is not an effect (what β does through later blocks is "
+             "not in it), and both controls are lenient: prompts at their initialisation pass them too "
+             "([results/toyworld_prompt_lens.md](results/toyworld_prompt_lens.md) compares them).", ""]
+    for dataset, ds in lenses.items():
+        lines += [f"### {dataset}", "", lens_markdown(ds, heading=None, level=3)]
+    return lines
+
+
 def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any = None,
-                      checks: list[Check] | None = None) -> str:
-    """The findings page: setting, one section per claim (statistic, rule, numbers, verdict), how to rerun."""
+                      checks: list[Check] | None = None, lenses: dict[str, Any] | None = None) -> str:
+    """The findings page: setting, one section per claim (statistic, rule, numbers, verdict), how to rerun.
+
+    ``lenses`` (dataset -> lens Dataset of :func:`mmlens.lens`) adds the section "What the prompts learn".
+    """
     ctx = context
     data = ctx["data"]
     recipe = ("imported published MaPLe checkpoints" if ctx.get("imported") else
@@ -610,6 +635,7 @@ def findings_markdown(claims: list[Claim], context: dict[str, Any], table: Any =
                   "- **Measured**:" + ("" if c.numbers else " –")]
         lines += [f"  - {n}" for n in c.numbers]
         lines += [f"- **Verdict**: {c.verdict}. {c.explanation}", ""]
+    lines += lens_section(lenses or {})
     minutes = ctx.get("compute_seconds", 0) / 60
     cpu = ctx.get("cpu_seconds")
     where = f"{ctx['device']}"

@@ -322,6 +322,30 @@ class _Runner:
         return {"store": str(path), "images": len(test)}
 
 
+    def lens_path(self, dataset: str, seed: int) -> Path:
+        return self.out / "results" / "lens" / f"{dataset}_seed{seed}.nc"
+
+    def lens(self, dataset: str, seed: int) -> dict[str, Any]:
+        """The text lens of MaPLe's prompts (docs/lens.md) on the base classes' test images: one pass, no ablation."""
+        from mmlens.data.transforms import input_spec
+        from mmlens.models.precision import resolve_precision
+        from mmlens.tracing.lens import lens, other_classnames
+
+        cfg = self.cfg
+        src = self.source(dataset)
+        test = src.test("base", size=self.size, normalize=input_spec(self.clip), max_images=cfg.max_images)
+        model = self.model(dataset, seed, "maple", test.classnames)
+        manifest = src.manifest
+        with resolve_precision(cfg.precision, cfg.device).autocast():  # as the trace; the lens itself is float32
+            ds = lens(model, test, other_classnames=other_classnames(manifest.name), seed=seed, device=cfg.device,
+                      progress=cfg.progress, provenance={"dataset": dataset, "seed": seed, "split": "base",
+                                                         "manifest_version": str(manifest.manifest_version)})
+        path = self.lens_path(dataset, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_netcdf(ds, path)
+        return {"lens": str(path), "images": int(ds.attrs["n_images"])}
+
+
 def _write_netcdf(ds: Any, path: Path) -> None:
     """Write a small Dataset as netCDF atomically; strings as variable-length (h5netcdf rejects fixed-width)."""
     import numpy as np
@@ -383,6 +407,7 @@ def run(cfg: Config) -> Result:
                 for split in ("base", "novel"):
                     per_run.append((f"trace/{dataset}/seed{seed}/{split}",
                                     lambda d=dataset, s=seed, p=split: runner.trace(d, s, p)))
+                per_run.append((f"lens/{dataset}/seed{seed}", lambda d=dataset, s=seed: runner.lens(d, s)))
                 if "bias" in cfg.methods:  # b next to MaPLe's β (base classes, where both were trained)
                     per_run.append((f"trace/{dataset}/seed{seed}/bias_base",
                                     lambda d=dataset, s=seed: runner.trace_bias(d, s)))
@@ -609,7 +634,14 @@ def _findings(runner: _Runner, files: dict[str, Path], ledger: Ledger, started: 
     context = _context(runner, ledger, started)
     claims = evaluate_claims(table, acc, context)
     checks = sanity_checks(table)
-    text = findings_markdown(claims, context, table, checks)
+    # the lens of each dataset's first seed ("What the prompts learn"); runs made before the lens step have none
+    lenses = {}
+    for dataset in runner.cfg.datasets:
+        path = runner.lens_path(dataset, runner.cfg.seeds[0])
+        if path.is_file():
+            with xr.open_dataset(path, engine="h5netcdf") as ds:
+                lenses[dataset] = ds.load()
+    text = findings_markdown(claims, context, table, checks, lenses=lenses)
     files["findings"].write_text(text)
     headline = [c.headline for c in claims]
     files["findings"].with_suffix(".json").write_text(json.dumps(

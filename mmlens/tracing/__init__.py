@@ -29,6 +29,8 @@ _LAZY = {
     "split_attention": "mmlens.tracing.decompose",
     "DirectRecorder": "mmlens.tracing.direct",
     "linear_readout": "mmlens.tracing.direct",
+    "lens": "mmlens.tracing.lens",
+    "load_vocabulary": "mmlens.tracing.lens",
 }
 
 __all__ = sorted(_LAZY)

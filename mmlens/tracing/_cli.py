@@ -209,3 +209,92 @@ def _run(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     return 0
 
+
+
+def register_lens(subparsers) -> None:
+    """Add ``mmlens lens``."""
+    from mmlens.models.loading import add_quick_gelu_argument
+
+    p = subparsers.add_parser(
+        "lens",
+        help="the text lens: which words the prompt bias of each layer points to",
+        description="Measure the dataset-mean prompt bias β of every prompted block (per layer, per head) and "
+        "each injected prompt token's value, map them into the joint space through the linearised readout, and "
+        "rank a vocabulary of zero-shot text embeddings against them, with a shuffled-direction control "
+        "(docs/lens.md). Writes a netCDF file (open it with xarray.open_dataset) and prints the table.",
+    )
+    p.add_argument("--model", default="mmlens-toy", help="open_clip model name (default: mmlens-toy)")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip tag or weights file (default: the shipped 'toyworld' weights for mmlens-toy, "
+                        "'openai' otherwise)")
+    add_quick_gelu_argument(p)
+    p.add_argument("--prompts", default=None,
+                   help="the trained prompts: an mmlens prompt file (.safetensors) or a published MaPLe / IVLP / "
+                        "CoOp checkpoint. Without it the prompts are at their initialisation (--method, --depth, "
+                        "--n-ctx): a reference, not a result")
+    p.add_argument("--method", default="maple", help="prompt method without --prompts")
+    p.add_argument("--depth", type=int, default=None, help="prompt depth without --prompts (default: the recipe's)")
+    p.add_argument("--n-ctx", type=int, default=2, help="prompt tokens without --prompts")
+    p.add_argument("--dataset", required=True, help="dataset name (see `mmlens data list`)")
+    p.add_argument("--data-root", required=True, help="folder holding the datasets in the CoOp layout")
+    p.add_argument("--split", default="test", help="the images β is averaged over: train / val / test (default)")
+    p.add_argument("--subset", default="all", choices=["all", "base", "novel"],
+                   help="classes (images and class prompts) to measure on (default: all)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--vocabulary", default=None,
+                   help="phrase file (one phrase per line, '#' comments, '[section]' headers; default: the shipped "
+                        "mmlens/assets/lens_vocabulary.txt). The dataset's class names are always added")
+    p.add_argument("--no-other-classnames", action="store_true",
+                   help="leave the other datasets' class names out of the vocabulary")
+    p.add_argument("--top", type=int, default=5, help="vocabulary entries kept per direction (default 5)")
+    p.add_argument("--shuffles", type=int, default=1000, help="shuffled directions per direction (default 1000)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "amp", "bf16"],
+                   help="how the model runs, as for `mmlens trace` (the lens itself is float32); auto = fp16 on "
+                        "cuda, fp32 elsewhere")
+    p.add_argument("--seed", type=int, default=None,
+                   help="the run's seed (read from --prompts when recorded); also seeds the shuffles")
+    p.add_argument("--out", default="lens.nc", help="netCDF file to write (default: lens.nc)")
+    p.set_defaults(func=_run_lens)
+
+
+def _run_lens(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from mmlens.data import build, collate, get_manifest
+    from mmlens.stats.lens import lens_markdown
+    from mmlens.tracing.lens import lens, other_classnames
+
+    out = Path(args.out)
+    if out.suffix not in (".nc", ".nc4"):
+        raise ValueError(f"--out {args.out}: the lens is written as netCDF; give a file name ending in .nc.")
+    if args.prompts is not None and not Path(args.prompts).exists():
+        raise FileNotFoundError(f"--prompts {args.prompts}: no such file or folder. Pass the prompts written by "
+                                "`mmlens train` (prompts.safetensors) or a published checkpoint.")
+    if args.vocabulary is not None and not Path(args.vocabulary).is_file():
+        raise FileNotFoundError(f"--vocabulary {args.vocabulary}: no such file. Omit it for the shipped phrase list.")
+    args.seed = run_seed(args.prompts, args.seed)
+    manifest = get_manifest(args.dataset)
+    probe = build(manifest, args.data_root, args.split, subset=args.subset)
+    model = build_prompted(args, probe.classnames)
+    if args.prompts is None:
+        print("note: no --prompts: the lens of prompts at their initialisation (a reference, not a result)")
+    dataset = build(manifest, args.data_root, args.split, subset=args.subset, transform=model.preprocess)
+    if args.limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
+    with _precision(args).autocast():
+        ds = lens(model, loader, vocabulary=args.vocabulary,
+                  other_classnames=() if args.no_other_classnames else other_classnames(manifest.name),
+                  top=args.top, n_shuffles=args.shuffles, seed=args.seed, batch_size=args.batch_size,
+                  device=args.device,
+                  provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version),
+                              "seed": args.seed, "split": args.split, "subset": args.subset, "limit": args.limit})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(out, engine="h5netcdf")
+    print(lens_markdown(ds, heading=f"The text lens on {manifest.name}"))
+    print(f"wrote {out}")
+    return 0

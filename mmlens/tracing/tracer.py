@@ -244,7 +244,7 @@ def _provenance(model, extra: dict | None, device: torch.device) -> dict:
         "manifest_version": "",
         "seed": -1,
         "mmlens_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a TorchVersion (str subclass) that h5netcdf cannot write
         "open_clip_version": getattr(open_clip, "__version__", "unknown"),
         "device": str(device),
         # the weights' dtype; compute_dtype: what the blocks computed in (autocast's, else the weights');

@@ -92,6 +92,18 @@ def test_zarr_round_trip_is_identical(tmp_path):
         assert a.identical(b), group
 
 
+def test_an_in_memory_trace_writes_to_netcdf(tmp_path):
+    # provenance attrs must be plain strings: torch.__version__ is a str subclass h5netcdf refuses
+    from mmlens.store.io import to_netcdf
+
+    ns = _setup()
+    tree = mmlens.trace(ns["MODEL"], ns["batches"](), progress=False)
+    assert type(tree.attrs["torch_version"]) is str
+    path = to_netcdf(tree, tmp_path / "run.nc")
+    stored = mmlens.open(path).load()
+    assert stored["vision"].to_dataset()["prompt_mass"].equals(tree["vision"].to_dataset()["prompt_mass"])
+
+
 def test_kill_minus_9_then_resume_gives_the_uninterrupted_store(tmp_path):
     child = SETUP + textwrap.dedent(
         """
