@@ -72,6 +72,62 @@ def lens_job(job: dict, args) -> dict:
     return {"lens": ds, "init": ds_init, "seconds": time.perf_counter() - started}
 
 
+#: (tower, layer group) pairs of the direct-effects table; bias tuning has no carried layer.
+DIRECT_COLUMNS = (("vision", "all"), ("vision", "injected"), ("vision", "carried"), ("text", "all"))
+
+
+def direct_job(job: dict) -> dict:
+    """How much of the margin gain over zero-shot the trained run's β (bias tuning: b) carries directly.
+
+    The test images are traced with and without prompts and with direct effects (docs/math.md, "Direct logit
+    effects"); :func:`mmlens.stats.bias_gain_share` gives the share with its interval over images.
+    """
+    import torch
+
+    import mmlens
+    from mmlens import load_prompts
+    from mmlens.data import build, collate, get_manifest
+    from mmlens.stats import bias_gain_share
+
+    clip = _clip(job["pretrained"])
+    manifest = get_manifest(job["dataset"])
+    model = load_prompts(Path(job["run_dir"]) / "prompts.safetensors", clip, classnames=list(manifest.classnames))
+    data = build(manifest, Path(job["data_root"]), "test", transform=model.preprocess)
+    loader = torch.utils.data.DataLoader(data, batch_size=64, collate_fn=collate)
+    started = time.perf_counter()
+    tree = mmlens.trace(model, loader, with_reference=True, direct_effects=True, progress=False)
+    out: dict = {"seconds": 0.0}
+    for tower, group in DIRECT_COLUMNS:
+        share = bias_gain_share(tree, tower=tower, layer_group=group, seed=0)
+        out[(tower, group)] = {m: [float(share.sel(measure=m, estimate=e)) for e in ("mean", "low", "high")]
+                               for m in ("share", "bias_direct", "gain")}
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def _interval(values: list[float], digits: int = 2) -> str:
+    mean, low, high = values
+    if mean != mean:  # NaN: no layer of that group, or no gain to share
+        return "–"
+    def bound(v: float) -> str:
+        return "∞" if v == float("inf") else "-∞" if v == float("-inf") else f"{v:.{digits}f}"
+
+    return f"{mean:.{digits}f} [{bound(low)}, {bound(high)}]"
+
+
+def _direct_rows(results: dict, datasets: list[str], methods: list[str]) -> list[str]:
+    rows = []
+    for d in datasets:
+        for m in methods:
+            r = results.get((d, m), {}).get("direct")
+            if r is None:
+                continue
+            gain = r[("vision", "all")]["gain"]
+            rows.append(f"| {d} | {METHOD_LABEL[m]} | {_interval(gain)} | "
+                        + " | ".join(_interval(r[c]["share"]) for c in DIRECT_COLUMNS) + " |")
+    return rows
+
+
 def _passing(ds, kinds=("layer_bias", "prompt_value"), alpha: float = 0.05,
              control: str = "control_p") -> tuple[int, int]:
     """Directions of ``kinds`` whose ``control`` p-value is below ``alpha``, and how many there are."""
@@ -240,7 +296,8 @@ def write_page(path: Path, args, command: str, results: dict, timings: dict, zer
         f"({os.cpu_count()} CPUs visible, shared with other work; load average {timings['load'][0]:.1f} at the "
         f"start, {timings['load'][1]:.1f} at the end): data {_hhmmss(timings['data'])}, training and "
         f"evaluation {_hhmmss(timings['train'])} wall, the lenses {_hhmmss(timings['lens'])} wall "
-        f"({_hhmmss(sum(r['lens']['seconds'] for r in results.values()))} summed, two lenses per run). "
+        f"({_hhmmss(sum(r['lens']['seconds'] for r in results.values()))} summed, two lenses per run), the "
+        f"direct effects {_hhmmss(timings['direct'])} wall. "
         f"{fresh} of {len(results)} runs trained in this invocation"
         + ("." if fresh == len(results) else " (the others were finished runs found under --runs)."),
         f"- Software: mmlens {__version__}, torch {torch.__version__}, open_clip {open_clip.__version__}, "
@@ -295,6 +352,20 @@ def write_page(path: Path, args, command: str, results: dict, timings: dict, zer
         lines += [f"**{METHOD_LABEL[method]}**", "",
                   "| dataset | base / novel acc. | vision: trained | vision: init | text: trained | text: init |",
                   "|---|---|---|---|---|---|", *_summary_rows(results, args.datasets, method), ""]
+    lines += ["## What β writes directly into the margin", "",
+              "The other half of the question, in numbers rather than words: the test images traced with and "
+              "without the trained prompts and with direct effects ([docs/math.md](../math.md), \"Direct logit "
+              "effects\"; [docs/statistics.md](../statistics.md), `bias_gain_share`). *gain*: the mean margin "
+              "(label logit minus the mean of the other classes' logits, logit units) with prompts minus without; "
+              "the other columns: the share of that gain that the layers' β (bias tuning: the learned b) writes "
+              "*directly* into the margin, through the frozen final LayerNorm and projection, with 95 % intervals "
+              "over images (`∞`: the gain's own interval reaches 0, so the share is unbounded). A direct effect is "
+              "not a total effect: β also acts through every later block, which this share leaves out (the route "
+              "ablations measure the total), and a share above 1 or below 0 is possible (other components may "
+              "lose what β gains). Both methods on one axis: MaPLe's β and bias tuning's b.", "",
+              "| dataset | method | gain | vision β, all layers | vision β, injected | vision β, carried "
+              "| text β, all layers |", "|---|---|---|---|---|---|---|",
+              *_direct_rows(results, args.datasets, args.methods), ""]
     lines += ["## Which layers pass the readout control", "",
               "Layers whose β (MaPLe; bias tuning: b) has a top-1 cosine that passes the readout control "
               "(p < 0.05), with that top-1 entry. *Italics*: the dataset's class; †: another dataset's class; "
@@ -413,7 +484,14 @@ def main(argv: list[str] | None = None) -> int:
         results[(job["dataset"], job["method"])]["lens"] = out
         print(f"lens {job['dataset']:15s} {job['method']:6s}: {out['seconds']:.0f} s", flush=True)
     t_lens = time.perf_counter() - t_lens
+    t_direct = time.perf_counter()
+    for job in jobs:
+        out = direct_job(job)
+        results[(job["dataset"], job["method"])]["direct"] = out
+        print(f"direct effects {job['dataset']:15s} {job['method']:6s}: {out['seconds']:.0f} s", flush=True)
+    t_direct = time.perf_counter() - t_direct
     timings = {"total": time.perf_counter() - started, "data": t_data, "train": t_train, "lens": t_lens,
+               "direct": t_direct,
                "load": (load_start, os.getloadavg()[0])}
     write_page(Path(args.out), args, command, results, timings, _zeroshot_accuracy(results))
     print(f"written: {args.out} ({_hhmmss(timings['total'])})")
