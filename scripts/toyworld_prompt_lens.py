@@ -362,7 +362,10 @@ def write_page(path: Path, args, command: str, results: dict, timings: dict, zer
               "over images (`∞`: the gain's own interval reaches 0, so the share is unbounded). A direct effect is "
               "not a total effect: β also acts through every later block, which this share leaves out (the route "
               "ablations measure the total), and a share above 1 or below 0 is possible (other components may "
-              "lose what β gains). Both methods on one axis: MaPLe's β and bias tuning's b.", "",
+              "lose what β gains). `–`: the mean gain is not positive, so there is no gain to share (the "
+              "margin is against the *mean* of the other classes, so it can fall while top-1 accuracy rises: "
+              "accuracy depends on the strongest other class only), or the method has no layer of that group. "
+              "Both methods on one axis: MaPLe's β and bias tuning's b.", "",
               "| dataset | method | gain | vision β, all layers | vision β, injected | vision β, carried "
               "| text β, all layers |", "|---|---|---|---|---|---|---|",
               *_direct_rows(results, args.datasets, args.methods), ""]
