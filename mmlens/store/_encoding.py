@@ -49,3 +49,56 @@ def vlen_strings(ds: xr.Dataset) -> xr.Dataset:
     data = {k: v for k, v in changed.items() if k in ds.data_vars}
     coords = {k: v for k, v in changed.items() if k not in ds.data_vars}
     return ds.assign(data).assign_coords(coords)
+
+
+# ----------------------------------------------------------------------------------------------
+# Format-2 stand-ins for the sharding policy of SPECS V-A (the store helper's zarr-3 versions replace
+# these at merge; same names and signatures). Format 2 has no shards: a "shard" is one chunk here.
+# ----------------------------------------------------------------------------------------------
+
+#: Bytes of image data per shard the policy aims at (all image variables of all groups together).
+SHARD_BYTES = 64 * 2**20
+#: Bytes per chunk inside a shard (format 2: unused, a chunk is a shard).
+CHUNK_BYTES = 4 * 2**20
+
+
+def images_per_shard(batch: Any, *, shard_bytes: int = SHARD_BYTES) -> int:
+    """Images per shard along ``image``: one number for the whole store, sized by bytes.
+
+    ``batch`` maps group names to Datasets holding some images (any number); every variable with an
+    ``image`` dim counts. A region of whole shards is one unit of work for a distributed trace.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset({"x": (("image", "c"), np.zeros((2, 1024), "float32"))})
+    >>> images_per_shard({"vision": ds}, shard_bytes=2**20)  # 4 KiB per image
+    256
+    """
+    per_image = 0
+    for ds in batch.values():
+        n = ds.sizes.get("image", 0)
+        if not n:
+            continue
+        per_image += sum(v.nbytes for v in ds.variables.values() if "image" in v.dims) / n
+    return max(1, int(shard_bytes // max(per_image, 1)))
+
+
+def image_encoding(ds: xr.Dataset, images_per_shard: int, *, chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """The zarr encoding (``chunks``) of every variable of ``ds`` with an ``image`` dim.
+
+    Format 2 stand-in: one chunk per shard (``images_per_shard`` images; the other dims whole).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset({"x": (("variant", "image"), np.zeros((2, 10)))})
+    >>> image_encoding(ds, 4)
+    {'x': {'chunks': (2, 4)}}
+    """
+    del chunk_bytes  # no inner chunks without sharding
+    return {
+        str(name): {"chunks": tuple(images_per_shard if d == "image" else s for d, s in zip(var.dims, var.shape))}
+        for name, var in ds.variables.items()
+        if "image" in var.dims
+    }

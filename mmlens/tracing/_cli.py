@@ -71,7 +71,20 @@ def register(subparsers) -> None:
                         "its training seed (a different --seed is refused); otherwise this value (default 0), "
                         "which also seeds random weights and prompt inits")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming")
+    add_cluster_arguments(p)
     p.set_defaults(func=_run)
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """``--workers N``, ``--scheduler ADDRESS`` (``mmlens trace``, ``mmlens reproduce``): trace on dask.distributed."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="trace on a local dask.distributed cluster of N worker processes (one thread each); "
+                            "with --device cuda, dask-cuda's LocalCUDACluster: one worker per visible GPU "
+                            "(docs/scaling.md; needs the `cluster` extra)")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="trace on an existing dask.distributed cluster, e.g. tcp://head:8786 (started with "
+                            "`dask scheduler` and `dask worker` / `dask cuda worker` on each node; docs/scaling.md)")
 
 
 def _precision(args: argparse.Namespace):
@@ -152,43 +165,34 @@ def file_list_sha256(items, root) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
+    from mmlens.tracing.spec import TraceSpec
 
-    from mmlens.data import build, get_manifest
-    from mmlens.data.transforms import eval_mask_transform, input_spec
+    spec = TraceSpec.from_args(args)
+    args.seed = spec.seed
+    if getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None:
+        return _run_on_cluster(spec, args)
     from mmlens.tracing.tracer import trace_to_store
 
-    args.seed = run_seed(args.prompts, args.seed)
-    manifest = get_manifest(args.dataset)
-    probe = build(manifest, args.data_root, args.split, subset=args.subset)
-    model = build_prompted(args, probe.classnames)
-    spec = input_spec(model)  # the geometry of model.preprocess, for the masks
-
-    dataset = build(manifest, args.data_root, args.split, subset=args.subset, transform=model.preprocess,
-                    mask_transform=eval_mask_transform(spec), on_error="skip")
-    traced_items = dataset.items
-    if args.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-        traced_items = traced_items[: len(dataset)]
-    from mmlens.data import collate
-
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
-    subset = args.subset
+    built = spec.build()
+    options = dict(built.options)
     # autocast on the device the model runs on (not always "cuda"): --device cpu --precision amp runs the
     # GPU path on CPU; the split inside stays float32 (mmlens.tracing.decompose)
-    with _precision(args).autocast():
+    with built.precision.autocast():
         path = trace_to_store(
-            model, loader, args.out, with_reference=args.with_reference, all_queries=args.all_queries,
-            store_bias_vectors=args.bias_vectors, attribution=args.attribution, attribution_target="label",
-            batch_size=args.batch_size, device=args.device,
-            image_split=subset, class_split=[subset] * len(model.classnames), total=len(dataset),
-            provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version),
-                        "seed": args.seed,
-                        # what decides which items are traced, and in what order: the resume identity
-                        "split": args.split, "subset": args.subset, "limit": args.limit, "order": "sequential",
-                        "file_list_sha256": file_list_sha256(traced_items, args.data_root)},
-            overwrite=args.overwrite,
+            built.model, built.loader(), args.out, with_reference=False, variants=options.pop("variants"),
+            batch_size=options.pop("batch_size"), total=len(built.dataset), provenance=built.provenance,
+            overwrite=args.overwrite, **options,
         )
     print(f"wrote {path}")
     return 0
 
+
+def _run_on_cluster(spec, args: argparse.Namespace) -> int:
+    """``--workers N`` / ``--scheduler ADDRESS``: the same store, traced by a dask.distributed cluster."""
+    from mmlens.tracing.distributed import cluster_client
+    from mmlens.tracing.tracer import trace_to_store
+
+    with cluster_client(workers=args.workers, scheduler=args.scheduler, device=spec.device) as client:
+        path = trace_to_store(spec, args.out, client=client, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0

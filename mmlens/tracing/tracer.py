@@ -591,8 +591,9 @@ def trace(
 def trace_to_store(
     model,
     loader: Any,
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     *,
+    client: Any = None,
     with_reference: bool = False,
     variants: Sequence[str] | None = None,
     provenance: dict | None = None,
@@ -610,7 +611,28 @@ def trace_to_store(
     left; other iterables are read and skipped. Chunks of images lost or truncated since (see
     ``mmlens store verify``) are re-traced first, exactly those batches. Takes the keyword
     arguments of :func:`trace`. Returns the store path; open it with ``mmlens.open(path)``.
+
+    **On a dask.distributed cluster**: ``trace_to_store(spec, path, client=client)`` with a
+    :class:`~mmlens.tracing.spec.TraceSpec` in place of the model and loader (workers build the model
+    from the spec; see :func:`mmlens.tracing.distributed.trace_spec_to_store` and docs/scaling.md).
+    The store is the same as the one-process trace of the same spec writes.
     """
+    from mmlens.tracing.spec import TraceSpec
+
+    if isinstance(model, TraceSpec):
+        if client is None:
+            raise TypeError("trace_to_store(spec, path, client=...) traces a TraceSpec on a dask.distributed "
+                            "cluster: pass client= (a distributed.Client), or build the model yourself "
+                            "(spec.build()) for a one-process trace")
+        from mmlens.tracing.distributed import trace_spec_to_store
+
+        return trace_spec_to_store(model, loader, client=client, overwrite=overwrite,
+                                   progress=kwargs.pop("progress", True), **kwargs)
+    if path is None:
+        raise TypeError("trace_to_store(model, loader, path) needs the store path")
+    if client is not None:
+        raise TypeError("client= traces a TraceSpec (mmlens.tracing.spec.TraceSpec) on a cluster; a live model "
+                        "cannot be sent to workers. Describe the run as a TraceSpec, or drop client=.")
     from mmlens.store.writer import StoreWriter
 
     device = torch.device(kwargs.pop("device", None) or next(model.parameters()).device)
