@@ -85,6 +85,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="trace on an existing dask.distributed cluster, e.g. tcp://head:8786 (started with "
                             "`dask scheduler` and `dask worker` / `dask cuda worker` on each node; docs/scaling.md)")
+    p.add_argument("--images-per-shard", type=int, default=None, metavar="N",
+                   help="with --workers / --scheduler: input items per region, the unit of work of one task "
+                        "(default: sized by bytes, rounded to a multiple of --batch-size)")
 
 
 def _precision(args: argparse.Namespace):
@@ -193,6 +196,7 @@ def _run_on_cluster(spec, args: argparse.Namespace) -> int:
     from mmlens.tracing.tracer import trace_to_store
 
     with cluster_client(workers=args.workers, scheduler=args.scheduler, device=spec.device) as client:
-        path = trace_to_store(spec, args.out, client=client, overwrite=args.overwrite)
+        path = trace_to_store(spec, args.out, client=client, overwrite=args.overwrite,
+                              images_per_shard=getattr(args, "images_per_shard", None))
     print(f"wrote {path}")
     return 0

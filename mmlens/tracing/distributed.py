@@ -9,6 +9,7 @@ traces whole regions of input items and writes them straight into the store
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -447,7 +448,9 @@ def cluster_client(*, workers: int | None = None, scheduler: str | None = None, 
     if str(device).startswith("cuda"):
         cluster = _cuda_cluster()
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        # no dashboard (it needs a free port and bokeh's server); the cluster's own logs only from warnings up
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               scheduler_kwargs={"dashboard": False}, silence_logs=logging.WARNING)
     with cluster, Client(cluster) as client:
         yield client
 
@@ -461,4 +464,4 @@ def _cuda_cluster() -> Any:
             "--device cuda with --workers starts one worker per GPU with dask-cuda, which is not installed: "
             "pip install dask-cuda (it needs a CUDA machine), or run one process per GPU with --scheduler "
             "(docs/scaling.md).") from err
-    return LocalCUDACluster(threads_per_worker=1, dashboard_address=None)
+    return LocalCUDACluster(threads_per_worker=1, dashboard_address=None, silence_logs=logging.WARNING)
