@@ -417,6 +417,9 @@ def recover(path: str | os.PathLike) -> None:
     path = Path(path)
     compacted = path.with_name(path.name + COMPACTED_SUFFIX)
     old = path.with_name(path.name + ".items")
+    if path.is_dir():  # the atomic metadata writes of a killed client that never reached their rename
+        for leftover in path.glob("*.partial"):
+            leftover.unlink(missing_ok=True)
     if compacted.exists():
         try:
             done = bool(read_progress(compacted)[0].get("complete"))

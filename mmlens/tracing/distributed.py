@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmlens.tracing.spec import TraceSpec
+from mmlens.tracing.spec import ClusterError, TraceSpec
 
 __all__ = [
     "TraceSpec",
@@ -37,10 +37,6 @@ CONNECT_TIMEOUT = 10
 #: Attempts per region after an error in its task (a worker that dies is handled by the scheduler:
 #: its tasks go to the other workers, up to ``distributed.scheduler.allowed-failures`` times).
 RETRIES = 2
-
-
-class ClusterError(RuntimeError):
-    """The cluster cannot run the trace: unreachable scheduler, missing dask-cuda, no workers."""
 
 
 class ClusterVersionError(ClusterError):

@@ -12,7 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TraceSpec", "BuiltTrace"]
+__all__ = ["TraceSpec", "BuiltTrace", "ClusterError"]
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run a trace: unreachable scheduler, missing dask-cuda, mismatched versions, no workers."""
 
 
 @dataclass(frozen=True)
