@@ -24,6 +24,7 @@ def _attribution_methods(text: str) -> list[str]:
 def register(subparsers) -> None:
     """Add ``mmlens trace``."""
     from mmlens.models.loading import add_quick_gelu_argument
+    from mmlens.tracing.spec import add_cluster_arguments
 
     p = subparsers.add_parser(
         "trace",
@@ -72,22 +73,10 @@ def register(subparsers) -> None:
                         "which also seeds random weights and prompt inits")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming")
     add_cluster_arguments(p)
-    p.set_defaults(func=_run)
-
-
-def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    """``--workers N``, ``--scheduler ADDRESS`` (``mmlens trace``, ``mmlens reproduce``): trace on dask.distributed."""
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="trace on a local dask.distributed cluster of N worker processes (one thread each); "
-                            "with --device cuda, dask-cuda's LocalCUDACluster: one worker per visible GPU "
-                            "(docs/scaling.md; needs the `cluster` extra)")
-    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="trace on an existing dask.distributed cluster, e.g. tcp://head:8786 (started with "
-                            "`dask scheduler` and `dask worker` / `dask cuda worker` on each node; docs/scaling.md)")
     p.add_argument("--images-per-shard", type=int, default=None, metavar="N",
                    help="with --workers / --scheduler: input items per region, the unit of work of one task "
                         "(default: sized by bytes, rounded to a multiple of --batch-size)")
+    p.set_defaults(func=_run)
 
 
 def _precision(args: argparse.Namespace):

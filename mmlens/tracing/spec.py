@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TraceSpec", "BuiltTrace", "ClusterError"]
+__all__ = ["TraceSpec", "BuiltTrace", "ClusterError", "add_cluster_arguments"]
 
 
 class ClusterError(RuntimeError):
@@ -172,3 +172,15 @@ class BuiltTrace:
 
         return torch.utils.data.DataLoader(self.dataset if dataset is None else dataset,
                                            batch_size=self.spec.batch_size, collate_fn=collate)
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """``--workers N``, ``--scheduler ADDRESS`` (``mmlens trace``, ``mmlens reproduce``): trace on dask.distributed."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="trace on a local dask.distributed cluster of N worker processes (one thread each); "
+                            "with --device cuda, dask-cuda's LocalCUDACluster: one worker per visible GPU "
+                            "(docs/scaling.md; needs the `cluster` extra)")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="trace on an existing dask.distributed cluster, e.g. tcp://head:8786 (started with "
+                            "`dask scheduler` and `dask worker` / `dask cuda worker` on each node; docs/scaling.md)")

@@ -259,3 +259,36 @@ def test_local_cuda_cluster_is_built_with_dask_cuda_mocked(monkeypatch):
     with pytest.raises(ClusterError, match="dask-cuda, which is not installed: pip install dask-cuda"):
         with cluster_client(workers=2, device="cuda"):
             pass
+
+
+@pytest.mark.slow
+def test_reproduce_trace_step_on_the_cluster_equals_the_one_process_step(tmp_path, client):
+    """``mmlens reproduce --workers``: the trace step's spec builds what the one-process step traces."""
+    import argparse
+
+    import torch
+
+    from mmlens.experiments import reproduce
+    from mmlens.experiments._pipeline import Config, _Runner
+    from mmlens.models import PromptedCLIP, save_prompts
+
+    parser = argparse.ArgumentParser()
+    reproduce.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "a"), "--datasets", "ToySketch", "--seeds", "1",
+                              "--max-images", "12", "--workers", "2"])
+    cfg = Config.from_args(args)
+    assert cfg.workers == 2 and "workers" not in cfg.settings()  # traces the same stores: not a setting
+    stores = {}
+    for name, on_cluster in (("a", False), ("b", True)):
+        run_cfg = Config(**{**cfg.__dict__, "out": str(tmp_path / name), "workers": None})
+        runner = _Runner(run_cfg)
+        train = runner.source("ToySketch").train(seed=1, shots=1, size=runner.size)
+        torch.manual_seed(1)
+        model = PromptedCLIP(runner.clip, train.classnames, "maple", depth=runner.depth(), init_seed=1)
+        save_prompts(model, runner.prompts_path("ToySketch", 1, "maple"))
+        runner.client = client if on_cluster else None
+        stores[name] = runner.trace("ToySketch", 1, "base")["store"]
+    got, ref = mmlens.open(stores["b"]), mmlens.open(stores["a"])
+    assert list(got["vision"]["variant"].values) == ["full", "zeroshot", "bias_only", "redistribution_only",
+                                                     "constant_bias", "drop_prompts"]
+    assert_same_store(got, ref)
