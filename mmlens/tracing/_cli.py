@@ -7,6 +7,11 @@ import argparse
 # the schema is a names-only module (no numpy, xarray or torch), so `mmlens --help` stays light
 from mmlens.store.schema import ATTRIBUTION_METHODS
 
+# what builds a run's model and data lives with TraceSpec (one place for `mmlens trace` and cluster workers)
+from mmlens.tracing.spec import build_prompted, file_list_sha256, run_seed
+
+__all__ = ["register", "build_prompted", "file_list_sha256", "run_seed"]
+
 
 def _attribution_methods(text: str) -> list[str]:
     """argparse type of ``--attribution``: comma-separated method names, checked by ``trace``'s own parser."""
@@ -77,83 +82,6 @@ def register(subparsers) -> None:
                    help="with --workers / --scheduler: input items per region, the unit of work of one task "
                         "(default: sized by bytes, rounded to a multiple of --batch-size)")
     p.set_defaults(func=_run)
-
-
-def _precision(args: argparse.Namespace):
-    """The resolved ``--precision`` of ``args`` on ``--device`` (``auto``: fp16 on cuda, fp32 elsewhere)."""
-    from mmlens.models.precision import resolve_precision
-
-    return resolve_precision(getattr(args, "precision", "auto"), args.device, auto_cuda="fp16")
-
-
-def run_seed(prompts: str | None, seed: int | None) -> int:
-    """The run's seed: the training seed ``prompts`` records, else ``seed``, else 0.
-
-    Seeds are the unit of every statistic over runs, so a ``--seed`` that disagrees with the
-    prompts' own is refused rather than stored.
-
-    Examples
-    --------
-    >>> run_seed(None, 3)
-    3
-    >>> run_seed(None, None)
-    0
-    """
-    from mmlens.models.checkpoints import checkpoint_seed
-
-    recorded = checkpoint_seed(prompts) if prompts is not None else None
-    if recorded is None:
-        return 0 if seed is None else int(seed)
-    if seed is not None and int(seed) != recorded:
-        raise ValueError(f"--seed {seed} disagrees with --prompts {prompts}, which were trained with seed "
-                         f"{recorded}. Drop --seed (the prompts' seed is the run's seed) or pass --seed {recorded}.")
-    return recorded
-
-
-def build_prompted(args: argparse.Namespace, classnames: list[str]):
-    """A PromptedCLIP from CLI arguments (``args.seed`` is the run's seed, see :func:`run_seed`)."""
-    from pathlib import Path
-
-    import torch
-
-    from mmlens.models import PromptedCLIP, import_prompts, load_clip, load_prompts
-    from mmlens.models.loading import cli_pretrained
-    from mmlens.models.prompted import prompt_depth
-
-    seed = getattr(args, "seed", None)
-    torch.manual_seed(0 if seed is None else seed)  # random weights and prompt inits repeat on a rerun
-    clip = load_clip(args.model, cli_pretrained(args.model, args.pretrained), device=args.device,
-                     precision=_precision(args).weights, quick_gelu=getattr(args, "quick_gelu", None))
-    if args.prompts is None:
-        n_blocks = min(len(clip.model.visual.transformer.resblocks), len(clip.model.transformer.resblocks))
-        depth, note = prompt_depth(n_blocks, args.depth)
-        if note:
-            print(f"note: {note}")
-        return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=depth).to(args.device)
-    path = Path(args.prompts)
-    if path.suffix == ".safetensors":
-        return load_prompts(path, clip, classnames=classnames).to(args.device)
-    return import_prompts(path, clip, classnames).to(args.device)  # the file carries its method and depth
-
-
-def file_list_sha256(items, root) -> str:
-    """sha256 of the traced items in order (path relative to the data root, tab, label; one per line).
-
-    Relative paths, so that a store resumes on another machine with the data elsewhere.
-
-    Examples
-    --------
-    >>> from mmlens.data import Item
-    >>> file_list_sha256([Item("/data/a/x.jpg", 0, "cat")], "/data")[:12]
-    '353b966897ad'
-    """
-    import hashlib
-    import os
-
-    digest = hashlib.sha256()
-    for it in items:
-        digest.update(f"{os.path.relpath(it.path, root)}\t{it.label}\n".encode())
-    return digest.hexdigest()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -297,6 +297,10 @@ def trace_spec_to_store(
     from mmlens.store.lock import WriterLock
     from mmlens.store.writer import StoreIdentityError, check_identity
 
+    if not isinstance(spec, TraceSpec):
+        raise TypeError(f"trace_to_store(..., client=) traces a TraceSpec on the cluster (workers cannot receive "
+                        f"a live model); found {type(spec).__name__}. Describe the run as a "
+                        "mmlens.tracing.spec.TraceSpec.")
     path = Path(path)
     started = time.perf_counter()
     check_versions(client)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TraceSpec", "BuiltTrace", "ClusterError", "add_cluster_arguments"]
+__all__ = ["TraceSpec", "BuiltTrace", "ClusterError", "add_cluster_arguments", "run_seed", "build_prompted",
+           "file_list_sha256"]
 
 
 class ClusterError(RuntimeError):
@@ -37,7 +38,7 @@ class TraceSpec:
         The items traced, in order: ``mmlens.data.build(dataset, data_root, split, subset)``, the first
         ``limit`` of them.
     seed
-        The run's seed (``mmlens.tracing._cli.run_seed``; seeds random weights and prompt inits).
+        The run's seed (:func:`run_seed`; seeds random weights and prompt inits).
     precision, device, batch_size
         How the model runs (``auto``: fp16 on cuda, fp32 elsewhere).
     with_reference, variants, all_queries, bias_vectors, attribution, direct_effects
@@ -80,8 +81,6 @@ class TraceSpec:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TraceSpec:
         """The spec of ``mmlens trace``'s arguments (``args.seed`` resolved with ``run_seed`` first)."""
-        from mmlens.tracing._cli import run_seed
-
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
                   if hasattr(args, f.name) and f.name not in ("seed", "extra")}
         values["seed"] = run_seed(getattr(args, "prompts", None), getattr(args, "seed", None))
@@ -117,7 +116,6 @@ class TraceSpec:
         from mmlens.data import build, get_manifest
         from mmlens.data.transforms import eval_mask_transform, input_spec
         from mmlens.models.precision import resolve_precision
-        from mmlens.tracing._cli import build_prompted, file_list_sha256
 
         manifest = get_manifest(self.dataset)
         probe = build(manifest, self.data_root, self.split, subset=self.subset)
@@ -184,3 +182,80 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="trace on an existing dask.distributed cluster, e.g. tcp://head:8786 (started with "
                             "`dask scheduler` and `dask worker` / `dask cuda worker` on each node; docs/scaling.md)")
+
+
+def _precision(args: argparse.Namespace):
+    """The resolved ``--precision`` of ``args`` on ``--device`` (``auto``: fp16 on cuda, fp32 elsewhere)."""
+    from mmlens.models.precision import resolve_precision
+
+    return resolve_precision(getattr(args, "precision", "auto"), args.device, auto_cuda="fp16")
+
+
+def run_seed(prompts: str | None, seed: int | None) -> int:
+    """The run's seed: the training seed ``prompts`` records, else ``seed``, else 0.
+
+    Seeds are the unit of every statistic over runs, so a ``--seed`` that disagrees with the
+    prompts' own is refused rather than stored.
+
+    Examples
+    --------
+    >>> run_seed(None, 3)
+    3
+    >>> run_seed(None, None)
+    0
+    """
+    from mmlens.models.checkpoints import checkpoint_seed
+
+    recorded = checkpoint_seed(prompts) if prompts is not None else None
+    if recorded is None:
+        return 0 if seed is None else int(seed)
+    if seed is not None and int(seed) != recorded:
+        raise ValueError(f"--seed {seed} disagrees with --prompts {prompts}, which were trained with seed "
+                         f"{recorded}. Drop --seed (the prompts' seed is the run's seed) or pass --seed {recorded}.")
+    return recorded
+
+
+def build_prompted(args: argparse.Namespace, classnames: list[str]):
+    """A PromptedCLIP from CLI arguments (``args.seed`` is the run's seed, see :func:`run_seed`)."""
+    from pathlib import Path
+
+    import torch
+
+    from mmlens.models import PromptedCLIP, import_prompts, load_clip, load_prompts
+    from mmlens.models.loading import cli_pretrained
+    from mmlens.models.prompted import prompt_depth
+
+    seed = getattr(args, "seed", None)
+    torch.manual_seed(0 if seed is None else seed)  # random weights and prompt inits repeat on a rerun
+    clip = load_clip(args.model, cli_pretrained(args.model, args.pretrained), device=args.device,
+                     precision=_precision(args).weights, quick_gelu=getattr(args, "quick_gelu", None))
+    if args.prompts is None:
+        n_blocks = min(len(clip.model.visual.transformer.resblocks), len(clip.model.transformer.resblocks))
+        depth, note = prompt_depth(n_blocks, args.depth)
+        if note:
+            print(f"note: {note}")
+        return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=depth).to(args.device)
+    path = Path(args.prompts)
+    if path.suffix == ".safetensors":
+        return load_prompts(path, clip, classnames=classnames).to(args.device)
+    return import_prompts(path, clip, classnames).to(args.device)  # the file carries its method and depth
+
+
+def file_list_sha256(items, root) -> str:
+    """sha256 of the traced items in order (path relative to the data root, tab, label; one per line).
+
+    Relative paths, so that a store resumes on another machine with the data elsewhere.
+
+    Examples
+    --------
+    >>> from mmlens.data import Item
+    >>> file_list_sha256([Item("/data/a/x.jpg", 0, "cat")], "/data")[:12]
+    '353b966897ad'
+    """
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    for it in items:
+        digest.update(f"{os.path.relpath(it.path, root)}\t{it.label}\n".encode())
+    return digest.hexdigest()

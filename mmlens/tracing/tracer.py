@@ -617,22 +617,15 @@ def trace_to_store(
     from the spec; see :func:`mmlens.tracing.distributed.trace_spec_to_store` and docs/scaling.md).
     The store is the same as the one-process trace of the same spec writes.
     """
-    from mmlens.tracing.spec import TraceSpec
-
-    if isinstance(model, TraceSpec):
-        if client is None:
-            raise TypeError("trace_to_store(spec, path, client=...) traces a TraceSpec on a dask.distributed "
-                            "cluster: pass client= (a distributed.Client), or build the model yourself "
-                            "(spec.build()) for a one-process trace")
+    if client is not None:  # a TraceSpec on a cluster: the workers build the model (checked there)
         from mmlens.tracing.distributed import trace_spec_to_store
 
         return trace_spec_to_store(model, loader, client=client, overwrite=overwrite,
                                    progress=kwargs.pop("progress", True), **kwargs)
-    if path is None:
-        raise TypeError("trace_to_store(model, loader, path) needs the store path")
-    if client is not None:
-        raise TypeError("client= traces a TraceSpec (mmlens.tracing.spec.TraceSpec) on a cluster; a live model "
-                        "cannot be sent to workers. Describe the run as a TraceSpec, or drop client=.")
+    if path is None or not isinstance(model, torch.nn.Module):
+        raise TypeError("trace_to_store(model, loader, path) traces a model in this process; a TraceSpec is traced "
+                        "on a dask.distributed cluster: trace_to_store(spec, path, client=...) (or spec.build() for "
+                        f"a one-process trace); found {type(model).__name__}")
     from mmlens.store.writer import StoreWriter
 
     device = torch.device(kwargs.pop("device", None) or next(model.parameters()).device)

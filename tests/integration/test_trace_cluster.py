@@ -99,6 +99,18 @@ def test_cluster_store_equals_the_one_process_store(tmp_path, spec, client, refe
     assert store_status(out).message == "complete: 29 images, 1 skipped"
     report = verify(out)
     assert report.ok, report.text()
+    # statistics on the same cluster: the client is dask's default scheduler, the store's reads run on the workers
+    import dask
+
+    from mmlens.stats import bootstrap_ci
+
+    def alpha(tree):
+        return tree["vision"]["prompt_mass"].sel(variant="full").mean("head")
+
+    on_cluster = bootstrap_ci(alpha(got), dims=("image",), n_boot=64)
+    with dask.config.set(scheduler="sync"):
+        here = bootstrap_ci(alpha(reference), dims=("image",), n_boot=64)
+    xr.testing.assert_equal(on_cluster, here)
     # rerun: complete, nothing traced again
     mmlens.trace_to_store(spec, out, client=client)
     assert_same_store(mmlens.open(out), reference)
