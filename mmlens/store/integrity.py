@@ -525,9 +525,7 @@ def checked_store(path: str | os.PathLike, meta: Mapping[str, Any], record: Mapp
 # ----------------------------------------------------------------------------------------------
 
 
-class StoreStatus(NamedTuple):
-    """How far a store's writer got: what the report and the explorer show."""
-
+class _Counts(NamedTuple):
     complete: bool
     #: input items committed (images + unreadable ones)
     n_done: int
@@ -535,8 +533,21 @@ class StoreStatus(NamedTuple):
     n_total: int | None
     n_images: int
     n_failures: int
-    #: regions not written yet, of a store a distributed trace is writing (:mod:`mmlens.store.regions`); else 0
-    n_pending: int = 0
+
+
+class StoreStatus(_Counts):
+    """How far a store's writer got: what the report and the explorer show.
+
+    A 5-tuple ``(complete, n_done, n_total, n_images, n_failures)``; ``n_pending`` (not part of the
+    tuple, so that comparisons with 5-tuples keep working) counts the regions not written yet of a store
+    a distributed trace is writing (:mod:`mmlens.store.regions`), else 0.
+    """
+
+    def __new__(cls, complete: bool, n_done: int, n_total: int | None, n_images: int, n_failures: int,
+                n_pending: int = 0) -> StoreStatus:
+        self = super().__new__(cls, complete, n_done, n_total, n_images, n_failures)
+        self.n_pending = int(n_pending)
+        return self
 
     @property
     def message(self) -> str:
