@@ -60,7 +60,7 @@ def cluster_ratio(n_images: int, per_region: int, batch: int) -> None:
     results = {}
     for workers in (1, 2):
         t0 = time.perf_counter()
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           scheduler_kwargs={"dashboard": False}, silence_logs=40) as cluster, Client(cluster) as c:
             up = time.perf_counter() - t0
             # the model build once per worker (plugin setup) is part of the first call; a warm-up store

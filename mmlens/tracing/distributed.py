@@ -448,8 +448,9 @@ def cluster_client(*, workers: int | None = None, scheduler: str | None = None, 
     if str(device).startswith("cuda"):
         cluster = _cuda_cluster()
     else:
-        # no dashboard (it needs a free port and bokeh's server); the cluster's own logs only from warnings up
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        # the scheduler's HTTP server on a free port and no bokeh dashboard (a second cluster on the machine
+        # must not fight for 8787); the cluster's own logs only from warnings up
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                scheduler_kwargs={"dashboard": False}, silence_logs=logging.WARNING)
     with cluster, Client(cluster) as client:
         yield client
@@ -464,4 +465,4 @@ def _cuda_cluster() -> Any:
             "--device cuda with --workers starts one worker per GPU with dask-cuda, which is not installed: "
             "pip install dask-cuda (it needs a CUDA machine), or run one process per GPU with --scheduler "
             "(docs/scaling.md).") from err
-    return LocalCUDACluster(threads_per_worker=1, dashboard_address=None, silence_logs=logging.WARNING)
+    return LocalCUDACluster(threads_per_worker=1, dashboard_address=":0", silence_logs=logging.WARNING)
