@@ -160,17 +160,21 @@ def create(
     shutil.rmtree(partial, ignore_errors=True)
     root = zarr.open_group(partial, mode="w", zarr_format=ZARR_FORMAT)
     image_arrays: list[str] = []
+    placeholders: list[str] = []  # string arrays xarray wrote at once: emptied again below
     for name, ds in groups.items():
         ds = ds.drop_vars([v for v in ds.variables if _FAILURE_DIM in ds[v].dims])
         encoding: dict[str, Any] = {}
         if "image" in ds.dims:
             ds = _image_template(ds, n_items, per_shard)
             encoding = image_encoding(ds, per_shard)
-            image_arrays += [f"{name}/{v}" for v in ds.variables if "image" in ds[v].dims]
+            image_arrays += [f"{name}/{v}" for v in ds.variables if "image" in ds[v].dims and v != "image"]
+            placeholders += [f"{name}/{v}" for v in ds.variables if "image" in ds[v].dims and ds[v].dtype == object]
         vlen_strings(ds).to_zarr(partial, group=name, mode="a", zarr_format=ZARR_FORMAT, consolidated=False,
                                  compute=False, encoding=encoding)
-    record = integrity.update_record(partial, {})
-    for array in image_arrays:  # recorded region by region, as each is committed
+    for array in placeholders:
+        _drop_chunks(partial / array)
+    record = integrity.update_record(partial, {})  # the `image` index is written whole, now, and recorded
+    for array in image_arrays:  # the image variables: recorded region by region, as each is committed
         record[array] = {}
     progress = {
         "layout": LAYOUT, "images": 0, "failures": 0, "items": 0, "batches": 0, "complete": False,
@@ -181,6 +185,23 @@ def create(
     zarr.consolidate_metadata(partial, zarr_format=ZARR_FORMAT)
     os.replace(partial, path)
     return progress
+
+
+def _drop_chunks(array: Path) -> None:
+    """Delete the chunks of a just-created array, keeping its metadata: every region is then unwritten.
+
+    xarray writes string arrays at once (it cannot declare a lazy one), so their placeholder chunks would
+    otherwise sit in pending regions as files the integrity record does not know.
+    """
+    if not array.is_dir():
+        return
+    for entry in array.iterdir():
+        if entry.name in integrity.META_FILES or entry.name == "zarr.json":
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 # ----------------------------------------------------------------------------------------------
