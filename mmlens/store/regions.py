@@ -1,12 +1,15 @@
 """Stores written region by region by many processes (a distributed trace): layout, pending record, compaction.
 
 Torch-free. A distributed trace (:mod:`mmlens.tracing.distributed`) lays a store out over its *input
-items*: image slot ``i`` holds input item ``i``, and a region is one shard of ``images_per_shard`` slots
-(zarr chunks, or shards in zarr 3, never straddle two regions, so every region is written by exactly one
-process and a rewrite of it is idempotent). The client writes the metadata and coordinates first
-(:func:`create`), each worker writes its own regions (:func:`write_region`) and the client commits each
-finished region into the store's ``_progress`` and integrity record (:func:`commit_region`). A region not
-committed yet is *pending*: readers see the complete prefix, never a half-written region.
+items*: image slot ``i`` holds input item ``i``, and a region is ``images_per_shard`` slots (the store's
+region of :func:`~mmlens.store._encoding.images_per_shard`: every variable's zarr-3 shard along ``image``
+divides it, so a region is whole shard files of every variable, never part of one; the last region, and
+the last shard of each variable in it, may be partial). Every region is therefore written by exactly one
+process, and a rewrite of it is idempotent. The store's metadata and coordinates are written first
+(:func:`create`), each worker writes its own regions (:func:`write_region`) and the client alone commits
+each finished region into the store's ``_progress`` and integrity record (:func:`commit_region`: one
+replace of the root ``zarr.json``, :func:`~mmlens.store._encoding.write_root`). A region not committed yet
+is *pending*: readers see the complete prefix, never a half-written region.
 
 Unreadable items leave a masked slot (NaN, label -1, empty strings). When a run had any, a compacting
 pass (:func:`create_compacted` then :func:`copy_region` per output region, then :func:`swap_in`) copies
@@ -27,7 +30,17 @@ import numpy as np
 import xarray as xr
 
 from mmlens.store import integrity, schema
-from mmlens.store._encoding import ZARR_FORMAT, image_encoding, images_per_shard, vlen_strings
+from mmlens.store._encoding import (
+    CHUNK_KEY_ENCODING,
+    ZARR_FORMAT,
+    image_encoding,
+    images_per_shard,
+    plain_strings,
+    restore_root,
+    vlen_strings,
+    write_root,
+)
+from mmlens.store.writer import _static_encoding
 
 __all__ = [
     "LAYOUT",
@@ -78,7 +91,9 @@ def shard_size(batch: Mapping[str, xr.Dataset], batch_size: int, *, override: in
     """Images per region: the store's byte-sized policy (``images_per_shard``), a multiple of ``batch_size``.
 
     A multiple of the batch size, so that every region is traced in exactly the batches a
-    single-process run forms (the same images in each batch: the same numbers, bit for bit).
+    single-process run forms (the same images in each batch: the same numbers, bit for bit). The
+    store is then created with this number as its ``images_per_shard``, so every variable's shard
+    divides it (:func:`~mmlens.store._encoding.image_encoding`).
 
     Examples
     --------
@@ -158,15 +173,15 @@ def create(
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    root = zarr.open_group(partial, mode="w", zarr_format=ZARR_FORMAT)
+    zarr.open_group(partial, mode="w", zarr_format=ZARR_FORMAT)
     image_arrays: list[str] = []
     placeholders: list[str] = []  # string arrays xarray wrote at once: emptied again below
     for name, ds in groups.items():
         ds = ds.drop_vars([v for v in ds.variables if _FAILURE_DIM in ds[v].dims])
-        encoding: dict[str, Any] = {}
+        encoding = _static_encoding(ds)
         if "image" in ds.dims:
             ds = _image_template(ds, n_items, per_shard)
-            encoding = image_encoding(ds, per_shard)
+            encoding.update(image_encoding(ds, per_shard))
             image_arrays += [f"{name}/{v}" for v in ds.variables if "image" in ds[v].dims and v != "image"]
             placeholders += [f"{name}/{v}" for v in ds.variables if "image" in ds[v].dims and ds[v].dtype == object]
         vlen_strings(ds).to_zarr(partial, group=name, mode="a", zarr_format=ZARR_FORMAT, consolidated=False,
@@ -181,14 +196,14 @@ def create(
         "arrays": sorted(record), "total": int(n_items), "runs": [], "images_per_shard": int(per_shard),
         "image_arrays": sorted(image_arrays), "regions": {}, "item_failures": [], "run": 0,
     }
-    root.attrs.put({**dict(provenance), schema.PROGRESS_ATTR: _dumps(progress), schema.CHUNKS_ATTR: _dumps(record)})
-    zarr.consolidate_metadata(partial, zarr_format=ZARR_FORMAT)
+    write_root(partial, {**dict(provenance), schema.PROGRESS_ATTR: _dumps(progress),
+                         schema.CHUNKS_ATTR: _dumps(record)})
     os.replace(partial, path)
     return progress
 
 
 def _drop_chunks(array: Path) -> None:
-    """Delete the chunks of a just-created array, keeping its metadata: every region is then unwritten.
+    """Delete the shard files of a just-created array, keeping its metadata: every region is then unwritten.
 
     xarray writes string arrays at once (it cannot declare a lazy one), so their placeholder chunks would
     otherwise sit in pending regions as files the integrity record does not know.
@@ -196,7 +211,7 @@ def _drop_chunks(array: Path) -> None:
     if not array.is_dir():
         return
     for entry in array.iterdir():
-        if entry.name in integrity.META_FILES or entry.name == "zarr.json":
+        if entry.name in integrity.META_FILES:
             continue
         if entry.is_dir():
             shutil.rmtree(entry)
@@ -221,7 +236,13 @@ def write_region(
 
     ``groups`` hold the region's readable images in order, ``positions`` their slots; the other slots
     (unreadable items) are masked: NaN, label -1, empty strings. Idempotent: writing the same region
-    twice leaves the same bytes. Only the region's own chunks are touched.
+    twice leaves the same bytes. ``lo:hi`` is a region of :func:`shard_ranges`, so it covers whole shard
+    files of every variable (the last region ends with the array, and so does its last shard): only the
+    region's own files are written, and no other process writes them.
+
+    Returns the integrity entries (byte size, crc32) of the region's shard files of ``image_arrays``,
+    read while they are in this process's page cache (:func:`~mmlens.store.integrity.update_record`
+    with ``{"image": (lo, hi)}``); the client records them with :func:`commit_region`.
     """
     slots = np.arange(lo, hi)
     positions = np.asarray(positions, dtype=np.int64)
@@ -243,7 +264,18 @@ def write_region(
         part.attrs = {}
         part.to_zarr(path, group=name, mode="r+", region={"image": slice(lo, hi)}, zarr_format=ZARR_FORMAT,
                      consolidated=False)
-    return integrity.update_record(path, {a: {} for a in image_arrays}, {"image": (lo, hi)})
+    # every array known to update_record, so that it reads only this region's files (arrays it does not
+    # know it would record whole); only the image arrays' entries change
+    known = {a: {} for a in _array_names(path)}
+    entries = integrity.update_record(path, known, {"image": (lo, hi)})
+    return {a: entries[a] for a in image_arrays if a in entries}
+
+
+def _array_names(path: str | os.PathLike) -> list[str]:
+    """The arrays of a store (``group/name``) from its consolidated metadata (one small read)."""
+    meta, _ = integrity.read_metadata(path)
+    return sorted(k[: -len("/zarr.json")] for k, doc in meta.items()
+                  if k.endswith("/zarr.json") and doc.get("node_type") == "array")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,11 +284,8 @@ def write_region(
 
 
 def read_progress(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(progress, record, provenance)`` of a store, from its root attrs (not the consolidated copy)."""
-    import zarr
-
-    root = zarr.open_group(Path(path), mode="r", zarr_format=ZARR_FORMAT, use_consolidated=False)
-    attrs = dict(root.attrs)
+    """``(progress, record, provenance)`` of a store, from its root ``zarr.json``."""
+    attrs = integrity.root_attrs(integrity.read_metadata(path)[0])
     progress = json.loads(attrs.get(schema.PROGRESS_ATTR, "{}"))
     record = json.loads(attrs.get(schema.CHUNKS_ATTR, "{}"))
     provenance = {k: v for k, v in attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
@@ -280,13 +309,10 @@ def _prefix_images(progress: Mapping[str, Any]) -> int:
 
 def _write_attrs(path: Path, progress: Mapping[str, Any], record: Mapping[str, Any],
                  extra: Mapping[str, Any] | None = None) -> None:
-    """Counts and record in one root-attrs replace, then the consolidated metadata (what readers read)."""
-    import zarr
-
-    root = zarr.open_group(path, mode="r+", zarr_format=ZARR_FORMAT, use_consolidated=False)
-    root.update_attributes({**dict(extra or {}), schema.PROGRESS_ATTR: _dumps(progress),
-                            schema.CHUNKS_ATTR: _dumps(record)})
-    zarr.consolidate_metadata(path, zarr_format=ZARR_FORMAT)
+    """Counts, record and consolidated metadata in one replace of the root ``zarr.json`` (the commit)."""
+    attrs = integrity.root_attrs(integrity.read_metadata(path)[0])
+    write_root(path, {**attrs, **dict(extra or {}), schema.PROGRESS_ATTR: _dumps(progress),
+                      schema.CHUNKS_ATTR: _dumps(record)})
 
 
 def commit_region(
@@ -299,7 +325,11 @@ def commit_region(
     failures: Sequence[Sequence[Any]],
     entries: Mapping[str, Mapping[str, list[int]]],
 ) -> None:
-    """Record a finished region (its images, its unreadable items, its chunks' bytes and crc32), in place."""
+    """Record a finished region (its images, its unreadable items, its shards' bytes and crc32), in place.
+
+    ``entries`` are what :func:`write_region` returned for the region. Only the client calls this: the
+    root ``zarr.json`` has one writer.
+    """
     per, total = progress["images_per_shard"], progress["total"]
     for array, chunks in entries.items():
         record.setdefault(array, {}).update({k: list(v) for k, v in chunks.items()})
@@ -328,7 +358,7 @@ def region_status(path: str | os.PathLike) -> RegionStatus | None:
     True
     """
     meta, _ = integrity.read_metadata(path)
-    raw = meta.get(".zattrs", {}).get(schema.PROGRESS_ATTR)
+    raw = integrity.root_attrs(meta).get(schema.PROGRESS_ATTR)
     progress = json.loads(raw) if raw else {}
     if progress.get("layout") != LAYOUT:
         return None
@@ -375,7 +405,7 @@ def finalize(
             {"failures": (_FAILURE_DIM, np.array([str(f[2]) for f in failures], dtype=object))},
             coords={"failure_path": (_FAILURE_DIM, np.array([str(f[1]) for f in failures], dtype=object))})
         n = len(failures)
-        encoding = {v: {"chunks": (max(n, 64),)} for v in ds.variables}
+        encoding = {v: {"chunks": (max(n, 64),), "chunk_key_encoding": dict(CHUNK_KEY_ENCODING)} for v in ds.variables}
         ds.to_zarr(path, group="vision", mode="a", zarr_format=ZARR_FORMAT, consolidated=False, encoding=encoding)
         integrity.update_record(path, record, {_FAILURE_DIM: (0, n)})
     progress.update(images=int(n_images), failures=len(failures), items=int(progress["total"]),
@@ -387,7 +417,7 @@ def create_compacted(src: str | os.PathLike, dst: str | os.PathLike, *, n_images
     """The metadata of ``dst``: ``src`` (laid out over items) laid out over its ``n_images`` readable images."""
     src = Path(src)
     progress, _, provenance = read_progress(src)
-    tree = xr.open_datatree(src, engine="zarr", zarr_format=ZARR_FORMAT, consolidated=False, chunks=None)
+    tree = xr.open_datatree(src, engine="zarr", zarr_format=ZARR_FORMAT, consolidated=True, chunks=None)
     readable = _readable(progress)
     groups = {}
     for name, node in tree.children.items():
@@ -404,8 +434,6 @@ def _readable(progress: Mapping[str, Any]) -> np.ndarray:
 
 
 def _plain(ds: xr.Dataset) -> xr.Dataset:
-    from mmlens.store._encoding import plain_strings
-
     return plain_strings(ds).drop_encoding()
 
 
@@ -416,7 +444,7 @@ def copy_region(src: str | os.PathLike, dst: str | os.PathLike, lo: int, hi: int
     dst_progress, _, _ = read_progress(dst)
     groups = {}
     for name in {a.split("/")[0] for a in progress["image_arrays"]}:
-        ds = xr.open_zarr(src, group=name, zarr_format=ZARR_FORMAT, consolidated=False, chunks=None)
+        ds = xr.open_zarr(src, group=name, zarr_format=ZARR_FORMAT, consolidated=True, chunks=None)
         ds = ds[[v for v in ds.data_vars if "image" in ds[v].dims]]
         groups[name] = _plain(ds.isel(image=positions).load())
     return write_region(dst, groups, lo, hi, np.arange(lo, hi), dst_progress["image_arrays"])
@@ -441,6 +469,7 @@ def recover(path: str | os.PathLike) -> None:
     if path.is_dir():  # the atomic metadata writes of a killed client that never reached their rename
         for leftover in path.glob("*.partial"):
             leftover.unlink(missing_ok=True)
+        restore_root(path)  # a root zarr.json lost with the client comes back from its copy
     if compacted.exists():
         try:
             done = bool(read_progress(compacted)[0].get("complete"))

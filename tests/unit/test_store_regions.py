@@ -89,7 +89,7 @@ def test_regions_out_of_order_pending_then_compacted_equal_the_one_process_store
     entries = _write(path, tree, 1, [4, 6, 7])
     regions.commit_region(path, progress, record, 1, n_images=3, failures=[[BAD, f"img{BAD}.png", "OSError: broken"]],
                           entries=entries)
-    raw = xr.open_zarr(path, group="vision", zarr_format=2, consolidated=False)
+    raw = xr.open_zarr(path, group="vision", zarr_format=3, consolidated=False)
     assert int(raw["label"][BAD]) == -1 and raw["path"].values[BAD] == ""
     assert np.isnan(raw["prompt_mass"].isel(image=BAD).values).all()
     assert progress["items"] == N and progress["images"] == 4  # the prefix stops before the masked slot
