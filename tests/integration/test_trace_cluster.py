@@ -48,7 +48,7 @@ def data(tmp_path_factory):
 
 def _trace_args(data: Path, out: Path) -> list[str]:
     return ["trace", "--dataset", "EuroSAT", "--data-root", str(data / "data"), "--batch-size", str(BATCH),
-            "--with-reference", "--out", str(out)]
+            "--with-reference", "--direct-effects", "--out", str(out)]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def reference(data):
 
 @pytest.fixture(scope="module")
 def spec(data):
-    return TraceSpec(dataset="EuroSAT", data_root=str(data / "data"), batch_size=BATCH, with_reference=True)
+    return TraceSpec(dataset="EuroSAT", data_root=str(data / "data"), batch_size=BATCH, with_reference=True,
+                     direct_effects="margin")
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +91,34 @@ def assert_same_store(got: xr.DataTree, ref: xr.DataTree) -> None:
     assert got.attrs["cluster_workers"] >= 1 and "cluster_workers" not in ref.attrs
 
 
+def assert_regions_are_whole_shards(path: Path, per_region: int) -> None:
+    """Format 3, sharded along image: every image variable's shard divides the region, one file per shard."""
+    from mmlens.store._encoding import node_documents, store_format
+
+    assert store_format(path) == 3
+    n_arrays = 0
+    for name, doc in node_documents(path).items():
+        if doc.get("node_type") != "array" or "image" not in (doc.get("dimension_names") or ()):
+            continue
+        axis = doc["dimension_names"].index("image")
+        shard = doc["chunk_grid"]["configuration"]["chunk_shape"][axis]
+        assert doc["codecs"][0]["name"] == "sharding_indexed", name
+        assert per_region % shard == 0, (name, shard, per_region)
+        n = doc["shape"][axis]
+        files = {f.name for f in (path / name).iterdir() if f.name.startswith("c.")}
+        indices = {int(f.split(".")[1 + axis]) for f in files}
+        assert indices <= set(range(-(-n // shard))), (name, sorted(indices))  # no file beyond the array
+        n_arrays += 1
+    assert n_arrays > 10
+
+
 def test_cluster_store_equals_the_one_process_store(tmp_path, spec, client, reference):
     out = mmlens.trace_to_store(spec, tmp_path / "cluster.zarr", client=client, images_per_shard=2 * BATCH)
     got = mmlens.open(out)
     assert got["vision"].sizes["image"] == 29 and got["vision"].sizes["failure"] == 1  # the broken one
+    assert "direct" in got.children  # --direct-effects reaches the workers through the spec
     assert_same_store(got, reference)
+    assert_regions_are_whole_shards(out, 2 * BATCH)
     assert got.attrs["cluster_workers"] == 2 and got.attrs["cluster_devices"] == "2 x cpu"
     assert store_status(out).message == "complete: 29 images, 1 skipped"
     report = verify(out)
