@@ -138,8 +138,8 @@ def _static_bytes(path: Path) -> int:
     total = 0
     for group in ("vision", "logits"):
         for array in (path / group).iterdir() if (path / group).is_dir() else ():
-            attrs = array / ".zattrs"
-            if attrs.is_file() and "image" not in json.loads(attrs.read_text()).get("_ARRAY_DIMENSIONS", []):
+            doc = array / "zarr.json"  # zarr format 3: the dims are the array document's dimension_names
+            if doc.is_file() and "image" not in (json.loads(doc.read_text()).get("dimension_names") or []):
                 total += _du(array)
     return total
 
