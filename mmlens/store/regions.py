@@ -266,16 +266,9 @@ def write_region(
                      consolidated=False)
     # every array known to update_record, so that it reads only this region's files (arrays it does not
     # know it would record whole); only the image arrays' entries change
-    known = {a: {} for a in _array_names(path)}
+    known = {a: {} for a in integrity._meta_arrays(integrity.read_metadata(path)[0])}
     entries = integrity.update_record(path, known, {"image": (lo, hi)})
     return {a: entries[a] for a in image_arrays if a in entries}
-
-
-def _array_names(path: str | os.PathLike) -> list[str]:
-    """The arrays of a store (``group/name``) from its consolidated metadata (one small read)."""
-    meta, _ = integrity.read_metadata(path)
-    return sorted(k[: -len("/zarr.json")] for k, doc in meta.items()
-                  if k.endswith("/zarr.json") and doc.get("node_type") == "array")
 
 
 # ----------------------------------------------------------------------------------------------
