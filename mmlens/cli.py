@@ -53,7 +53,11 @@ def _is_user_error(err: BaseException) -> bool:
         return True
     from mmlens.store.writer import StoreIdentityError  # torch-free, and only imported once something failed
 
-    return isinstance(err, StoreIdentityError)
+    if isinstance(err, StoreIdentityError):
+        return True
+    from mmlens.tracing.spec import ClusterError  # no dask needed to name it
+
+    return isinstance(err, ClusterError)
 
 
 def main(argv: list[str] | None = None) -> int:

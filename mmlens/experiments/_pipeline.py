@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from mmlens.experiments._ledger import Ledger
 from mmlens.experiments._sources import DataSource, resolve_datasets
 from mmlens.experiments.config import QUICK
 from mmlens.store import schema
+from mmlens.tracing.spec import TraceSpec
 from mmlens.train.recipes import TOY_RECIPE, prompt_depth, recipe_for
 
 __all__ = ["Config", "Result", "run", "layout"]
@@ -52,6 +54,8 @@ class Config:
     restart: bool = False
     progress: bool = True
     quick: bool = False
+    workers: int | None = None  # --workers: traces on a local dask cluster (same stores; not a setting)
+    scheduler: str | None = None  # --scheduler: traces on an existing dask cluster
 
     @classmethod
     def from_args(cls, args: Any) -> Config:
@@ -87,7 +91,8 @@ class Config:
                    maple_weights=args.maple_weights, methods=methods,
                    toy_size=args.toy_size, threads=args.threads or 1,
                    explorer=not args.no_explorer, restart=args.restart, progress=not args.no_progress,
-                   quick=bool(args.quick), **recipe, **extra)
+                   quick=bool(args.quick), workers=getattr(args, "workers", None),
+                   scheduler=getattr(args, "scheduler", None), **recipe, **extra)
 
     def settings(self) -> dict[str, Any]:
         """What changes results (a folder made with other settings is refused)."""
@@ -142,6 +147,8 @@ class _Runner:
         self._mean_bias: dict[tuple[str, int], Any] = {}
         self.steps_run: list[str] = []
         self.steps_skipped: list[str] = []
+        #: a dask.distributed Client when the traces run on a cluster (--workers / --scheduler)
+        self.client: Any = None
 
     # ------------------------------------------------------------------ shared objects
     @property
@@ -280,46 +287,84 @@ class _Runner:
             model.set_classnames(names)
         return self._mean_bias[key]
 
-    def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
+    def trace_inputs(self, dataset: str, seed: int, split: str, method: str = "maple") -> Any:
+        """What the trace step of (dataset, seed, split, method) traces, built: model, test images, options.
+
+        The one place that builds them, for the one-process trace and for every worker of a cluster
+        (:class:`ReproduceTraceSpec`). MaPLe: with and without prompts and every route ablation, β vectors;
+        bias tuning: variant ``full`` and its b vectors (to compare with MaPLe's β).
+        """
         from mmlens.data.transforms import input_spec
         from mmlens.models.precision import resolve_precision
-        from mmlens.tracing.tracer import trace_to_store
+        from mmlens.tracing.spec import BuiltTrace
 
         cfg = self.cfg
         src = self.source(dataset)
         test = src.test(split, size=self.size, normalize=input_spec(self.clip), max_images=cfg.max_images)
-        model = self.model(dataset, seed, "maple", test.classnames)
-        mean_bias = self.mean_bias(dataset, seed, model)
-        model.set_classnames(test.classnames)
-        path = self.store_path(dataset, seed, split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        manifest = src.manifest
-        # autocast as in training and evaluation, on the run's own device; the statistics stay float32
-        with resolve_precision(cfg.precision, cfg.device).autocast():
-            trace_to_store(model, test, path, with_reference=True, variants=list(schema.VARIANTS),
-                           store_bias_vectors=True, mean_bias=mean_bias, batch_size=32, device=cfg.device,
-                           image_split=split, class_split=[split] * len(test.classnames), progress=cfg.progress,
-                           provenance={"dataset": dataset, "manifest_version": str(manifest.manifest_version),
-                                       "seed": seed})
-        return {"store": str(path), "images": len(test)}
+        model = self.model(dataset, seed, method, test.classnames)
+        options: dict[str, Any] = {"variants": ["full"], "store_bias_vectors": True, "batch_size": 32,
+                                   "device": cfg.device, "image_split": split,
+                                   "class_split": [split] * len(test.classnames)}
+        if method == "maple":
+            options["mean_bias"] = self.mean_bias(dataset, seed, model)
+            model.set_classnames(test.classnames)
+            options["variants"] = list(schema.VARIANTS)  # full, zeroshot and the route ablations
+        provenance = {"dataset": dataset, "manifest_version": str(src.manifest.manifest_version), "seed": seed,
+                      "order": "sequential"}
+        # MaPLe traces under autocast as in training and evaluation, on the run's own device (the statistics
+        # stay float32); the bias-tuning trace runs as it always did, in the weights' precision
+        precision = resolve_precision(cfg.precision if method == "maple" else "fp32", cfg.device)
+        spec = ReproduceTraceSpec(dataset=dataset, data_root=str(cfg.data_root or ""), seed=seed, split=split,
+                                  subset=split, device=cfg.device, batch_size=32, method=method, config=cfg)
+        return BuiltTrace(spec, model, test, list(test.items), provenance, options, precision)
 
+    def _trace(self, dataset: str, seed: int, split: str, method: str) -> dict[str, Any]:
+        from mmlens.store.integrity import store_status
+        from mmlens.tracing.tracer import trace_to_store
+
+        path = self.store_path(dataset, seed, split, method)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.client is not None:
+            spec = ReproduceTraceSpec(dataset=dataset, data_root=str(self.cfg.data_root or ""), seed=seed,
+                                      split=split, subset=split, device=self.cfg.device, batch_size=32,
+                                      method=method, config=self.cfg)
+            trace_to_store(spec, path, client=self.client, progress=self.cfg.progress)
+            status = store_status(path)
+            return {"store": str(path), "images": status.n_images + status.n_failures}
+        built = self.trace_inputs(dataset, seed, split, method)
+        options = dict(built.options)
+        with built.precision.autocast():
+            trace_to_store(built.model, built.dataset, path, variants=options.pop("variants"),
+                           batch_size=options.pop("batch_size"), progress=self.cfg.progress,
+                           provenance=built.provenance, **options)
+        return {"store": str(path), "images": len(built.dataset)}
+
+    def trace(self, dataset: str, seed: int, split: str) -> dict[str, Any]:
+        return self._trace(dataset, seed, split, "maple")
 
     def trace_bias(self, dataset: str, seed: int, split: str = "base") -> dict[str, Any]:
         """Trace bias tuning (variant ``full``, its b vectors) to compare its b with MaPLe's β side by side."""
-        from mmlens.data.transforms import input_spec
-        from mmlens.tracing.tracer import trace_to_store
+        return self._trace(dataset, seed, split, "bias")
 
-        cfg = self.cfg
-        src = self.source(dataset)
-        test = src.test(split, size=self.size, normalize=input_spec(self.clip), max_images=cfg.max_images)
-        model = self.model(dataset, seed, "bias", test.classnames)
-        path = self.store_path(dataset, seed, split, "bias")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trace_to_store(model, test, path, variants=["full"], store_bias_vectors=True, batch_size=32,
-                       device=cfg.device, image_split=split, class_split=[split] * len(test.classnames),
-                       progress=cfg.progress, provenance={"dataset": dataset, "seed": seed,
-                                                          "manifest_version": str(src.manifest.manifest_version)})
-        return {"store": str(path), "images": len(test)}
+
+@dataclass(frozen=True)
+class ReproduceTraceSpec(TraceSpec):
+    """A trace step of ``mmlens reproduce`` as a spec, for the workers of a cluster (``--workers``/``--scheduler``).
+
+    Each worker builds it the way the one-process step does (:meth:`_Runner.trace_inputs`): the prompts
+    learned in the output folder (a shared filesystem), the test images, the dataset-mean β.
+    """
+
+    config: Any = None
+
+    def build(self, *, quiet: bool = False) -> Any:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            built = _Runner(self.config).trace_inputs(self.dataset, self.seed, self.split, self.method)
+        built.spec = self
+        return built
 
 
     def lens_path(self, dataset: str, seed: int) -> Path:
@@ -394,6 +439,11 @@ def run(cfg: Config) -> Result:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     runner = _Runner(cfg)
     files = layout(out)
+    cluster = contextlib.nullcontext()
+    if cfg.workers is not None or cfg.scheduler is not None:
+        from mmlens.tracing.distributed import cluster_client
+
+        cluster = cluster_client(workers=cfg.workers, scheduler=cfg.scheduler, device=cfg.device)
 
     per_run: list[tuple[str, Any]] = []
     for dataset in cfg.datasets:
@@ -424,8 +474,10 @@ def run(cfg: Config) -> Result:
         study_steps.append(("explorer", lambda: _explorer(runner, files)))
 
     total = len(per_run) + len(study_steps)
+    stack = contextlib.ExitStack()
     per_run_names = {name for name, _ in per_run}
     try:
+        runner.client = stack.enter_context(cluster)
         for i, (name, fn) in enumerate(per_run + study_steps, 1):
             study_wide = i > len(per_run)
             inputs = runs_key if study_wide else None
@@ -445,6 +497,7 @@ def run(cfg: Config) -> Result:
             runner.steps_run.append(name)
             print(f"[{i}/{total}] {name}: done in {_fmt_seconds(seconds)}", flush=True)
     finally:
+        stack.close()
         torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - started
     headline = json.loads(files["findings"].with_suffix(".json").read_text()).get("headline", []) \

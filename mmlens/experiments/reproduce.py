@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true",
                         help="delete the folder's finished steps and results first (its settings changed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from mmlens.tracing.spec import add_cluster_arguments
+
+    add_cluster_arguments(parser)  # the trace steps on dask.distributed; training and statistics stay here
 
 
 def main(args: argparse.Namespace) -> int:

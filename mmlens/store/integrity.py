@@ -723,9 +723,7 @@ def checked_store(path: str | os.PathLike, meta: Mapping[str, Any], record: Mapp
 # ----------------------------------------------------------------------------------------------
 
 
-class StoreStatus(NamedTuple):
-    """How far a store's writer got: what the report and the explorer show."""
-
+class _Counts(NamedTuple):
     complete: bool
     #: input items committed (images + unreadable ones)
     n_done: int
@@ -734,13 +732,29 @@ class StoreStatus(NamedTuple):
     n_images: int
     n_failures: int
 
+
+class StoreStatus(_Counts):
+    """How far a store's writer got: what the report and the explorer show.
+
+    A 5-tuple ``(complete, n_done, n_total, n_images, n_failures)``; ``n_pending`` (not part of the
+    tuple, so that comparisons with 5-tuples keep working) counts the regions not written yet of a store
+    a distributed trace is writing (:mod:`mmlens.store.regions`), else 0.
+    """
+
+    def __new__(cls, complete: bool, n_done: int, n_total: int | None, n_images: int, n_failures: int,
+                n_pending: int = 0) -> StoreStatus:
+        self = super().__new__(cls, complete, n_done, n_total, n_images, n_failures)
+        self.n_pending = int(n_pending)
+        return self
+
     @property
     def message(self) -> str:
-        """``complete: 192 images`` or ``incomplete: 64 of 192 images``."""
+        """``complete: 192 images``, ``incomplete: 64 of 192 images`` (``; 4 regions pending`` on a cluster)."""
         if self.complete:
             return f"complete: {self.n_images} images" + (f", {self.n_failures} skipped" if self.n_failures else "")
         of = f" of {self.n_total}" if self.n_total is not None else ""
-        return f"incomplete: {self.n_done}{of} images"
+        pending = f"; {self.n_pending} regions pending" if self.n_pending else ""
+        return f"incomplete: {self.n_done}{of} images{pending}"
 
 
 def store_status(path: str | os.PathLike) -> StoreStatus:
@@ -780,8 +794,12 @@ def store_status(path: str | os.PathLike) -> StoreStatus:
         f = _dim_size(meta, "failure")
         return StoreStatus(True, n + f, n + f, n, f)
     progress = json.loads(raw)
+    pending = 0
+    if progress.get("layout") == "regions" and not progress.get("complete"):  # mmlens.store.regions.LAYOUT
+        per, total = progress["images_per_shard"], progress["total"]
+        pending = -(-total // per) - len(progress.get("regions", {}))
     return StoreStatus(bool(progress.get("complete")), int(progress["items"]), progress.get("total"),
-                       int(progress["images"]), int(progress["failures"]))
+                       int(progress["images"]), int(progress["failures"]), pending)
 
 
 def _dim_size(meta: Mapping[str, Any], dim: str) -> int:

@@ -29,6 +29,7 @@ from mmlens.store._encoding import (
 )
 from mmlens.store.integrity import StoreIntegrityError, store_status
 from mmlens.store.lock import StoreLockedError
+from mmlens.store.regions import pending_note
 from mmlens.store.writer import StoreFullError, StoreIdentityError, StoreWriter
 
 __all__ = [
@@ -84,7 +85,8 @@ def open(  # noqa: A001
     Parameters
     ----------
     path
-        A zarr directory (``*.zarr``) or a netCDF/HDF5 file.
+        A zarr directory (``*.zarr``) or a netCDF/HDF5 file; or an fsspec URL of a zarr store
+        (``file://``, ``s3://``, ``memory://`` ...: read through fsspec, integrity record not checked).
     chunks
         Passed to xarray; default ``{}`` for zarr (the stored chunks) and netCDF (whole
         variables). ``False`` loads numpy-backed lazy arrays without dask.
@@ -109,11 +111,18 @@ def open(  # noqa: A001
     >>> tree["vision"]["prompt_mass"].dims
     ('variant', 'image', 'layer', 'head')
     """
-    path = Path(path)
     if chunks is None:
         chunks = {}
     elif chunks is False:
         chunks = None
+    if isinstance(path, str) and "://" in path:
+        if not path.startswith("file://"):
+            tree = _open_url(path, chunks)
+            if validate:
+                schema.validate(tree)
+            return tree
+        path = path[len("file://"):]
+    path = Path(path)
     if path.is_dir():
         tree = _open_zarr(path, chunks, check)
     elif path.is_file():
@@ -192,11 +201,37 @@ def _open_zarr(path: Path, chunks: Any, check: bool) -> xr.DataTree:
         of = f" of {total}" if total is not None else ""
         warnings.warn(
             f"{path} is incomplete: {progress['images']} images committed so far ({progress['items']}{of} input "
-            "items); its writer is still running or was interrupted (rerun the same trace to resume it)",
+            f"items{pending_note(progress)}); its writer is still running or was interrupted (rerun the same "
+            "trace to resume it)",
             IncompleteStoreWarning,
             stacklevel=2,
         )
     return tree
+
+
+def _open_url(url: str, chunks: Any) -> xr.DataTree:
+    """A zarr store behind an fsspec URL (``s3://``, ``gs://``, ``memory://`` ...), read-only, lazily.
+
+    Its consolidated metadata is read in one request. The writer's integrity record is not checked
+    here (it is checked from file listings, which object stores make slow): run ``mmlens store verify``
+    on the copy that was written (docs/scaling.md, "Where the store lives").
+    """
+    from zarr.storage import FsspecStore
+
+    store = FsspecStore.from_url(url, read_only=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
+        tree = xr.open_datatree(store, engine="zarr", chunks=chunks, consolidated=True, zarr_format=ZARR_FORMAT)
+    tree = map_groups(tree, plain_strings, keep_root=True)
+    raw = tree.attrs.get(schema.PROGRESS_ATTR)
+    tree.attrs = {k: v for k, v in tree.attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
+    if raw is None:
+        return tree
+    progress = json.loads(raw)
+    if not progress.get("complete", False):
+        warnings.warn(f"{url} is incomplete: {progress['images']} images committed so far{pending_note(progress)}",
+                      IncompleteStoreWarning, stacklevel=3)
+    return _trim_view(tree, progress)
 
 
 def _trim_view(tree: xr.DataTree, progress: Mapping[str, int]) -> xr.DataTree:

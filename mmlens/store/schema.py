@@ -119,9 +119,11 @@ LACKS_BEFORE: dict[int, str] = {
        + " (a resume could not tell another selection of images apart), the model's " + " and ".join(COMPUTE_KEYS)
        + " (whether it ran OpenAI's QuickGELU and in which precision), and the `bias_source` coordinate (bias "
        "tuning's learned bias was not traced)",
-    3: "the `direct` group (direct logit effects, issue IV) and the byte-sized layout (zarr format 3 shards of "
+    # issues IV and V add to schema 3: each names here what a schema-2 store lacks
+    3: "the `direct` group (direct logit effects, issue IV), the byte-sized layout (zarr format 3 shards of "
        "`_progress.images_per_shard` images: one file per 32-image chunk instead, so statistics cost more per byte "
-       "and a cluster cannot write it by regions; issue V)",
+       "and a cluster cannot write it by regions; issue V) and the region bookkeeping of a distributed trace "
+       "(`mmlens trace --workers/--scheduler` can neither resume nor rewrite it; issue V)",
 }
 
 
@@ -157,6 +159,9 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "compute_dtype",
     *SELECTION_KEYS,
 )
+#: Provenance keys of a store traced on a dask.distributed cluster (schema 3, issue V): how many workers, on
+#: which devices. Not identity keys: a store resumes on another cluster, and equals a one-process store otherwise.
+CLUSTER_KEYS: tuple[str, ...] = ("cluster_workers", "cluster_devices")
 #: Root attribute holding the streaming writer's bookkeeping (JSON string); hidden by ``mmlens.open``.
 PROGRESS_ATTR = "_progress"
 #: Root attribute holding the integrity record: ``{array: {chunk key: [bytes, crc32]}}`` (JSON string), written

@@ -34,7 +34,7 @@ from mmlens.store._encoding import (
 )
 from mmlens.store.lock import WriterLock
 
-__all__ = ["StoreFullError", "StoreIdentityError", "StoreWriter"]
+__all__ = ["StoreFullError", "StoreIdentityError", "StoreWriter", "check_identity"]
 
 _APPEND_DIMS = ("image", "failure")
 
@@ -368,7 +368,14 @@ class StoreWriter:
                 "or write to a new path"
             )
         self._check_identity(attrs)
-        self._progress = {**self._progress, **json.loads(attrs[schema.PROGRESS_ATTR])}
+        stored = json.loads(attrs[schema.PROGRESS_ATTR])
+        if stored.get("layout") == "regions" and not stored.get("complete"):  # mmlens.store.regions.LAYOUT
+            raise StoreIdentityError(
+                f"cannot resume {self.path} in one process: a distributed trace (--workers / --scheduler) "
+                "started it, region by region. Resume it with the same cluster command, or pass --overwrite "
+                "(overwrite=True)."
+            )
+        self._progress = {**self._progress, **stored}
         self._record = integrity.load_record(attrs) or {}
         self._attrs = {k: v for k, v in attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
         self.shard_images = self._progress.get("images_per_shard", self.shard_images)
@@ -428,29 +435,7 @@ class StoreWriter:
                 chunks[key] = [len(data), zlib.crc32(data)]
 
     def _check_identity(self, stored: Mapping[str, Any]) -> None:
-        version = stored.get("mmlens_schema")
-        if version != schema.SCHEMA_VERSION:
-            lacking = schema.lacks(version)
-            raise StoreIdentityError(
-                f"cannot resume {self.path}: it was written with store schema {version!r}, this mmlens writes "
-                f"schema {schema.SCHEMA_VERSION}"
-                + (f" (it lacks {'; '.join(lacking)})" if lacking else "")
-                + ". It still opens for reading. To re-trace it, rerun with --overwrite (overwrite=True), or "
-                "write to a new path."
-            )
-        differ = [
-            (key, stored.get(key), self.provenance.get(key))
-            for key in self.identity_keys
-            if stored.get(key) != self.provenance.get(key)
-        ]
-        if differ:
-            lines = "; ".join(f"{k}: store has {a!r}, this run has {b!r}" for k, a, b in differ)
-            keys = ", ".join(k for k, _, _ in differ)
-            raise StoreIdentityError(
-                f"cannot resume {self.path}: it was written by a different run ({lines}). "
-                f"To continue that store, rerun with the same {keys}; to start over, delete it or pass "
-                "--overwrite (overwrite=True); to keep both, write to a new path."
-            )
+        check_identity(self.path, stored, self.provenance, self.identity_keys)
 
     def _create_from_pending(self) -> None:
         """First commit: write everything pending into <path>.partial, then rename it into place."""
@@ -560,6 +545,37 @@ class StoreWriter:
         write_root(self.path, {**self._attrs, schema.PROGRESS_ATTR: _dumps(progress),
                                schema.CHUNKS_ATTR: _dumps(self._record)})
         self._progress = progress
+
+
+def check_identity(path: str | os.PathLike, stored: Mapping[str, Any], provenance: Mapping[str, Any],
+                   identity_keys: Iterable[str] = schema.IDENTITY_KEYS) -> None:
+    """Refuse (:class:`StoreIdentityError`) to resume a store written by another run, naming each differing key.
+
+    Shared by the streaming writer and the distributed trace (:mod:`mmlens.tracing.distributed`).
+    """
+    version = stored.get("mmlens_schema")
+    if version != schema.SCHEMA_VERSION:
+        lacking = schema.lacks(version)
+        raise StoreIdentityError(
+            f"cannot resume {path}: it was written with store schema {version!r}, this mmlens writes "
+            f"schema {schema.SCHEMA_VERSION}"
+            + (f" (it lacks {'; '.join(lacking)})" if lacking else "")
+            + ". It still opens for reading. To re-trace it, rerun with --overwrite (overwrite=True), or "
+            "write to a new path."
+        )
+    differ = [
+        (key, stored.get(key), provenance.get(key))
+        for key in identity_keys
+        if stored.get(key) != provenance.get(key)
+    ]
+    if differ:
+        lines = "; ".join(f"{k}: store has {a!r}, this run has {b!r}" for k, a, b in differ)
+        keys = ", ".join(k for k, _, _ in differ)
+        raise StoreIdentityError(
+            f"cannot resume {path}: it was written by a different run ({lines}). "
+            f"To continue that store, rerun with the same {keys}; to start over, delete it or pass "
+            "--overwrite (overwrite=True); to keep both, write to a new path."
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ import argparse
 # the schema is a names-only module (no numpy, xarray or torch), so `mmlens --help` stays light
 from mmlens.store.schema import ATTRIBUTION_METHODS
 
+# what builds a run's model and data lives with TraceSpec (one place for `mmlens trace` and cluster workers)
+from mmlens.tracing.spec import _precision, build_prompted, file_list_sha256, run_seed
+
+__all__ = ["register", "build_prompted", "file_list_sha256", "run_seed"]
+
 
 def _attribution_methods(text: str) -> list[str]:
     """argparse type of ``--attribution``: comma-separated method names, checked by ``trace``'s own parser."""
@@ -34,6 +39,7 @@ def _direct_mode(text: str) -> str:
 def register(subparsers) -> None:
     """Add ``mmlens trace``."""
     from mmlens.models.loading import add_quick_gelu_argument
+    from mmlens.tracing.spec import add_cluster_arguments
 
     p = subparsers.add_parser(
         "trace",
@@ -87,128 +93,34 @@ def register(subparsers) -> None:
                         "its training seed (a different --seed is refused); otherwise this value (default 0), "
                         "which also seeds random weights and prompt inits")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming")
+    add_cluster_arguments(p)
+    p.add_argument("--images-per-shard", type=int, default=None, metavar="N",
+                   help="with --workers / --scheduler: input items per region, the unit of work of one task "
+                        "(default: sized by bytes, rounded to a multiple of --batch-size)")
     p.set_defaults(func=_run)
 
 
-def _precision(args: argparse.Namespace):
-    """The resolved ``--precision`` of ``args`` on ``--device`` (``auto``: fp16 on cuda, fp32 elsewhere)."""
-    from mmlens.models.precision import resolve_precision
-
-    return resolve_precision(getattr(args, "precision", "auto"), args.device, auto_cuda="fp16")
-
-
-def run_seed(prompts: str | None, seed: int | None) -> int:
-    """The run's seed: the training seed ``prompts`` records, else ``seed``, else 0.
-
-    Seeds are the unit of every statistic over runs, so a ``--seed`` that disagrees with the
-    prompts' own is refused rather than stored.
-
-    Examples
-    --------
-    >>> run_seed(None, 3)
-    3
-    >>> run_seed(None, None)
-    0
-    """
-    from mmlens.models.checkpoints import checkpoint_seed
-
-    recorded = checkpoint_seed(prompts) if prompts is not None else None
-    if recorded is None:
-        return 0 if seed is None else int(seed)
-    if seed is not None and int(seed) != recorded:
-        raise ValueError(f"--seed {seed} disagrees with --prompts {prompts}, which were trained with seed "
-                         f"{recorded}. Drop --seed (the prompts' seed is the run's seed) or pass --seed {recorded}.")
-    return recorded
-
-
-def build_prompted(args: argparse.Namespace, classnames: list[str]):
-    """A PromptedCLIP from CLI arguments (``args.seed`` is the run's seed, see :func:`run_seed`)."""
-    from pathlib import Path
-
-    import torch
-
-    from mmlens.models import PromptedCLIP, import_prompts, load_clip, load_prompts
-    from mmlens.models.loading import cli_pretrained
-    from mmlens.models.prompted import prompt_depth
-
-    seed = getattr(args, "seed", None)
-    torch.manual_seed(0 if seed is None else seed)  # random weights and prompt inits repeat on a rerun
-    clip = load_clip(args.model, cli_pretrained(args.model, args.pretrained), device=args.device,
-                     precision=_precision(args).weights, quick_gelu=getattr(args, "quick_gelu", None))
-    if args.prompts is None:
-        n_blocks = min(len(clip.model.visual.transformer.resblocks), len(clip.model.transformer.resblocks))
-        depth, note = prompt_depth(n_blocks, args.depth)
-        if note:
-            print(f"note: {note}")
-        return PromptedCLIP(clip, classnames, method=args.method, n_ctx=args.n_ctx, depth=depth).to(args.device)
-    path = Path(args.prompts)
-    if path.suffix == ".safetensors":
-        return load_prompts(path, clip, classnames=classnames).to(args.device)
-    return import_prompts(path, clip, classnames).to(args.device)  # the file carries its method and depth
-
-
-def file_list_sha256(items, root) -> str:
-    """sha256 of the traced items in order (path relative to the data root, tab, label; one per line).
-
-    Relative paths, so that a store resumes on another machine with the data elsewhere.
-
-    Examples
-    --------
-    >>> from mmlens.data import Item
-    >>> file_list_sha256([Item("/data/a/x.jpg", 0, "cat")], "/data")[:12]
-    '353b966897ad'
-    """
-    import hashlib
-    import os
-
-    digest = hashlib.sha256()
-    for it in items:
-        digest.update(f"{os.path.relpath(it.path, root)}\t{it.label}\n".encode())
-    return digest.hexdigest()
-
-
 def _run(args: argparse.Namespace) -> int:
-    import torch
+    from mmlens.tracing.spec import TraceSpec
 
-    from mmlens.data import build, get_manifest
-    from mmlens.data.transforms import eval_mask_transform, input_spec
+    spec = TraceSpec.from_args(args)
+    args.seed = spec.seed
+    if getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None:
+        return _run_on_cluster(spec, args)
     from mmlens.tracing.tracer import trace_to_store
 
-    args.seed = run_seed(args.prompts, args.seed)
-    manifest = get_manifest(args.dataset)
-    probe = build(manifest, args.data_root, args.split, subset=args.subset)
-    model = build_prompted(args, probe.classnames)
-    spec = input_spec(model)  # the geometry of model.preprocess, for the masks
-
-    dataset = build(manifest, args.data_root, args.split, subset=args.subset, transform=model.preprocess,
-                    mask_transform=eval_mask_transform(spec), on_error="skip")
-    traced_items = dataset.items
-    if args.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-        traced_items = traced_items[: len(dataset)]
-    from mmlens.data import collate
-
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
-    subset = args.subset
+    built = spec.build()
+    options = dict(built.options)
     # autocast on the device the model runs on (not always "cuda"): --device cpu --precision amp runs the
     # GPU path on CPU; the split inside stays float32 (mmlens.tracing.decompose)
-    with _precision(args).autocast():
+    with built.precision.autocast():
         path = trace_to_store(
-            model, loader, args.out, with_reference=args.with_reference, all_queries=args.all_queries,
-            store_bias_vectors=args.bias_vectors, attribution=args.attribution, attribution_target="label",
-            direct_effects=args.direct_effects or False,
-            batch_size=args.batch_size, device=args.device,
-            image_split=subset, class_split=[subset] * len(model.classnames), total=len(dataset),
-            provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version),
-                        "seed": args.seed,
-                        # what decides which items are traced, and in what order: the resume identity
-                        "split": args.split, "subset": args.subset, "limit": args.limit, "order": "sequential",
-                        "file_list_sha256": file_list_sha256(traced_items, args.data_root)},
-            overwrite=args.overwrite,
+            built.model, built.loader(), args.out, with_reference=False, variants=options.pop("variants"),
+            batch_size=options.pop("batch_size"), total=len(built.dataset), provenance=built.provenance,
+            overwrite=args.overwrite, **options,
         )
     print(f"wrote {path}")
     return 0
-
 
 
 def register_lens(subparsers) -> None:
@@ -297,4 +209,16 @@ def _run_lens(args: argparse.Namespace) -> int:
     ds.to_netcdf(out, engine="h5netcdf")
     print(lens_markdown(ds, heading=f"The text lens on {manifest.name}"))
     print(f"wrote {out}")
+    return 0
+
+
+def _run_on_cluster(spec, args: argparse.Namespace) -> int:
+    """``--workers N`` / ``--scheduler ADDRESS``: the same store, traced by a dask.distributed cluster."""
+    from mmlens.tracing.distributed import cluster_client
+    from mmlens.tracing.tracer import trace_to_store
+
+    with cluster_client(workers=args.workers, scheduler=args.scheduler, device=spec.device) as client:
+        path = trace_to_store(spec, args.out, client=client, overwrite=args.overwrite,
+                              images_per_shard=getattr(args, "images_per_shard", None))
+    print(f"wrote {path}")
     return 0

@@ -657,8 +657,9 @@ def trace(
 def trace_to_store(
     model,
     loader: Any,
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     *,
+    client: Any = None,
     with_reference: bool = False,
     variants: Sequence[str] | None = None,
     provenance: dict | None = None,
@@ -676,7 +677,21 @@ def trace_to_store(
     left; other iterables are read and skipped. Chunks of images lost or truncated since (see
     ``mmlens store verify``) are re-traced first, exactly those batches. Takes the keyword
     arguments of :func:`trace`. Returns the store path; open it with ``mmlens.open(path)``.
+
+    **On a dask.distributed cluster**: ``trace_to_store(spec, path, client=client)`` with a
+    :class:`~mmlens.tracing.spec.TraceSpec` in place of the model and loader (workers build the model
+    from the spec; see :func:`mmlens.tracing.distributed.trace_spec_to_store` and docs/scaling.md).
+    The store is the same as the one-process trace of the same spec writes.
     """
+    if client is not None:  # a TraceSpec on a cluster: the workers build the model (checked there)
+        from mmlens.tracing.distributed import trace_spec_to_store
+
+        return trace_spec_to_store(model, loader, client=client, overwrite=overwrite,
+                                   progress=kwargs.pop("progress", True), **kwargs)
+    if path is None or not isinstance(model, torch.nn.Module):
+        raise TypeError("trace_to_store(model, loader, path) traces a model in this process; a TraceSpec is traced "
+                        "on a dask.distributed cluster: trace_to_store(spec, path, client=...) (or spec.build() for "
+                        f"a one-process trace); found {type(model).__name__}")
     from mmlens.store.writer import StoreWriter
 
     device = torch.device(kwargs.pop("device", None) or next(model.parameters()).device)
