@@ -346,27 +346,6 @@ class _Runner:
         """Trace bias tuning (variant ``full``, its b vectors) to compare its b with MaPLe's β side by side."""
         return self._trace(dataset, seed, split, "bias")
 
-
-@dataclass(frozen=True)
-class ReproduceTraceSpec(TraceSpec):
-    """A trace step of ``mmlens reproduce`` as a spec, for the workers of a cluster (``--workers``/``--scheduler``).
-
-    Each worker builds it the way the one-process step does (:meth:`_Runner.trace_inputs`): the prompts
-    learned in the output folder (a shared filesystem), the test images, the dataset-mean β.
-    """
-
-    config: Any = None
-
-    def build(self, *, quiet: bool = False) -> Any:
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            built = _Runner(self.config).trace_inputs(self.dataset, self.seed, self.split, self.method)
-        built.spec = self
-        return built
-
-
     def lens_path(self, dataset: str, seed: int) -> Path:
         return self.out / "results" / "lens" / f"{dataset}_seed{seed}.nc"
 
@@ -389,6 +368,26 @@ class ReproduceTraceSpec(TraceSpec):
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_netcdf(ds, path)
         return {"lens": str(path), "images": int(ds.attrs["n_images"])}
+
+
+@dataclass(frozen=True)
+class ReproduceTraceSpec(TraceSpec):
+    """A trace step of ``mmlens reproduce`` as a spec, for the workers of a cluster (``--workers``/``--scheduler``).
+
+    Each worker builds it the way the one-process step does (:meth:`_Runner.trace_inputs`): the prompts
+    learned in the output folder (a shared filesystem), the test images, the dataset-mean β.
+    """
+
+    config: Any = None
+
+    def build(self, *, quiet: bool = False) -> Any:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            built = _Runner(self.config).trace_inputs(self.dataset, self.seed, self.split, self.method)
+        built.spec = self
+        return built
 
 
 def _write_netcdf(ds: Any, path: Path) -> None:
