@@ -189,13 +189,9 @@ def _open_zarr(path: Path, chunks: Any, check: bool) -> xr.DataTree:
         # zarr v3 stores without consolidated metadata: falling back to listing is fine here
         warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
         tree = xr.open_datatree(store, engine="zarr", chunks=chunks, consolidated=consolidated or None)
-    tree = map_groups(tree, plain_strings, keep_root=True)
-    raw = tree.attrs.get(schema.PROGRESS_ATTR)
-    tree.attrs = {k: v for k, v in tree.attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
-    if raw is None:
+    tree, progress = _committed_view(tree)
+    if progress is None:
         return tree
-    progress = json.loads(raw)
-    tree = _trim_view(tree, progress)
     if not progress.get("complete", False):
         total = progress.get("total")
         of = f" of {total}" if total is not None else ""
@@ -222,16 +218,25 @@ def _open_url(url: str, chunks: Any) -> xr.DataTree:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
         tree = xr.open_datatree(store, engine="zarr", chunks=chunks, consolidated=True, zarr_format=ZARR_FORMAT)
+    tree, progress = _committed_view(tree)
+    if progress is not None and not progress.get("complete", False):
+        warnings.warn(f"{url} is incomplete: {progress['images']} images committed so far{pending_note(progress)}",
+                      IncompleteStoreWarning, stacklevel=3)
+    return tree
+
+
+def _committed_view(tree: xr.DataTree) -> tuple[xr.DataTree, dict[str, Any] | None]:
+    """A freshly opened store as readers see it: plain strings, no bookkeeping attrs, committed images only.
+
+    Returns the view and the writer's ``_progress`` (None for a store not written by the streaming writer).
+    """
     tree = map_groups(tree, plain_strings, keep_root=True)
     raw = tree.attrs.get(schema.PROGRESS_ATTR)
     tree.attrs = {k: v for k, v in tree.attrs.items() if k not in schema.BOOKKEEPING_ATTRS}
     if raw is None:
-        return tree
+        return tree, None
     progress = json.loads(raw)
-    if not progress.get("complete", False):
-        warnings.warn(f"{url} is incomplete: {progress['images']} images committed so far{pending_note(progress)}",
-                      IncompleteStoreWarning, stacklevel=3)
-    return _trim_view(tree, progress)
+    return _trim_view(tree, progress), progress
 
 
 def _trim_view(tree: xr.DataTree, progress: Mapping[str, int]) -> xr.DataTree:

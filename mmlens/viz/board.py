@@ -528,12 +528,7 @@ class Board:
         fig.add_tools(HoverTool(renderers=[cells_r], tooltips=[
             ("layer", "@layer (@kind)"), ("head", "@head"), (symbol, "@value{0.0000}"), ("", "@note")]))
         fig.xaxis.ticker = heads
-        fig.yaxis.ticker = layers
-        kinds = self.app.view.layer_kinds(tower)
-        fig.yaxis.major_label_overrides = {int(ell): f"{ell} {_KIND_SHORT.get(kinds.get(ell, ''), '')}".strip()
-                                           for ell in layers}
-        fig.grid.visible = False
-        fig.title.text_font_size = "11pt"
+        self._layer_head_axes(fig, tower, layers)
         bar_title = symbol + (" ▲ clipped" if n_clipped else "")
         fig.add_layout(ColorBar(color_mapper=mapper, title=bar_title, title_text_font_size="9pt",
                                 width=10, padding=3, title_standoff=4, label_standoff=4), "right")
@@ -543,6 +538,15 @@ class Board:
     # ------------------------------------------------------------------------------------------
     # curves
     # ------------------------------------------------------------------------------------------
+
+    def _layer_head_axes(self, fig: Any, tower: str, layers: Sequence[int]) -> None:
+        """Layers on the y axis labelled with their kind (injected / carried), as every layer x head map has them."""
+        fig.yaxis.ticker = layers
+        kinds = self.app.view.layer_kinds(tower)
+        fig.yaxis.major_label_overrides = {int(ell): f"{ell} {_KIND_SHORT.get(kinds.get(ell, ''), '')}".strip()
+                                           for ell in layers}
+        fig.grid.visible = False
+        fig.title.text_font_size = "11pt"
 
     def _build_curves(self) -> None:
         self.spans: list[Any] = []
@@ -919,12 +923,7 @@ class Board:
             ("95 % interval", "@ci"), ("text lens", "@lens"), ("", "@note")]))
         fig.xaxis.ticker = heads
         fig.xaxis.major_label_overrides = {} if per_head else {-1: "b"}
-        fig.yaxis.ticker = layers
-        kinds = self.app.view.layer_kinds(tower)
-        fig.yaxis.major_label_overrides = {int(ell): f"{ell} {_KIND_SHORT.get(kinds.get(ell, ''), '')}".strip()
-                                           for ell in layers}
-        fig.grid.visible = False
-        fig.title.text_font_size = "11pt"
+        self._layer_head_axes(fig, tower, layers)
         fig.add_layout(ColorBar(color_mapper=mapper, title="Δ margin (logit)", title_text_font_size="9pt", width=10,
                                 padding=3, title_standoff=4, label_standoff=4), "right")
         # how many images the map averages, under the plot (it changes with the class or image, never with the

@@ -1,4 +1,4 @@
-"""Small datasets shared by the training tests (a module beside them, imported as ``_datasets``)."""
+"""Small datasets shared by the unit tests: training (``ColourItems``), store integrity (``CountingItems``)."""
 
 from __future__ import annotations
 
@@ -20,4 +20,24 @@ class ColourItems(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return {"image": self.images[i], "label": self.labels[i], "classname": self.classnames[self.labels[i]],
+                "path": f"img{i}.png", "mask": None, "index": i}
+
+
+class CountingItems(torch.utils.data.Dataset):
+    """Random images as mmlens samples, counting ``__getitem__`` calls; optionally interrupted at call ``stop_at``."""
+
+    def __init__(self, n: int = 24, seed: int = 1, stop_at: int | None = None) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, 32, 32, generator=g)
+        self.calls: list[int] = []
+        self.stop_at = stop_at
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        self.calls.append(i)
+        if self.stop_at is not None and len(self.calls) == self.stop_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return {"image": self.images[i], "label": i % 3, "classname": ["cat", "dog", "owl"][i % 3],
                 "path": f"img{i}.png", "mask": None, "index": i}

@@ -26,6 +26,7 @@ from mmlens.store.io import (
     store_status,
 )
 from mmlens.store.synthetic import example_tree
+from tests.unit._datasets import CountingItems
 
 N = 24  # images of the traced test store; batches of 4
 SHARD = 8  # images per shard of the traced test stores: two batches each
@@ -41,25 +42,6 @@ def _shards_of_two_batches():
         m.setattr(writer, "images_per_shard", lambda batch, **kw: SHARD)
         yield
 
-
-class Items(torch.utils.data.Dataset):
-    """Random images as mmlens samples, counting ``__getitem__`` calls; optionally failing at call ``stop_at``."""
-
-    def __init__(self, n: int = N, seed: int = 1, stop_at: int | None = None) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(n, 3, 32, 32, generator=g)
-        self.calls: list[int] = []
-        self.stop_at = stop_at
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        self.calls.append(i)
-        if self.stop_at is not None and len(self.calls) == self.stop_at:
-            raise KeyboardInterrupt("simulated interruption")
-        return {"image": self.images[i], "label": i % 3, "classname": ["cat", "dog", "owl"][i % 3],
-                "path": f"img{i}.png", "mask": None, "index": i}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +61,7 @@ def _trace(model, data, path, **kw):
 @pytest.fixture(scope="module")
 def clean(model, tmp_path_factory):
     """One traced store, never damaged; each test damages a copy."""
-    return _trace(model, Items(), tmp_path_factory.mktemp("clean") / "clean.zarr")
+    return _trace(model, CountingItems(), tmp_path_factory.mktemp("clean") / "clean.zarr")
 
 
 def _copy(clean, tmp_path) -> Path:
@@ -120,7 +102,7 @@ def test_lost_or_truncated_shard_is_named_and_resume_retraces_exactly_it(model, 
     assert not report.ok and [(p.array, p.chunk) for p in report.problems] == [("vision/cls_attention", CHUNK)]
     assert main(["store", "verify", str(path)]) == 1
 
-    data = Items()
+    data = CountingItems()
     _trace(model, data, path)  # "rerun the trace"
     assert sorted(data.calls) == list(range(8, 16))  # exactly the two batches of the lost shard, nothing else
     _same_store(path, clean)
@@ -130,7 +112,7 @@ def test_lost_or_truncated_shard_is_named_and_resume_retraces_exactly_it(model, 
 
 def test_shard_copied_from_another_store_is_caught(model, clean, tmp_path):
     path = _copy(clean, tmp_path)
-    other = _trace(model, Items(seed=7), tmp_path / "other.zarr")  # same run layout, other images
+    other = _trace(model, CountingItems(seed=7), tmp_path / "other.zarr")  # same run layout, other images
     name = "vision/cls_attention/" + CHUNK
     shutil.copyfile(other / name, path / name)
     report = integrity.verify(path)
@@ -175,7 +157,7 @@ def test_deleted_metadata_file_is_named_and_restored_on_resume(model, clean, tmp
     (path / "vision" / "cls_attention" / "zarr.json").unlink()
     (path / "vision" / "zarr.json").unlink()
     (path / "zarr.json").unlink()  # all three: the root from its copy, then the others from the root
-    data = Items()
+    data = CountingItems()
     _trace(model, data, path)
     assert data.calls == []  # nothing to re-trace: the files came back from the consolidated copy
     _same_store(path, clean)
@@ -255,11 +237,11 @@ def test_full_disk_says_where_and_how_far_and_the_store_resumes(tmp_path, monkey
 
 def test_resume_reads_only_the_items_left(model, tmp_path, clean):
     path = tmp_path / "resumed.zarr"
-    first = Items(stop_at=13)  # interrupted while reading the 4th batch: 3 batches (12 items) committed
+    first = CountingItems(stop_at=13)  # interrupted while reading the 4th batch: 3 batches (12 items) committed
     with pytest.raises(KeyboardInterrupt):
         _trace(model, first, path)
     assert store_status(path).message == f"incomplete: 12 of {N} images"
-    again = Items()
+    again = CountingItems()
     _trace(model, again, path)
     assert len(again.calls) == N - 12 and sorted(again.calls) == list(range(12, N))  # 12, not 24, reads
     _same_store(path, clean)

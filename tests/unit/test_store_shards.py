@@ -15,6 +15,7 @@ from mmlens.store import integrity
 from mmlens.store._encoding import image_encoding, images_per_shard
 from mmlens.store.io import StoreIntegrityError, StoreWriter
 from mmlens.store.synthetic import example_tree
+from tests.unit._datasets import CountingItems
 
 
 def _tree(n=10, **kw):
@@ -119,24 +120,6 @@ def test_sharded_store_equals_the_old_layout(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-class Items(torch.utils.data.Dataset):
-    """Random images as mmlens samples, counting ``__getitem__`` calls; optionally interrupted at call ``stop_at``."""
-
-    def __init__(self, n: int = 16, stop_at: int | None = None) -> None:
-        self.images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-        self.calls: list[int] = []
-        self.stop_at = stop_at
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        self.calls.append(i)
-        if self.stop_at is not None and len(self.calls) == self.stop_at:
-            raise KeyboardInterrupt("simulated interruption")
-        return {"image": self.images[i], "label": i % 3, "classname": ["cat", "dog", "owl"][i % 3],
-                "path": f"img{i}.png", "mask": None, "index": i}
-
 
 @pytest.fixture(scope="module")
 def model(tiny_clip):
@@ -156,18 +139,18 @@ def _trace(model, data, path):
 
 
 def test_an_interrupted_repair_is_not_trusted_and_the_next_resume_finishes_it(model, tmp_path, shards_of_8):
-    clean = _trace(model, Items(), tmp_path / "clean.zarr")
+    clean = _trace(model, CountingItems(16), tmp_path / "clean.zarr")
     path = tmp_path / "run.zarr"
     shutil.copytree(clean, path)
     shard = path / "vision" / "prompt_mass" / "c.0.1.0.0"  # images 8-15: batches 8-11 and 12-15
     shard.write_bytes(shard.read_bytes()[:10])
     with pytest.raises(KeyboardInterrupt):  # the repair re-traces 8-11, then is interrupted inside 12-15
-        _trace(model, Items(stop_at=6), path)
+        _trace(model, CountingItems(16, stop_at=6), path)
     # half rebuilt: its images 12-15 are not written yet, so the record must not call it intact
     with pytest.raises(StoreIntegrityError, match=r"vision/prompt_mass shard c\.0\.1\.0\.0 \(images 8-15\): a repair "
                        r"of it was interrupted"):
         mmlens.open(path)
-    again = Items()
+    again = CountingItems(16)
     _trace(model, again, path)
     assert sorted(again.calls) == list(range(8, 16))
     a, b = mmlens.open(path).load(), mmlens.open(clean).load()
