@@ -186,16 +186,18 @@ def run_all(page, url: str, timeout_s: float = 300) -> None:
         time.sleep(0.5)
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] "
+                          ".jp-RenderedText:has-text('Traceback')")
     deadline = time.time() + timeout_s
     while True:
         prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
         if prompts and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts):
             break
+        if errors.count():  # "Run All" stops at a cell that raised: the cells after it never run
+            break
         if time.time() > deadline:
             raise AssertionError(f"cells did not finish in {timeout_s:.0f} s: {prompts}")
         time.sleep(1.0)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] "
-                          ".jp-RenderedText:has-text('Traceback')")
     if errors.count():
         raise AssertionError("a cell raised:\n" + "\n".join(errors.all_inner_texts())[:3000])
 

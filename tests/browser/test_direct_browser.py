@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.browser._pages import (
@@ -19,6 +21,8 @@ from tests.browser.test_explorer_browser import _differs
 
 pytestmark = pytest.mark.browser
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_direct_effect_map_follows_the_class_selection(tmp_path):
     skip_or_fail(missing("jupyterlab", "jupyter_bokeh"))
@@ -26,6 +30,7 @@ def test_direct_effect_map_follows_the_class_selection(tmp_path):
 
     write_notebook(tmp_path / "direct.ipynb", [
         # the `direct` group: hand-built test data
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})  # the kernel runs in tmp_path: the repo's tests package\n"
         "import mmlens\nfrom mmlens.viz import load_extensions\n"
         "from mmlens.store.synthetic import example_tree\n"
         "from tests.unit._direct import lens_dataset, with_direct\n"
