@@ -36,73 +36,72 @@ from toyworld_base_to_novel import (  # noqa: E402  (a sibling script: one train
 METHOD_LABEL = {"maple": "MaPLe", "bias": "bias tuning"}
 
 
-def _lens_run(model, dataset: str, root: Path, args) -> object:
+def _test_loader(model, dataset: str, root: Path) -> object:
+    """The dataset's test images (base and novel classes) in the model's preprocessing, batches of 64."""
     import torch
 
-    import mmlens
     from mmlens.data import build, collate, get_manifest
+
+    data = build(get_manifest(dataset), root, "test", transform=model.preprocess)
+    return torch.utils.data.DataLoader(data, batch_size=64, collate_fn=collate)
+
+
+def _lens_run(model, dataset: str, loader, args) -> object:
+    import mmlens
+    from mmlens.data import get_manifest
     from mmlens.tracing.lens import other_classnames
 
     manifest = get_manifest(dataset)
-    data = build(manifest, root, "test", transform=model.preprocess)
-    loader = torch.utils.data.DataLoader(data, batch_size=64, collate_fn=collate)
     return mmlens.lens(model, loader, other_classnames=other_classnames(dataset), top=args.top,
                        n_shuffles=args.shuffles, seed=0, progress=False,
                        provenance={"dataset": manifest.name, "manifest_version": str(manifest.manifest_version),
                                    "seed": args.seed, "split": "test", "subset": "all"})
 
 
-def lens_job(job: dict, args) -> dict:
-    """The lens of a trained run (its prompts file) and of the same model at its initialisation."""
-    from mmlens import PromptedCLIP, load_prompts
-    from mmlens.data import get_manifest
-
-    clip = _clip(job["pretrained"])
-    classnames = list(get_manifest(job["dataset"]).classnames)
-    root = Path(job["data_root"])
-    started = time.perf_counter()
-    trained = load_prompts(Path(job["run_dir"]) / "prompts.safetensors", clip, classnames=classnames)
-    ds = _lens_run(trained, job["dataset"], root, args)
-    ds.to_netcdf(Path(job["run_dir"]) / "lens.nc", engine="h5netcdf")
-    ds_init = None
-    if job["method"] != "bias":  # bias tuning starts at b = 0: no direction to look at before training
-        init = PromptedCLIP(clip, classnames, job["method"], n_ctx=job["n_ctx"], depth=job["depth"],
-                            init_seed=job["seed"])
-        ds_init = _lens_run(init, job["dataset"], root, args)
-    return {"lens": ds, "init": ds_init, "seconds": time.perf_counter() - started}
-
-
 #: (tower, layer group) pairs of the direct-effects table; bias tuning has no carried layer.
 DIRECT_COLUMNS = (("vision", "all"), ("vision", "injected"), ("vision", "carried"), ("text", "all"))
 
 
-def direct_job(job: dict) -> dict:
+def _direct_shares(model, loader) -> dict:
     """How much of the margin gain over zero-shot the trained run's β (bias tuning: b) carries directly.
 
     The test images are traced with and without prompts and with direct effects (docs/math.md, "Direct logit
     effects"); :func:`mmlens.stats.bias_gain_share` gives the share with its interval over images.
     """
-    import torch
-
     import mmlens
-    from mmlens import load_prompts
-    from mmlens.data import build, collate, get_manifest
     from mmlens.stats import bias_gain_share
 
-    clip = _clip(job["pretrained"])
-    manifest = get_manifest(job["dataset"])
-    model = load_prompts(Path(job["run_dir"]) / "prompts.safetensors", clip, classnames=list(manifest.classnames))
-    data = build(manifest, Path(job["data_root"]), "test", transform=model.preprocess)
-    loader = torch.utils.data.DataLoader(data, batch_size=64, collate_fn=collate)
-    started = time.perf_counter()
     tree = mmlens.trace(model, loader, with_reference=True, direct_effects=True, progress=False)
-    out: dict = {"seconds": 0.0}
+    out: dict = {}
     for tower, group in DIRECT_COLUMNS:
         share = bias_gain_share(tree, tower=tower, layer_group=group, seed=0)
         out[(tower, group)] = {m: [float(share.sel(measure=m, estimate=e)) for e in ("mean", "low", "high")]
                                for m in ("share", "bias_direct", "gain")}
-    out["seconds"] = time.perf_counter() - started
     return out
+
+
+def lens_job(job: dict, args) -> dict:
+    """The lens of a trained run (its prompts file) and of the same model at its initialisation, and the share
+    of the margin gain that the trained run's bias writes directly (one CLIP, one test set for all three)."""
+    from mmlens import PromptedCLIP, load_prompts
+    from mmlens.data import get_manifest
+
+    clip = _clip(job["pretrained"])
+    classnames = list(get_manifest(job["dataset"]).classnames)
+    started = time.perf_counter()
+    trained = load_prompts(Path(job["run_dir"]) / "prompts.safetensors", clip, classnames=classnames)
+    loader = _test_loader(trained, job["dataset"], Path(job["data_root"]))  # the same CLIP: one preprocessing
+    ds = _lens_run(trained, job["dataset"], loader, args)
+    ds.to_netcdf(Path(job["run_dir"]) / "lens.nc", engine="h5netcdf")
+    ds_init = None
+    if job["method"] != "bias":  # bias tuning starts at b = 0: no direction to look at before training
+        init = PromptedCLIP(clip, classnames, job["method"], n_ctx=job["n_ctx"], depth=job["depth"],
+                            init_seed=job["seed"])
+        ds_init = _lens_run(init, job["dataset"], loader, args)
+    lens_seconds = time.perf_counter() - started
+    direct = _direct_shares(trained, loader)
+    return {"lens": ds, "init": ds_init, "seconds": lens_seconds, "direct": direct,
+            "direct_seconds": time.perf_counter() - started - lens_seconds}
 
 
 def _interval(values: list[float], digits: int = 2) -> str:
@@ -481,18 +480,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"(fit {out['fit_seconds']:.0f} s, {time.perf_counter() - started:.0f} s elapsed)", flush=True)
             results[(j["dataset"], j["method"])] = {"train": out}
     t_train = time.perf_counter() - t_train
-    t_lens = time.perf_counter()
+    t_lens = t_direct = 0.0  # one process, one job after the other: the sums are wall times
     for job in jobs:
         out = lens_job(job, args)
-        results[(job["dataset"], job["method"])]["lens"] = out
-        print(f"lens {job['dataset']:15s} {job['method']:6s}: {out['seconds']:.0f} s", flush=True)
-    t_lens = time.perf_counter() - t_lens
-    t_direct = time.perf_counter()
-    for job in jobs:
-        out = direct_job(job)
-        results[(job["dataset"], job["method"])]["direct"] = out
-        print(f"direct effects {job['dataset']:15s} {job['method']:6s}: {out['seconds']:.0f} s", flush=True)
-    t_direct = time.perf_counter() - t_direct
+        results[(job["dataset"], job["method"])].update(lens=out, direct=out["direct"])
+        t_lens, t_direct = t_lens + out["seconds"], t_direct + out["direct_seconds"]
+        print(f"lens {job['dataset']:15s} {job['method']:6s}: {out['seconds']:.0f} s, direct effects "
+              f"{out['direct_seconds']:.0f} s", flush=True)
     timings = {"total": time.perf_counter() - started, "data": t_data, "train": t_train, "lens": t_lens,
                "direct": t_direct,
                "load": (load_start, os.getloadavg()[0])}
