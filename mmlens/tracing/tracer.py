@@ -668,7 +668,7 @@ def trace_to_store(
     total: int | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Stream a trace into a zarr store, one chunk per batch; resumable after any interruption.
+    """Stream a trace into a zarr store, committed batch by batch; resumable after any interruption.
 
     Re-running the same call on the same path continues after the last complete chunk; a store of
     another run (model, prompts, data selection, seed: ``mmlens.store.schema.IDENTITY_KEYS``) is
