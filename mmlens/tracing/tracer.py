@@ -670,7 +670,7 @@ def trace_to_store(
 ) -> Path:
     """Stream a trace into a zarr store, committed batch by batch; resumable after any interruption.
 
-    Re-running the same call on the same path continues after the last complete chunk; a store of
+    Re-running the same call on the same path continues after the last committed batch; a store of
     another run (model, prompts, data selection, seed: ``mmlens.store.schema.IDENTITY_KEYS``) is
     refused, naming each differing key. A resume does not read the items already stored again: a
     Tensor, a map-style Dataset or a DataLoader over one (in order) is restarted at the first item
